@@ -1,0 +1,73 @@
+"""The Mininet campus that the shipped policy.yaml describes.
+
+    internet (s3, dpid 3)          border (s1, dpid 1)          campus (s2, dpid 2)
+    outmx   198.51.100.25  --+                                +-- relay    10.20.0.25   gateway
+    outhost 203.0.113.10   --+-- s3 ----(port 1 = uplink) s1 --+-- s2 ---- dept 10.20.1.5 inbound exception
+                                                              +-- bigmail  10.20.2.50   outbound exception
+                                                              +-- h1       10.20.3.10   ordinary
+                                                              +-- h2       10.20.3.11   ordinary
+
+Every host also has an IPv6 address (2001:db8::/32 outside, fd00:20::/48 on
+campus). All hosts share one L2 segment and use an on-link default route, so no
+router is needed; only the border switch s1 enforces the policy.
+
+From the command line (the controller runs separately):
+
+    mn --custom mininet/campus.py --topo campus --controller remote,port=6653 \
+       --switch ovs,datapath=user,protocols=OpenFlow13 --host campushost
+"""
+from mininet.node import Host
+from mininet.topo import Topo
+
+BORDER_DPID = 1
+UPLINK_PORT = 1
+
+# name -> (IPv4, IPv6, role). The addresses match policy.yaml.
+HOSTS = {
+    "outmx": ("198.51.100.25", "2001:db8:100::25", "outside mail server"),
+    "outhost": ("203.0.113.10", "2001:db8:203::10", "outside client"),
+    "relay": ("10.20.0.25", "fd00:20::25", "campus relay (gateway)"),
+    "dept": ("10.20.1.5", "fd00:20:0:1::5", "departmental mail system (inbound exception)"),
+    "bigmail": ("10.20.2.50", "fd00:20:0:2::50", "imaging lab (outbound exception)"),
+    "h1": ("10.20.3.10", "fd00:20:0:3::10", "ordinary campus host"),
+    "h2": ("10.20.3.11", "fd00:20:0:3::11", "ordinary campus host"),
+}
+OUTSIDE_HOSTS = ("outmx", "outhost")
+CAMPUS_HOSTS = ("relay", "dept", "bigmail", "h1", "h2")
+PREFIX_LENGTH = {4: 8, 6: 32}  # wide on purpose: every address is on-link anyway
+
+
+class CampusHost(Host):
+    """A host ready for TCP over OVS's userspace datapath, IPv4 and IPv6."""
+
+    def config(self, ip6=None, **params):
+        result = super().config(**params)
+        intf = self.defaultIntf()
+        # With the userspace datapath, packets from a veth with TX checksum
+        # offload reach the peer with a bad TCP checksum: ping works, TCP hangs.
+        self.cmd(f"ethtool -K {intf} tx off")
+        # Addresses from several ranges share one segment: route everything
+        # on-link and let ARP / neighbour discovery find the peer.
+        self.cmd(f"ip route replace default dev {intf}")
+        if ip6:
+            self.cmd(f"sysctl -qw net.ipv6.conf.{intf}.disable_ipv6=0")
+            self.cmd(f"ip -6 addr add {ip6}/{PREFIX_LENGTH[6]} dev {intf} nodad")
+            self.cmd(f"ip -6 route replace default dev {intf}")
+        return result
+
+
+class CampusTopo(Topo):
+    def build(self):
+        border = self.addSwitch("s1", dpid=f"{BORDER_DPID:016x}")
+        campus = self.addSwitch("s2", dpid=f"{2:016x}")
+        internet = self.addSwitch("s3", dpid=f"{3:016x}")
+        # The uplink must be port 1 of the border switch: policy.yaml says so.
+        self.addLink(border, internet, port1=UPLINK_PORT)
+        self.addLink(border, campus, port1=UPLINK_PORT + 1)
+        for name, (ip4, ip6, _role) in HOSTS.items():
+            host = self.addHost(name, cls=CampusHost, ip=f"{ip4}/{PREFIX_LENGTH[4]}", ip6=ip6)
+            self.addLink(host, internet if name in OUTSIDE_HOSTS else campus)
+
+
+topos = {"campus": CampusTopo}
+hosts = {"campushost": CampusHost}

@@ -1,0 +1,229 @@
+"""Run the campus with a real ryu-manager and Open vSwitch, and probe it.
+
+Shared by the tests and the demo. Lab is a context manager: whatever happens
+inside, leaving it stops Mininet, removes the bridges and kills the controller.
+"""
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+from mininet.clean import cleanup as mininet_cleanup
+from mininet.log import setLogLevel
+from mininet.net import Mininet
+from mininet.node import OVSSwitch, RemoteController
+
+import campus
+
+HERE = Path(__file__).resolve().parent
+PROBE = HERE / "probe.py"
+VENV_BIN = Path(sys.executable).parent
+RYU_MANAGER = VENV_BIN / "ryu-manager"
+LISTEN_PORTS = (25, 587, 2525)
+INSTALLED = re.compile(r"smtp-border: switch ([0-9a-f]{16}) .*flows installed")
+OPENFLOW_ERROR = "smtp-border: OpenFlow error"
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Controller:
+    """A ryu-manager process running ryu_apps.smtp_policy, logging to a file."""
+
+    def __init__(self, policy_file, log_file, of_port=None, extra_env=None):
+        self.policy_file = Path(policy_file)
+        self.log_file = Path(log_file)
+        self.of_port = of_port or free_port()
+        self.extra_env = extra_env or {}
+        self.process = None
+
+    def start(self):
+        env = dict(os.environ, SMTP_POLICY_FILE=str(self.policy_file), **self.extra_env)
+        command = [str(RYU_MANAGER), "--ofp-tcp-listen-port", str(self.of_port), "ryu_apps.smtp_policy"]
+        with open(self.log_file, "ab") as log:
+            self.process = subprocess.Popen(
+                command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        self._wait_listening()
+        return self
+
+    def _wait_listening(self, timeout=20.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"ryu-manager exited with {self.process.returncode}:\n{self.log()[-3000:]}")
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", self.of_port)) == 0:
+                    return
+            time.sleep(0.1)
+        raise TimeoutError(f"ryu-manager did not listen on port {self.of_port} within {timeout}s")
+
+    def stop(self, sig=signal.SIGTERM):
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, sig)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self.process = None
+
+    def log(self):
+        return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
+
+    def installs(self, dpid):
+        return sum(1 for m in INSTALLED.finditer(self.log()) if int(m.group(1), 16) == dpid)
+
+    def wait_installs(self, want, timeout=30.0):
+        """Wait until each dpid in `want` (dpid -> count) logged that many installs."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if all(self.installs(dpid) >= count for dpid, count in want.items()):
+                return
+            if self.process and self.process.poll() is not None:
+                raise RuntimeError(f"ryu-manager exited with {self.process.returncode}:\n{self.log()[-3000:]}")
+            time.sleep(0.1)
+        raise TimeoutError(f"switches {want} not installed within {timeout}s:\n{self.log()[-3000:]}")
+
+    def openflow_errors(self):
+        return [line for line in self.log().splitlines() if OPENFLOW_ERROR in line]
+
+
+@dataclass(frozen=True)
+class Probe:
+    client: str
+    dst: str  # a host name or an address
+    port: int
+    family: int = 4
+    proto: str = "tcp"
+    src: str = None  # a source address to bind (forged sources)
+    sport: int = None
+
+    def describe(self):
+        via = f" from {self.src}" if self.src else ""
+        sport = f" (source port {self.sport})" if self.sport else ""
+        return f"{self.client}{via} -> {self.dst}:{self.port}/{self.proto} IPv{self.family}{sport}"
+
+
+class Lab:
+    """The campus network under a live controller."""
+
+    def __init__(self, policy_file, workdir, verbose=False):
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.controller = Controller(policy_file, self.workdir / "ryu-manager.log")
+        self.net = None
+        self.verbose = verbose
+        self.listeners = []
+
+    def __enter__(self):
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def start(self):
+        setLogLevel("info" if self.verbose else "warning")
+        self.controller.start()
+        switch = partial(OVSSwitch, datapath="user", protocols="OpenFlow13", failMode="secure")
+        self.net = Mininet(
+            topo=campus.CampusTopo(),
+            switch=switch,
+            controller=partial(RemoteController, ip="127.0.0.1", port=self.controller.of_port),
+            host=campus.CampusHost,
+            autoSetMacs=True,
+            waitConnected=False,
+        )
+        self.net.start()
+        self.controller.wait_installs({dpid: 1 for dpid in self.dpids()})
+        for name in campus.HOSTS:
+            listener = self.host(name).popen(["python3", str(PROBE), "listen", *map(str, LISTEN_PORTS)])
+            self.listeners.append(listener)
+        self._wait_listeners()
+
+    def stop(self):
+        # Processes started with popen live outside the hosts' shells; Mininet
+        # would leave them (and their namespaces) behind.
+        for listener in self.listeners:
+            listener.kill()
+            listener.wait()
+        self.listeners = []
+        if self.net is not None:
+            try:
+                self.net.stop()
+            finally:
+                self.net = None
+        self.controller.stop()
+
+    def dpids(self):
+        return [int(switch.dpid, 16) for switch in self.net.switches]
+
+    def host(self, name):
+        return self.net.get(name)
+
+    def address(self, name_or_address, family):
+        if name_or_address in campus.HOSTS:
+            ip4, ip6, _ = campus.HOSTS[name_or_address]
+            return ip4 if family == 4 else ip6
+        return name_or_address
+
+    def _wait_listeners(self, timeout=10.0):
+        # Each host's listener must answer on loopback before any probe counts.
+        deadline = time.monotonic() + timeout
+        pending = set(campus.HOSTS)
+        while pending and time.monotonic() < deadline:
+            for name in list(pending):
+                out = self.host(name).cmd(f"python3 {PROBE} tcp 127.0.0.1 25 --timeout 1")
+                if out.strip() == "open":
+                    pending.discard(name)
+            time.sleep(0.1)
+        if pending:
+            raise RuntimeError(f"listeners did not start on {sorted(pending)}")
+
+    def run_probes(self, probes, timeout=2.0):
+        """Run probes concurrently; returns {probe: 'open'|'timeout'|...}."""
+        running = {}
+        for p in probes:
+            command = ["python3", str(PROBE), p.proto, self.address(p.dst, p.family), str(p.port), "--timeout", str(timeout)]
+            if p.src:
+                command += ["--src", p.src]
+            if p.sport:
+                command += ["--sport", str(p.sport)]
+            running[p] = self.host(p.client).popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        results = {}
+        for p, proc in running.items():
+            out, _ = proc.communicate(timeout=timeout + 10)
+            results[p] = out.decode(errors="replace").strip() or f"error:exit {proc.returncode}"
+        return results
+
+    def ofctl(self, *args):
+        return subprocess.run(
+            ["ovs-ofctl", "-O", "OpenFlow13", *args], capture_output=True, text=True, check=True
+        ).stdout
+
+    def add_address(self, host, address, family):
+        length = campus.PREFIX_LENGTH[family]
+        intf = self.host(host).defaultIntf()
+        flag = "-6 " if family == 6 else ""
+        extra = " nodad" if family == 6 else ""
+        self.host(host).cmd(f"ip {flag}addr add {address}/{length} dev {intf}{extra}")
+
+
+def cleanup_leftovers():
+    """Last resort after a crash: what `mn -c` does, quietly."""
+    setLogLevel("error")
+    mininet_cleanup()

@@ -1,0 +1,124 @@
+"""Translate abstract FlowRules into Ryu OpenFlow 1.3 messages.
+
+Nothing here decides policy; it only spells rules the way Ryu's parser wants
+them and wraps a change in an ONF bundle (the OpenFlow 1.3 extension that Open
+vSwitch implements) so that a switch applies it all at once or not at all.
+"""
+from ryu.ofproto import ofproto_parser
+
+from smtp_border.rules import METADATA_MASK, OWNED_TABLES
+
+
+def match_of(parser, match):
+    fields = {}
+    if match.in_port is not None:
+        fields["in_port"] = match.in_port
+    if match.metadata is not None:
+        fields["metadata"] = (match.metadata, METADATA_MASK)
+    if match.eth_type is not None:
+        fields["eth_type"] = match.eth_type
+    if match.ip_proto is not None:
+        fields["ip_proto"] = match.ip_proto
+    if match.tcp_dst is not None:
+        fields["tcp_dst"] = match.tcp_dst
+    for name, network in (("src", match.ip_src), ("dst", match.ip_dst)):
+        if network is not None:
+            family = "ipv4" if network.version == 4 else "ipv6"
+            fields[f"{family}_{name}"] = (str(network.ip), str(network.netmask))
+    return parser.OFPMatch(**fields)
+
+
+def instructions_of(datapath, instructions):
+    ofp, parser = datapath.ofproto, datapath.ofproto_parser
+    result = []
+    if instructions.output_normal:
+        actions = [parser.OFPActionOutput(ofp.OFPP_NORMAL)]
+        result.append(parser.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, actions))
+    if instructions.write_metadata is not None:
+        result.append(parser.OFPInstructionWriteMetadata(instructions.write_metadata, METADATA_MASK))
+    if instructions.goto_table is not None:
+        result.append(parser.OFPInstructionGotoTable(instructions.goto_table))
+    return result
+
+
+def add_flow(datapath, rule):
+    # No idle or hard timeout: the policy must outlive the controller (the
+    # switches run in fail-mode secure and keep their flows while it is away).
+    parser = datapath.ofproto_parser
+    return parser.OFPFlowMod(
+        datapath,
+        cookie=rule.cookie,
+        table_id=rule.table,
+        command=datapath.ofproto.OFPFC_ADD,
+        priority=rule.priority,
+        match=match_of(parser, rule.match),
+        instructions=instructions_of(datapath, rule.instructions),
+    )
+
+
+def delete_table(datapath, table_id):
+    ofp, parser = datapath.ofproto, datapath.ofproto_parser
+    return parser.OFPFlowMod(
+        datapath,
+        table_id=table_id,
+        command=ofp.OFPFC_DELETE,
+        out_port=ofp.OFPP_ANY,
+        out_group=ofp.OFPG_ANY,
+        match=parser.OFPMatch(),
+    )
+
+
+def replace_all(datapath, rules):
+    """Flow mods that leave the owned tables holding exactly `rules`.
+
+    Deleting and re-adding is only safe inside an atomic bundle; see bundle()."""
+    mods = [delete_table(datapath, table) for table in OWNED_TABLES]
+    mods.extend(add_flow(datapath, rule) for rule in rules)
+    return mods
+
+
+def bundle(datapath, bundle_id, messages):
+    """Wrap messages in one atomic, ordered ONF bundle: open, add..., commit."""
+    ofp, parser = datapath.ofproto, datapath.ofproto_parser
+    flags = ofp.ONF_BF_ATOMIC | ofp.ONF_BF_ORDERED
+    wrapped = [parser.ONFBundleCtrlMsg(datapath, bundle_id, ofp.ONF_BCT_OPEN_REQUEST, flags, [])]
+    wrapped.extend(parser.ONFBundleAddMsg(datapath, bundle_id, flags, m, []) for m in messages)
+    wrapped.append(parser.ONFBundleCtrlMsg(datapath, bundle_id, ofp.ONF_BCT_COMMIT_REQUEST, flags, []))
+    return wrapped
+
+
+def describe_error(datapath, error):
+    """One line for an OFPErrorMsg: its type and code by name, and the message
+    that caused it, decoded where the switch sent enough of it back."""
+    ofp = datapath.ofproto
+    type_name = _constant_name(ofp, "OFPET_", error.type)
+    code_name = _error_code_name(ofp, type_name, error.code)
+    try:
+        version, msg_type, msg_len, xid = ofproto_parser.header(error.data)
+        offending = ofproto_parser.msg(datapath, version, msg_type, msg_len, xid, error.data)
+    except Exception:  # truncated or unparsable: the hex is still useful
+        offending = "0x" + bytes(error.data[:64]).hex()
+    return f"type={type_name} code={code_name} xid={error.xid} offending={offending}"
+
+
+def _constant_name(module, prefix, value):
+    for name in dir(module):
+        if name.startswith(prefix) and getattr(module, name) == value:
+            return name
+    return str(value)
+
+
+def _error_code_name(ofp, type_name, code):
+    # OFPET_BAD_MATCH -> codes are OFPBMC_*; the spec's prefixes are irregular,
+    # so look the code up among the names Ryu lists for that type.
+    prefixes = {
+        "OFPET_HELLO_FAILED": "OFPHFC_",
+        "OFPET_BAD_REQUEST": "OFPBRC_",
+        "OFPET_BAD_ACTION": "OFPBAC_",
+        "OFPET_BAD_INSTRUCTION": "OFPBIC_",
+        "OFPET_BAD_MATCH": "OFPBMC_",
+        "OFPET_FLOW_MOD_FAILED": "OFPFMFC_",
+        "OFPET_TABLE_FEATURES_FAILED": "OFPTFFC_",
+    }
+    prefix = prefixes.get(type_name)
+    return _constant_name(ofp, prefix, code) if prefix else str(code)

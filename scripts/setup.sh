@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Set up everything smtp-border needs on Debian 12, as root, idempotently:
+# Debian packages (Mininet, Open vSwitch, test tools), a running Open vSwitch,
+# and the project's virtualenv (.venv) with Ryu patched to run on Python 3.11.
+# Called by `make demo`, `make test` and .ci/run; safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV=${VENV:-.venv}
+PYTHON=${PYTHON:-/usr/bin/python3}
+APT_PACKAGES=(
+    mininet openvswitch-switch openvswitch-common   # the testbed and its switch
+    python3 python3-venv python3-pip                # the virtualenv
+    iproute2 ethtool iputils-ping netcat-openbsd    # host set-up and probes
+    procps psmisc                                   # pkill/fuser for clean-up
+)
+
+log() { printf 'setup: %s\n' "$*"; }
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "setup: run as root (Mininet and Open vSwitch need it)" >&2
+    exit 1
+fi
+
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    log "installing Debian packages: ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# No systemd here (containers, CI): start OVS by hand. The kernel module may be
+# missing; the topologies use the userspace datapath, which does not need it.
+if ! ovs-vsctl --timeout=5 show >/dev/null 2>&1; then
+    log "starting Open vSwitch"
+    /usr/share/openvswitch/scripts/ovs-ctl start --system-id=random --no-monitor 2>&1 \
+        | grep -v 'ulimit' || true
+    ovs-vsctl --timeout=10 show >/dev/null
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+    log "creating virtualenv $VENV"
+    "$PYTHON" -m venv "$VENV"
+fi
+# Ryu 4.34's setup.py needs setuptools < 67 in its build environment; the
+# constraint reaches pip's isolated build environments too.
+export PIP_CONSTRAINT="$PWD/scripts/constraints.txt"
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+log "installing smtp-border and its dependencies into $VENV"
+"$VENV/bin/pip" install -q ".[test]"
+"$VENV/bin/ryu-manager" --version >/dev/null
+log "ready: $VENV/bin/ryu-manager ryu_apps.smtp_policy"

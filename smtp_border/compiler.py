@@ -1,0 +1,151 @@
+"""Compile a Policy into the flow rules of one switch.
+
+Pure: a Policy and a datapath id in, a frozenset of FlowRule out. The Ryu layer
+only translates the result into OpenFlow messages.
+
+How the semantics map onto two tables (docs/flow-tables.md):
+
+CLASSIFY_TABLE, for TCP to an SMTP port only, decides where the packet came
+from: an uplink port means outside whatever the source address says;
+otherwise a campus source address means campus and any other means outside.
+The answer goes into two metadata bits, so POLICY_TABLE needs one rule per
+exception, not one per exception and uplink and port.
+
+POLICY_TABLE, highest priority first:
+  campus -> campus                      allow
+  outside -> gateway / campus -> out from gateway      allow
+  outside -> inbound exception / outbound exception -> out   allow
+  outside -> campus                     drop  (Part 1)
+  campus -> anywhere else               drop  (Part 2)
+  anything left (outside -> outside)    allow (transit; not the campus's mail)
+"""
+import netaddr
+
+from .policy import utc_now
+from .rules import (
+    CLASSIFY_TABLE,
+    DROP,
+    ETH_TYPE_IPV4,
+    ETH_TYPE_IPV6,
+    FORWARD_TABLE,
+    FROM_CAMPUS,
+    FROM_OUTSIDE,
+    IP_PROTO_TCP,
+    POLICY_TABLE,
+    Clause,
+    FlowRule,
+    Instructions,
+    Match,
+    make_cookie,
+)
+
+# Priorities inside CLASSIFY_TABLE.
+PRIO_UPLINK = 300
+PRIO_CAMPUS_SOURCE = 200
+PRIO_OUTSIDE_SOURCE = 100
+# Priorities inside POLICY_TABLE.
+PRIO_CAMPUS_TO_CAMPUS = 400
+PRIO_GATEWAY = 300
+PRIO_EXCEPTION = 200
+PRIO_BLOCK = 100
+PRIO_DEFAULT = 0
+
+_GOTO_POLICY = {
+    FROM_CAMPUS: Instructions(write_metadata=FROM_CAMPUS, goto_table=POLICY_TABLE),
+    FROM_OUTSIDE: Instructions(write_metadata=FROM_OUTSIDE, goto_table=POLICY_TABLE),
+}
+_GOTO_FORWARD = Instructions(goto_table=FORWARD_TABLE)
+
+
+def compile_switch(policy, dpid, now=None):
+    """The complete rule set for switch `dpid` under `policy` at time `now`.
+
+    A switch the policy does not list (when it lists any) is an inside switch:
+    it only gets the pass-through and forwarding rules."""
+    rules = {_rule(CLASSIFY_TABLE, PRIO_DEFAULT, Match(), _GOTO_FORWARD, Clause.NOT_SMTP)}
+    rules.add(_rule(FORWARD_TABLE, PRIO_DEFAULT, Match(), Instructions(output_normal=True), Clause.FORWARD))
+    spec = policy.switch_spec(dpid)
+    if spec is not None:
+        exceptions = policy.active_exceptions(now or utc_now())
+        for eth_type in _families(policy):
+            rules.update(_classify_rules(policy, spec.uplinks, eth_type))
+            rules.update(_policy_rules(policy, exceptions, eth_type))
+        rules.add(_allow(PRIO_DEFAULT, Match(), Clause.TRANSIT))
+    return frozenset(rules)
+
+
+def enforces(policy, dpid):
+    return policy.switch_spec(dpid) is not None
+
+
+def merged_exception_networks(exceptions, inbound):
+    """Networks allowed by exceptions in one direction, adjacent ones merged.
+
+    Merging keeps the flow count down on hardware with small ACL tables; it
+    never widens what is allowed (cidr_merge only joins networks whose union
+    is exactly one larger network)."""
+    wanted = [e.address for e in exceptions if (e.direction.allows_inbound if inbound else e.direction.allows_outbound)]
+    return netaddr.cidr_merge(wanted)
+
+
+def _families(policy):
+    """Only families with a campus prefix need rules: without one, no IPv6
+    packet (say) is from or to campus, so every one of them is transit."""
+    versions = {prefix.version for prefix in policy.campus}
+    return [ETH_TYPE_IPV4 if v == 4 else ETH_TYPE_IPV6 for v in sorted(versions)]
+
+
+def _in_family(networks, eth_type):
+    version = 4 if eth_type == ETH_TYPE_IPV4 else 6
+    return [n for n in networks if n.version == version]
+
+
+def _classify_rules(policy, uplinks, eth_type):
+    for port in policy.smtp_ports:
+        smtp = dict(eth_type=eth_type, ip_proto=IP_PROTO_TCP, tcp_dst=port)
+        for uplink in uplinks:
+            yield _rule(
+                CLASSIFY_TABLE, PRIO_UPLINK, Match(in_port=uplink, **smtp), _GOTO_POLICY[FROM_OUTSIDE],
+                Clause.FROM_UPLINK, f"{uplink}/{port}",
+            )
+        for prefix in _in_family(policy.campus, eth_type):
+            yield _rule(
+                CLASSIFY_TABLE, PRIO_CAMPUS_SOURCE, Match(ip_src=prefix, **smtp), _GOTO_POLICY[FROM_CAMPUS],
+                Clause.FROM_CAMPUS_SOURCE, f"{prefix}/{port}",
+            )
+        yield _rule(
+            CLASSIFY_TABLE, PRIO_OUTSIDE_SOURCE, Match(**smtp), _GOTO_POLICY[FROM_OUTSIDE],
+            Clause.FROM_OUTSIDE_SOURCE, port,
+        )
+
+
+def _policy_rules(policy, exceptions, eth_type):
+    campus = _in_family(policy.campus, eth_type)
+    from_campus = dict(metadata=FROM_CAMPUS, eth_type=eth_type)
+    from_outside = dict(metadata=FROM_OUTSIDE, eth_type=eth_type)
+
+    for prefix in campus:
+        yield _allow(PRIO_CAMPUS_TO_CAMPUS, Match(ip_dst=prefix, **from_campus), Clause.CAMPUS_TO_CAMPUS, prefix)
+
+    gateway_networks = netaddr.cidr_merge(a for g in policy.gateways for a in g.addresses)
+    for network in _in_family(gateway_networks, eth_type):
+        yield _allow(PRIO_GATEWAY, Match(ip_dst=network, **from_outside), Clause.GATEWAY_INBOUND, network)
+        yield _allow(PRIO_GATEWAY, Match(ip_src=network, **from_campus), Clause.GATEWAY_OUTBOUND, network)
+
+    for network in _in_family(merged_exception_networks(exceptions, inbound=True), eth_type):
+        yield _allow(PRIO_EXCEPTION, Match(ip_dst=network, **from_outside), Clause.EXCEPTION_INBOUND, network)
+    for network in _in_family(merged_exception_networks(exceptions, inbound=False), eth_type):
+        yield _allow(PRIO_EXCEPTION, Match(ip_src=network, **from_campus), Clause.EXCEPTION_OUTBOUND, network)
+
+    for prefix in campus:
+        yield _rule(POLICY_TABLE, PRIO_BLOCK, Match(ip_dst=prefix, **from_outside), DROP, Clause.PART1_BLOCK, prefix)
+    # Campus destinations were allowed above, so what is left from campus goes outside.
+    yield _rule(POLICY_TABLE, PRIO_BLOCK, Match(**from_campus), DROP, Clause.PART2_BLOCK, eth_type)
+
+
+def _allow(priority, match, clause, item=""):
+    return _rule(POLICY_TABLE, priority, match, _GOTO_FORWARD, clause, item)
+
+
+def _rule(table, priority, match, instructions, clause, item=""):
+    return FlowRule(table, priority, match, instructions, make_cookie(clause, item))

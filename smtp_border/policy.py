@@ -1,0 +1,389 @@
+"""Parse and validate policy.yaml into an immutable Policy.
+
+Every problem is reported as one PolicyError whose text names the file, the key
+path and the problem, for example::
+
+    policy.yaml: exceptions[2].address: '10.20.3.300' is not an IP address or network
+
+The parser never returns a half-checked policy: callers either get a complete
+Policy or an error, so a bad reload can always keep the old policy in force.
+"""
+import datetime
+import difflib
+import enum
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import netaddr
+import yaml
+
+DEFAULT_SMTP_PORTS = (25,)
+# OpenFlow 1.3 reserves port numbers from 0xffffff00 up (OFPP_MAX).
+MAX_OPENFLOW_PORT = 0xFFFFFF00
+MAX_DPID = 2**64 - 1
+
+
+class PolicyError(ValueError):
+    """A policy that cannot be enforced. str() is the one-line operator message."""
+
+    def __init__(self, source, path, problem):
+        self.source = source
+        self.path = path
+        self.problem = problem
+        super().__init__(f"{source}: {path}: {problem}" if path else f"{source}: {problem}")
+
+
+class Direction(enum.Enum):
+    INBOUND = "inbound"  # Part 1: outside hosts may reach this campus host on SMTP
+    OUTBOUND = "outbound"  # Part 2: this campus host may reach outside hosts on SMTP
+    BOTH = "both"
+
+    @property
+    def allows_inbound(self):
+        return self in (Direction.INBOUND, Direction.BOTH)
+
+    @property
+    def allows_outbound(self):
+        return self in (Direction.OUTBOUND, Direction.BOTH)
+
+
+@dataclass(frozen=True)
+class Gateway:
+    name: str
+    addresses: Tuple[netaddr.IPNetwork, ...]
+
+
+@dataclass(frozen=True)
+class MailException:
+    address: netaddr.IPNetwork
+    direction: Direction
+    reason: str
+    contact: Optional[str] = None
+    expires: Optional[datetime.datetime] = None  # always timezone-aware (UTC)
+
+    def is_active(self, now):
+        return self.expires is None or now < self.expires
+
+
+@dataclass(frozen=True)
+class SwitchSpec:
+    dpid: int
+    uplinks: Tuple[int, ...]
+    name: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class Policy:
+    campus: Tuple[netaddr.IPNetwork, ...]
+    smtp_ports: Tuple[int, ...]
+    gateways: Tuple[Gateway, ...]
+    exceptions: Tuple[MailException, ...]
+    # None: every switch enforces by addresses alone. A tuple: only these
+    # switches enforce (with their uplinks); any other switch is inside.
+    switches: Optional[Tuple[SwitchSpec, ...]]
+    source: str = "policy"
+
+    def is_campus(self, address):
+        return any(address in prefix for prefix in self.campus)
+
+    def switch_spec(self, dpid):
+        """The SwitchSpec that makes dpid enforce, or None for an inside switch.
+
+        Without a `switches` list every switch enforces, with no uplinks."""
+        if self.switches is None:
+            return SwitchSpec(dpid=dpid, uplinks=())
+        for spec in self.switches:
+            if spec.dpid == dpid:
+                return spec
+        return None
+
+    def active_exceptions(self, now=None):
+        now = now or utc_now()
+        return tuple(e for e in self.exceptions if e.is_active(now))
+
+
+def utc_now():
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
+def load_policy(path):
+    """Read and validate a policy file. Raises PolicyError, never anything else."""
+    try:
+        with open(path, encoding="utf-8") as stream:
+            text = stream.read()
+    except (OSError, UnicodeDecodeError) as err:
+        raise PolicyError(path, "", f"cannot read policy file: {_os_reason(err)}") from None
+    return parse_policy(text, source=str(path))
+
+
+def parse_policy(text, source="policy"):
+    try:
+        document = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - safe loader subclass
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise PolicyError(source, where, f"YAML syntax error: {err.problem}") from None
+    except yaml.YAMLError as err:
+        raise PolicyError(source, "", f"YAML syntax error: {err}") from None
+    if document is None:
+        raise PolicyError(source, "", "the file is empty; it needs at least campus.prefixes")
+    return _PolicyReader(source).read(document)
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that rejects a key given twice in one mapping.
+
+    PyYAML silently keeps the last value, which would hide an operator's typo."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+_TOP_KEYS = {"campus": True, "smtp_ports": False, "gateways": False, "exceptions": False, "switches": False}
+_CAMPUS_KEYS = {"prefixes": True}
+_GATEWAY_KEYS = {"name": True, "addresses": True}
+_EXCEPTION_KEYS = {"address": True, "direction": True, "reason": True, "contact": False, "expires": False}
+_SWITCH_KEYS = {"dpid": True, "uplinks": True, "name": False}
+
+
+class _PolicyReader:
+    def __init__(self, source):
+        self.source = source
+
+    def fail(self, path, problem):
+        raise PolicyError(self.source, path, problem)
+
+    def read(self, document):
+        top = self.mapping(document, "", _TOP_KEYS)
+        campus = self.mapping(top["campus"], "campus", _CAMPUS_KEYS)
+        prefixes = self.networks(campus["prefixes"], "campus.prefixes", strict=True)
+        ports = self.ports(top.get("smtp_ports", list(DEFAULT_SMTP_PORTS)), "smtp_ports")
+
+        def check_inside(network, path):
+            if not any(network in prefix for prefix in prefixes):
+                self.fail(path, f"{network} is not inside the campus prefixes ({_join(prefixes)})")
+
+        gateways = []
+        for i, item in self.items(top.get("gateways", []), "gateways"):
+            path = f"gateways[{i}]"
+            fields = self.mapping(item, path, _GATEWAY_KEYS)
+            name = self.text(fields["name"], f"{path}.name")
+            addresses = self.networks(fields["addresses"], f"{path}.addresses")
+            for j, address in enumerate(addresses):
+                check_inside(address, f"{path}.addresses[{j}]")
+            gateways.append(Gateway(name=name, addresses=addresses))
+        self.unique([g.name for g in gateways], "gateways", "name")
+
+        exceptions = []
+        first_seen = {}
+        for i, item in self.items(top.get("exceptions", []), "exceptions"):
+            exception = self.exception(item, f"exceptions[{i}]")
+            check_inside(exception.address, f"exceptions[{i}].address")
+            if exception.address in first_seen:
+                self.fail(
+                    f"exceptions[{i}].address",
+                    f"{exception.address} is already listed at exceptions[{first_seen[exception.address]}]"
+                    " (give one entry with direction: both)",
+                )
+            first_seen[exception.address] = i
+            exceptions.append(exception)
+
+        switches = None
+        if top.get("switches") is not None:
+            switches = tuple(self.switch(item, f"switches[{i}]") for i, item in self.items(top["switches"], "switches"))
+            self.unique([s.dpid for s in switches], "switches", "dpid")
+
+        return Policy(
+            campus=prefixes,
+            smtp_ports=ports,
+            gateways=tuple(gateways),
+            exceptions=tuple(exceptions),
+            switches=switches,
+            source=self.source,
+        )
+
+    def exception(self, item, path):
+        fields = self.mapping(item, path, _EXCEPTION_KEYS)
+        address = self.network(fields["address"], f"{path}.address")
+        direction_text = fields["direction"]
+        try:
+            direction = Direction(direction_text)
+        except ValueError:
+            choices = [d.value for d in Direction]
+            self.fail(
+                f"{path}.direction",
+                f"{direction_text!r} is not a direction; use one of {', '.join(choices)}"
+                + _did_you_mean(direction_text, choices),
+            )
+        contact = fields.get("contact")
+        return MailException(
+            address=address,
+            direction=direction,
+            reason=self.text(fields["reason"], f"{path}.reason"),
+            contact=None if contact is None else self.text(contact, f"{path}.contact"),
+            expires=None if fields.get("expires") is None else self.timestamp(fields["expires"], f"{path}.expires"),
+        )
+
+    def switch(self, item, path):
+        fields = self.mapping(item, path, _SWITCH_KEYS)
+        name = fields.get("name")
+        return SwitchSpec(
+            dpid=self.dpid(fields["dpid"], f"{path}.dpid"),
+            uplinks=self.port_numbers(fields["uplinks"], f"{path}.uplinks"),
+            name=None if name is None else self.text(name, f"{path}.name"),
+        )
+
+    # -- shapes ---------------------------------------------------------------
+
+    def mapping(self, value, path, known):
+        if not isinstance(value, dict):
+            self.fail(path or "top level", f"expected a mapping of keys, got {_kind(value)}")
+        for key in value:
+            if key not in known:
+                where = f"{path}.{key}" if path else str(key)
+                self.fail(where, f"unknown key {key!r}" + _did_you_mean(key, list(known)))
+        for key, required in known.items():
+            if required and key not in value:
+                where = f"{path}.{key}" if path else key
+                self.fail(where, "missing required key")
+        return value
+
+    def items(self, value, path):
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            self.fail(path, f"expected a list, got {_kind(value)}")
+        return list(enumerate(value))
+
+    def unique(self, values, path, key):
+        seen = {}
+        for i, value in enumerate(values):
+            if value in seen:
+                self.fail(f"{path}[{i}].{key}", f"{value!r} is already used by {path}[{seen[value]}]")
+            seen[value] = i
+
+    def text(self, value, path):
+        if not isinstance(value, str) or not value.strip():
+            self.fail(path, f"expected non-empty text, got {_kind(value)}")
+        return value.strip()
+
+    # -- values ---------------------------------------------------------------
+
+    def network(self, value, path, strict=False):
+        if not isinstance(value, str):
+            self.fail(path, f"expected an IP address or network, got {_kind(value)}")
+        text = value.strip()
+        address, slash, length = text.partition("/")
+        try:
+            # INET_PTON refuses the legacy shorthands ('10.20', '010.1.1.1') that
+            # inet_aton would quietly turn into some other address.
+            ip = netaddr.IPAddress(address, flags=netaddr.INET_PTON)
+            if slash and not length.isdigit():
+                raise ValueError(length)
+            network = netaddr.IPNetwork(f"{ip}/{length if slash else (32 if ip.version == 4 else 128)}")
+        except (netaddr.AddrFormatError, ValueError, TypeError):
+            self.fail(path, f"{text!r} is not an IP address or network")
+        if network.ip != network.network:
+            what = "network" if strict else "address"
+            self.fail(
+                path,
+                f"{text!r} has host bits set; as a {what} write {network.cidr}"
+                + ("" if strict else f" or the host address {network.ip}"),
+            )
+        return network.cidr
+
+    def networks(self, value, path, strict=False):
+        items = self.items(value, path)
+        if not items:
+            self.fail(path, "expected a non-empty list of IP addresses or networks")
+        result = tuple(self.network(v, f"{path}[{i}]", strict) for i, v in items)
+        self._unique_in_list(result, path)
+        return result
+
+    def integer(self, value, path, lowest, highest, what):
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.fail(path, f"{value!r} is not {what}")
+        if not lowest <= value <= highest:
+            self.fail(path, f"{value} is not {what} ({lowest}-{highest})")
+        return value
+
+    def ports(self, value, path):
+        items = self.items(value, path)
+        if not items:
+            self.fail(path, "expected a non-empty list of TCP ports")
+        ports = tuple(self.integer(v, f"{path}[{i}]", 1, 65535, "a TCP port") for i, v in items)
+        self._unique_in_list(ports, path)
+        return ports
+
+    def port_numbers(self, value, path):
+        items = self.items(value, path)
+        ports = tuple(self.integer(v, f"{path}[{i}]", 1, MAX_OPENFLOW_PORT - 1, "an OpenFlow port number") for i, v in items)
+        self._unique_in_list(ports, path)
+        return ports
+
+    def _unique_in_list(self, values, path):
+        for i, value in enumerate(values):
+            if value in values[:i]:
+                self.fail(f"{path}[{i}]", f"{value} is listed twice")
+
+    def dpid(self, value, path):
+        if isinstance(value, str):
+            text = value.strip().lower()
+            try:
+                if ":" in text:  # 00:00:00:00:00:00:00:01, as ovs-vsctl shows it
+                    value = int(text.replace(":", ""), 16)
+                elif len(text) == 16:  # 0000000000000001, as Ryu logs it
+                    value = int(text, 16)
+                else:
+                    value = int(text, 0)
+            except ValueError:
+                self.fail(path, f"{value!r} is not a datapath id (an integer, 0x hex, or 16 hex digits)")
+        return self.integer(value, path, 0, MAX_DPID, "a datapath id")
+
+    def timestamp(self, value, path):
+        if isinstance(value, datetime.datetime):
+            moment = value
+        elif isinstance(value, datetime.date):
+            moment = datetime.datetime.combine(value, datetime.time())
+        elif isinstance(value, str):
+            try:
+                moment = datetime.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+            except ValueError:
+                self.fail(path, f"{value!r} is not a date or time (use ISO 8601, e.g. 2027-06-30T00:00:00Z)")
+        else:
+            self.fail(path, f"expected a date or time, got {_kind(value)}")
+        # YAML timestamps without an offset are UTC by the YAML spec.
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=datetime.timezone.utc)
+        return moment.astimezone(datetime.timezone.utc)
+
+
+def _did_you_mean(word, choices):
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _kind(value):
+    if value is None:
+        return "nothing"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return f"{type(value).__name__} {value!r}"
+
+
+def _join(networks):
+    return ", ".join(str(n) for n in networks)
+
+
+def _os_reason(err):
+    return err.strerror if isinstance(err, OSError) and err.strerror else str(err)

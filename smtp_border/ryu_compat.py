@@ -1,0 +1,35 @@
+"""Let stock ``ryu-manager`` (Ryu 4.34) start on Python 3.11 with eventlet 0.33.
+
+``ryu.app.wsgi`` imports ``eventlet.wsgi.ALREADY_HANDLED``, which eventlet
+removed in 0.30.3, and ``ryu-manager`` imports ``ryu.app.wsgi`` before it loads
+any application, so the fix cannot live in our app module.  The package ships a
+``.pth`` file that imports this module at interpreter start-up; all it does then
+is register an import hook.  Eventlet itself is imported only when something
+imports ``ryu.app.wsgi``, so pip, pytest and other tools in the virtualenv pay
+nothing.  Ryu uses the name only as an opaque marker for websocket responses,
+so any unique object will do.
+"""
+import importlib.abc
+import sys
+
+_HOOKED_MODULE = "ryu.app.wsgi"
+
+
+class _EventletWsgiShim(importlib.abc.MetaPathFinder):
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != _HOOKED_MODULE:
+            return None
+        sys.meta_path.remove(self)
+        import eventlet.wsgi
+
+        if not hasattr(eventlet.wsgi, "ALREADY_HANDLED"):
+            eventlet.wsgi.ALREADY_HANDLED = object()
+        return None  # the regular finders load ryu.app.wsgi itself
+
+
+def install():
+    if not any(isinstance(f, _EventletWsgiShim) for f in sys.meta_path):
+        sys.meta_path.insert(0, _EventletWsgiShim())
+
+
+install()
