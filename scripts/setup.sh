@@ -50,6 +50,10 @@ fi
 export PIP_CONSTRAINT="$PWD/scripts/constraints.txt"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 log "installing smtp-border and its dependencies into $VENV"
-"$VENV/bin/pip" install -q ".[test]"
+# Editable: the tests, the demo and ryu-manager all run the working tree.
+"$VENV/bin/pip" install -q -e ".[test]"
+# Compile Ryu once so that its SyntaxWarnings are not printed at every start
+# (they are harmless; PYTHONDONTWRITEBYTECODE would otherwise keep them coming).
+"$VENV/bin/python" -m compileall -q "$("$VENV/bin/python" -c "import ryu, os; print(os.path.dirname(ryu.__file__))")" >/dev/null 2>&1 || true
 "$VENV/bin/ryu-manager" --version >/dev/null
 log "ready: $VENV/bin/ryu-manager ryu_apps.smtp_policy"

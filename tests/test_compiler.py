@@ -1,0 +1,210 @@
+"""The compiled rules, run through an OpenFlow 1.3 evaluator, decide exactly as
+the policy's semantics say, for every role of host, both IP versions and both
+kinds of switch."""
+import datetime
+import itertools
+import textwrap
+
+import netaddr
+import pytest
+
+from smtp_border.compiler import compile_switch, merged_exception_networks
+from smtp_border.policy import load_policy, parse_policy
+from smtp_border.rules import (
+    CLASSIFY_TABLE,
+    FORWARD_TABLE,
+    OWNED_TABLES,
+    POLICY_TABLE,
+    Clause,
+    cookie_clause,
+    sorted_rules,
+    to_ofctl,
+)
+from smtp_border.semantics import IP_PROTO_UDP, Packet, is_allowed
+
+from conftest import ROOT
+from flowsim import forwards
+
+NOW = datetime.datetime(2026, 11, 27, tzinfo=datetime.timezone.utc)
+UTC = datetime.timezone.utc
+
+POLICY = """
+campus:
+  prefixes: [10.20.0.0/16, 10.30.0.0/24, "fd00:20::/48"]
+smtp_ports: [25, 2525]
+gateways:
+  - name: relay
+    addresses: [10.20.0.25, "fd00:20::25"]
+exceptions:
+  - {address: 10.20.1.5, direction: inbound, reason: a}
+  - {address: 10.20.2.0/24, direction: outbound, reason: b}
+  - {address: "fd00:20:0:4::/64", direction: both, reason: c}
+  - {address: 10.20.3.3, direction: both, reason: d, expires: 2026-01-01T00:00:00Z}
+  - {address: 10.20.5.5, direction: outbound, reason: e, expires: 2027-01-01T00:00:00Z}
+switches:
+  - {dpid: 1, uplinks: [1, 7]}
+  - {dpid: 5, uplinks: []}
+"""
+
+# One address per role, in and out of every exception and prefix.
+ADDRESSES = [
+    "10.20.0.25", "10.20.1.5", "10.20.1.6", "10.20.2.9", "10.20.3.3", "10.20.5.5", "10.20.9.9",
+    "10.30.0.200", "10.30.1.1", "198.51.100.25", "203.0.113.10",
+    "fd00:20::25", "fd00:20:0:4::99", "fd00:20:0:5::1", "fd00:21::1", "2001:db8::25",
+]
+PORTS = [None, 1, 2, 7]
+
+
+def policy_of(text):
+    return parse_policy(textwrap.dedent(text), "policy.yaml")
+
+
+def all_packets():
+    addresses = [netaddr.IPAddress(a) for a in ADDRESSES]
+    for src, dst in itertools.product(addresses, repeat=2):
+        if src.version != dst.version:
+            continue
+        for in_port in (1, 2, 7):
+            for dst_port in (25, 2525, 587, 80):
+                yield Packet(in_port, src, dst, dst_port=dst_port)
+            yield Packet(in_port, src, dst, ip_proto=IP_PROTO_UDP, dst_port=25)
+
+
+@pytest.mark.parametrize("dpid", [1, 5, 9])
+def test_rules_agree_with_semantics_on_every_packet(dpid):
+    policy = policy_of(POLICY)
+    rules = compile_switch(policy, dpid, NOW)
+    disagreements = [
+        p for p in all_packets() if forwards(rules, p) != is_allowed(policy, dpid, p, NOW)
+    ]
+    assert disagreements == []
+
+
+def test_without_switches_every_switch_enforces_by_address():
+    text = POLICY.split("switches:")[0]
+    policy = policy_of(text)
+    for dpid in (1, 42):
+        rules = compile_switch(policy, dpid, NOW)
+        assert all(r.match.in_port is None for r in rules)
+        assert [p for p in all_packets() if forwards(rules, p) != is_allowed(policy, dpid, p, NOW)] == []
+
+
+def test_shipped_policy_agrees_with_semantics():
+    policy = load_policy(ROOT / "policy.yaml")
+    for dpid in (1, 2, 3):
+        rules = compile_switch(policy, dpid, NOW)
+        assert [p for p in all_packets() if forwards(rules, p) != is_allowed(policy, dpid, p, NOW)] == []
+
+
+def decision(policy, dpid, in_port, src, dst, port=25):
+    rules = compile_switch(policy, dpid, NOW)
+    return forwards(rules, Packet(in_port, netaddr.IPAddress(src), netaddr.IPAddress(dst), dst_port=port))
+
+
+def test_the_clauses_one_by_one():
+    policy = policy_of(POLICY)
+    inside, uplink = 2, 1
+    outside_server, outside_client = "198.51.100.25", "203.0.113.10"
+    # Part 2: campus to outside
+    assert not decision(policy, 1, inside, "10.20.9.9", outside_server)
+    assert decision(policy, 1, inside, "10.20.9.9", outside_server, port=587)
+    assert decision(policy, 1, inside, "10.20.0.25", outside_server)  # gateway
+    assert decision(policy, 1, inside, "10.20.2.9", outside_server)  # outbound exception network
+    assert not decision(policy, 1, inside, "10.20.1.5", outside_server)  # inbound-only
+    assert not decision(policy, 1, inside, "10.20.3.3", outside_server)  # expired
+    assert decision(policy, 1, inside, "10.20.5.5", outside_server)  # not yet expired
+    # Part 1: outside to campus
+    assert not decision(policy, 1, uplink, outside_client, "10.20.9.9")
+    assert decision(policy, 1, uplink, outside_client, "10.20.9.9", port=80)
+    assert decision(policy, 1, uplink, outside_client, "10.20.0.25")  # gateway
+    assert decision(policy, 1, uplink, outside_client, "10.20.1.5")  # inbound exception
+    assert not decision(policy, 1, uplink, outside_client, "10.20.2.9")  # outbound-only
+    assert not decision(policy, 1, 7, outside_client, "10.20.9.9")  # second uplink
+    # campus to campus, and a forged campus source on an uplink
+    assert decision(policy, 1, inside, "10.20.9.9", "10.30.0.200")
+    assert not decision(policy, 1, uplink, "10.20.9.9", "10.30.0.200")
+    assert decision(policy, 1, uplink, "10.20.9.9", "10.20.1.5")  # ...but an exception is an exception
+    # IPv6, a 'both' network
+    assert decision(policy, 1, inside, "fd00:20:0:4::99", "2001:db8::25")
+    assert decision(policy, 1, uplink, "2001:db8::25", "fd00:20:0:4::99")
+    assert not decision(policy, 1, uplink, "2001:db8::25", "fd00:20:0:5::1")
+    # transit: neither end on campus
+    assert decision(policy, 1, uplink, outside_client, outside_server)
+    # inside switch
+    assert decision(policy, 9, 2, "10.20.9.9", outside_server)
+
+
+def test_inside_switch_only_forwards():
+    rules = compile_switch(policy_of(POLICY), 9, NOW)
+    assert {r.clause for r in rules} == {Clause.NOT_SMTP, Clause.FORWARD}
+
+
+def test_expired_exception_leaves_no_flow():
+    policy = policy_of(POLICY)
+    before = compile_switch(policy, 1, datetime.datetime(2025, 1, 1, tzinfo=UTC))
+    after = compile_switch(policy, 1, NOW)
+    dropped = {r.match.ip_src or r.match.ip_dst for r in before - after}
+    assert dropped == {netaddr.IPNetwork("10.20.3.3/32")}
+
+
+def test_family_without_campus_prefix_has_no_rules():
+    policy = policy_of("campus: {prefixes: [10.0.0.0/8]}\n")
+    rules = compile_switch(policy, 1, NOW)
+    assert all(r.match.eth_type in (None, 0x0800) for r in rules)
+    packet = Packet(2, netaddr.IPAddress("2001:db8::1"), netaddr.IPAddress("2001:db8::2"), dst_port=25)
+    assert forwards(rules, packet)
+
+
+def test_adjacent_exceptions_merge_without_widening():
+    policy = policy_of(
+        """
+        campus: {prefixes: [10.20.0.0/16]}
+        exceptions:
+          - {address: 10.20.4.0, direction: outbound, reason: a}
+          - {address: 10.20.4.1, direction: both, reason: b}
+          - {address: 10.20.4.2/31, direction: outbound, reason: c}
+          - {address: 10.20.4.5, direction: outbound, reason: d}
+        """
+    )
+    assert merged_exception_networks(policy.exceptions, inbound=False) == [
+        netaddr.IPNetwork("10.20.4.0/30"),
+        netaddr.IPNetwork("10.20.4.5/32"),
+    ]
+    assert merged_exception_networks(policy.exceptions, inbound=True) == [netaddr.IPNetwork("10.20.4.1/32")]
+    rules = compile_switch(policy, 1, NOW)
+    outbound = [r for r in rules if r.clause == Clause.EXCEPTION_OUTBOUND]
+    assert len(outbound) == 2
+
+
+def test_flow_count_grows_by_one_per_exception_direction():
+    base = "campus: {prefixes: [10.20.0.0/16]}\nexceptions:\n"
+    entries = "".join(f"  - {{address: 10.20.{i}.1, direction: both, reason: r}}\n" for i in range(0, 200, 2))
+    small = compile_switch(policy_of(base + entries.split("\n")[0] + "\n"), 1, NOW)
+    large = compile_switch(policy_of(base + entries), 1, NOW)
+    assert len(large) - len(small) == 2 * 99
+
+
+def test_rules_are_well_formed():
+    policy = policy_of(POLICY)
+    rules = compile_switch(policy, 1, NOW)
+    assert {r.table for r in rules} == set(OWNED_TABLES)
+    assert len({r.key for r in rules}) == len(rules), "two rules share table, priority and match"
+    for rule in rules:
+        assert cookie_clause(rule.cookie) is not None
+        if rule.table == CLASSIFY_TABLE and rule.match.tcp_dst is not None:
+            assert rule.instructions.goto_table == POLICY_TABLE
+        if rule.table == FORWARD_TABLE:
+            assert rule.instructions.output_normal
+    # every table has a lowest-priority catch-all, so no packet hits a table miss
+    for table in OWNED_TABLES:
+        assert any(r.table == table and r.priority == 0 and r.match == type(r.match)() for r in rules)
+
+
+def test_ofctl_rendering():
+    rules = sorted_rules(compile_switch(load_policy(ROOT / "policy.yaml"), 1, NOW))
+    lines = [to_ofctl(r) for r in rules]
+    assert lines[0].startswith("cookie=0x534d02")
+    assert "table=0,priority=300,in_port=1,dl_type=0x0800,nw_proto=6,tp_dst=25 actions=write_metadata:0x2/0x3,goto_table:1" in lines[0] + lines[1]
+    assert any(l.endswith("table=2,priority=0 actions=NORMAL") for l in lines)
+    assert any("ipv6_dst=fd00:20:0:1::5 actions=goto_table:2" in l for l in lines)
+    assert any("metadata=0x1/0x3,dl_type=0x0800 actions=drop" in l for l in lines)

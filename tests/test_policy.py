@@ -1,0 +1,167 @@
+"""policy.yaml parsing and validation: every rejection names file, key and problem."""
+import datetime
+import textwrap
+
+import netaddr
+import pytest
+
+from smtp_border.policy import Direction, PolicyError, load_policy, parse_policy
+
+from conftest import ROOT
+
+BASE = """
+campus:
+  prefixes: [10.20.0.0/16, "fd00:20::/48"]
+gateways:
+  - name: relay
+    addresses: [10.20.0.25]
+exceptions:
+  - address: 10.20.1.5
+    direction: inbound
+    reason: dept mail
+"""
+
+
+def parse(text):
+    return parse_policy(textwrap.dedent(text), source="policy.yaml")
+
+
+def error_of(text):
+    with pytest.raises(PolicyError) as caught:
+        parse(text)
+    return str(caught.value)
+
+
+def test_shipped_policy_loads():
+    policy = load_policy(ROOT / "policy.yaml")
+    assert policy.smtp_ports == (25,)
+    assert [s.dpid for s in policy.switches] == [1]
+    assert policy.switches[0].uplinks == (1,)
+    assert {e.direction for e in policy.exceptions} == {Direction.INBOUND, Direction.OUTBOUND}
+
+
+def test_defaults_and_normalisation():
+    policy = parse(BASE)
+    assert policy.smtp_ports == (25,)
+    assert policy.switches is None
+    assert policy.exceptions[0].address == netaddr.IPNetwork("10.20.1.5/32")
+    assert policy.exceptions[0].contact is None and policy.exceptions[0].expires is None
+    assert policy.is_campus(netaddr.IPAddress("fd00:20::1"))
+    assert not policy.is_campus(netaddr.IPAddress("10.21.0.1"))
+
+
+def test_issue_example_message():
+    text = BASE + """
+  - {address: 10.20.1.6, direction: inbound, reason: a}
+  - {address: 10.20.3.300, direction: inbound, reason: b}
+"""
+    assert error_of(text) == "policy.yaml: exceptions[2].address: '10.20.3.300' is not an IP address or network"
+
+
+def test_load_policy_names_the_file(tmp_path):
+    path = tmp_path / "site.yaml"
+    path.write_text("campus: {prefixes: [10.20.0.0/16]}\nsmtp_ports: [0]\n")
+    with pytest.raises(PolicyError) as caught:
+        load_policy(path)
+    assert str(caught.value) == f"{path}: smtp_ports[0]: 0 is not a TCP port (1-65535)"
+
+
+def test_missing_file():
+    with pytest.raises(PolicyError, match=r"^nowhere.yaml: cannot read policy file: No such file"):
+        load_policy("nowhere.yaml")
+
+
+def test_expires_parses_to_utc():
+    policy = parse(BASE + "    expires: 2027-06-30T02:00:00+02:00\n")
+    assert policy.exceptions[0].expires == datetime.datetime(2027, 6, 30, tzinfo=datetime.timezone.utc)
+    policy = parse(BASE + "    expires: 2027-06-30\n")
+    assert policy.exceptions[0].expires == datetime.datetime(2027, 6, 30, tzinfo=datetime.timezone.utc)
+    policy = parse(BASE + '    expires: "2027-06-30T00:00:00Z"\n')
+    assert policy.exceptions[0].expires.tzinfo == datetime.timezone.utc
+
+
+def test_switch_dpid_forms():
+    for form in ("1", "0x1", '"00:00:00:00:00:00:00:01"', '"0000000000000001"'):
+        policy = parse(BASE + f"switches:\n  - {{dpid: {form}, uplinks: [1, 2]}}\n")
+        assert policy.switches[0].dpid == 1
+    assert parse(BASE + "switches: []\n").switches == ()
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("", "policy.yaml: the file is empty; it needs at least campus.prefixes"),
+        ("- a\n- b\n", "policy.yaml: top level: expected a mapping of keys, got a list"),
+        ("campus: [\n", "policy.yaml: line 2, column 1: YAML syntax error: expected the node content, but found '<stream end>'"),
+        ("gateways: []\n", "policy.yaml: campus: missing required key"),
+        ("campus: {}\n", "policy.yaml: campus.prefixes: missing required key"),
+        ("campus: {prefixes: []}\n", "policy.yaml: campus.prefixes: expected a non-empty list of IP addresses or networks"),
+        ("campus: {prefixes: [10.20.0.1/16]}\n", "policy.yaml: campus.prefixes[0]: '10.20.0.1/16' has host bits set; as a network write 10.20.0.0/16"),
+        ("campus: {prefixes: [10.20/16]}\n", "policy.yaml: campus.prefixes[0]: '10.20/16' is not an IP address or network"),
+        ("campus: {prefixes: [10.20.0.0/33]}\n", "policy.yaml: campus.prefixes[0]: '10.20.0.0/33' is not an IP address or network"),
+        ("campus: {prefixes: [10.0.0.0/8, 10.0.0.0/8]}\n", "policy.yaml: campus.prefixes[1]: 10.0.0.0/8 is listed twice"),
+        ("campus: {prefixes: [12]}\n", "policy.yaml: campus.prefixes[0]: expected an IP address or network, got int 12"),
+        ("campus: {prefixes: [10.0.0.0/8]}\ncampus: {prefixes: [10.0.0.0/8]}\n", "policy.yaml: line 2, column 1: YAML syntax error: duplicate key 'campus'"),
+        ("campus: {prefixes: [10.0.0.0/8], prefix: 1}\n", "policy.yaml: campus.prefix: unknown key 'prefix'; did you mean 'prefixes'?"),
+        ("campus: {prefixes: [10.0.0.0/8]}\nexception: []\n", "policy.yaml: exception: unknown key 'exception'; did you mean 'exceptions'?"),
+        ("campus: {prefixes: [10.0.0.0/8]}\nsmtp_ports: [25, 25]\n", "policy.yaml: smtp_ports[1]: 25 is listed twice"),
+        ("campus: {prefixes: [10.0.0.0/8]}\nsmtp_ports: [70000]\n", "policy.yaml: smtp_ports[0]: 70000 is not a TCP port (1-65535)"),
+        ("campus: {prefixes: [10.0.0.0/8]}\nsmtp_ports: [smtp]\n", "policy.yaml: smtp_ports[0]: 'smtp' is not a TCP port"),
+        ("campus: {prefixes: [10.0.0.0/8]}\nsmtp_ports: [true]\n", "policy.yaml: smtp_ports[0]: True is not a TCP port"),
+        ("campus: {prefixes: [10.0.0.0/8]}\nsmtp_ports: 25\n", "policy.yaml: smtp_ports: expected a list, got int 25"),
+        ("campus: {prefixes: [10.0.0.0/8]}\ngateways: [{name: r}]\n", "policy.yaml: gateways[0].addresses: missing required key"),
+        ("campus: {prefixes: [10.0.0.0/8]}\ngateways: [{name: r, addresses: [192.0.2.1]}]\n", "policy.yaml: gateways[0].addresses[0]: 192.0.2.1/32 is not inside the campus prefixes (10.0.0.0/8)"),
+        ("campus: {prefixes: [10.0.0.0/8]}\ngateways: [{name: r, addresses: [10.0.0.1]}, {name: r, addresses: [10.0.0.2]}]\n", "policy.yaml: gateways[1].name: 'r' is already used by gateways[0]"),
+    ],
+)
+def test_rejections(text, expected):
+    assert error_of(text) == expected
+
+
+@pytest.mark.parametrize(
+    "entry, expected",
+    [
+        ("{address: 10.20.1.5, direction: inbound}", "exceptions[1].reason: missing required key"),
+        ("{address: 10.20.1.5, reason: x}", "exceptions[1].direction: missing required key"),
+        ("{address: 10.20.1.6, direction: inbond, reason: x}", "exceptions[1].direction: 'inbond' is not a direction; use one of inbound, outbound, both; did you mean 'inbound'?"),
+        ("{address: 10.20.1.6, direction: out, reason: x}", "exceptions[1].direction: 'out' is not a direction; use one of inbound, outbound, both"),
+        ("{address: 10.20.1.6, direction: both, reason: ''}", "exceptions[1].reason: expected non-empty text, got str ''"),
+        ("{address: 10.20.1.6, direction: both, reason: x, contact: 5}", "exceptions[1].contact: expected non-empty text, got int 5"),
+        ("{address: 10.20.1.6, direction: both, reason: x, expire: 2027-01-01}", "exceptions[1].expire: unknown key 'expire'; did you mean 'expires'?"),
+        ("{address: 10.20.1.6, direction: both, reason: x, expires: soon}", "exceptions[1].expires: 'soon' is not a date or time (use ISO 8601, e.g. 2027-06-30T00:00:00Z)"),
+        ("{address: 10.20.1.6, direction: both, reason: x, expires: 2027-13-01}", "exceptions[1].expires: '2027-13-01' is not a date or time (use ISO 8601, e.g. 2027-06-30T00:00:00Z)"),
+        ("{address: 10.20.1.5, direction: outbound, reason: x}", "exceptions[1].address: 10.20.1.5/32 is already listed at exceptions[0] (give one entry with direction: both)"),
+        ("{address: 10.99.0.0/16, direction: both, reason: x}", "exceptions[1].address: 10.99.0.0/16 is not inside the campus prefixes (10.20.0.0/16, fd00:20::/48)"),
+        ("{address: 10.20.1.7/24, direction: both, reason: x}", "exceptions[1].address: '10.20.1.7/24' has host bits set; as a address write 10.20.1.0/24 or the host address 10.20.1.7"),
+        ("{address: 'fd00:21::1', direction: both, reason: x}", "exceptions[1].address: fd00:21::1/128 is not inside the campus prefixes (10.20.0.0/16, fd00:20::/48)"),
+        ("{address: '::ffff:10.20.1.9', direction: both, reason: x}", "exceptions[1].address: ::ffff:10.20.1.9/128 is not inside the campus prefixes (10.20.0.0/16, fd00:20::/48)"),
+        ("10.20.1.9", "exceptions[1]: expected a mapping of keys, got str '10.20.1.9'"),
+    ],
+)
+def test_exception_rejections(entry, expected):
+    assert error_of(BASE + f"  - {entry}\n") == f"policy.yaml: {expected}"
+
+
+@pytest.mark.parametrize(
+    "switches, expected",
+    [
+        ("[{uplinks: [1]}]", "switches[0].dpid: missing required key"),
+        ("[{dpid: 1}]", "switches[0].uplinks: missing required key"),
+        ("[{dpid: -1, uplinks: [1]}]", "switches[0].dpid: -1 is not a datapath id (0-18446744073709551615)"),
+        ("[{dpid: zz, uplinks: [1]}]", "switches[0].dpid: 'zz' is not a datapath id (an integer, 0x hex, or 16 hex digits)"),
+        ("[{dpid: 1, uplinks: [0]}]", "switches[0].uplinks[0]: 0 is not an OpenFlow port number (1-4294967039)"),
+        ("[{dpid: 1, uplinks: [1, 1]}]", "switches[0].uplinks[1]: 1 is listed twice"),
+        ("[{dpid: 1, uplinks: [1]}, {dpid: 0x1, uplinks: [2]}]", "switches[1].dpid: 1 is already used by switches[0]"),
+        ("[{dpid: 1, uplinks: [1], uplink: 2}]", "switches[0].uplink: unknown key 'uplink'; did you mean 'uplinks'?"),
+    ],
+)
+def test_switch_rejections(switches, expected):
+    assert error_of(BASE + f"switches: {switches}\n") == f"policy.yaml: {expected}"
+
+
+def test_error_is_one_line_and_has_parts():
+    with pytest.raises(PolicyError) as caught:
+        parse(BASE + "  - {address: 10.20.1.6, direction: sideways, reason: x}\n")
+    err = caught.value
+    assert "\n" not in str(err)
+    assert (err.source, err.path) == ("policy.yaml", "exceptions[1].direction")
