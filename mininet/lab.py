@@ -216,10 +216,13 @@ class Lab:
         ).stdout
 
     def add_address(self, host, address, family):
-        length = campus.PREFIX_LENGTH[family]
+        """An extra address that the host answers for but never picks as a
+        source by itself: a host-length prefix adds no subnet route (IPv4), and
+        a deprecated address loses IPv6 source selection (RFC 6724 rule 3)."""
+        length = 32 if family == 4 else 128
         intf = self.host(host).defaultIntf()
         flag = "-6 " if family == 6 else ""
-        extra = " nodad" if family == 6 else ""
+        extra = " nodad preferred_lft 0" if family == 6 else ""
         self.host(host).cmd(f"ip {flag}addr add {address}/{length} dev {intf}{extra}")
 
 
