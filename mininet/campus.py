@@ -16,6 +16,8 @@ From the command line (the controller runs separately):
     mn --custom mininet/campus.py --topo campus --controller remote,port=6653 \
        --switch ovs,datapath=user,protocols=OpenFlow13 --host campushost
 """
+from dataclasses import dataclass
+
 from mininet.node import Host
 from mininet.topo import Topo
 
@@ -35,6 +37,50 @@ HOSTS = {
 OUTSIDE_HOSTS = ("outmx", "outhost")
 CAMPUS_HOSTS = ("relay", "dept", "bigmail", "h1", "h2")
 PREFIX_LENGTH = {4: 8, 6: 32}  # wide on purpose: every address is on-link anyway
+
+# Campus addresses that the outside client also owns, to forge a campus source.
+FORGER = "outhost"
+FORGED_SOURCE = {4: "10.20.9.9", 6: "fd00:20:0:9::9"}
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One clause of the policy, as a connection attempt in this campus."""
+
+    clause: str
+    client: str
+    server: str
+    port: int
+    allowed: bool  # under the shipped policy.yaml
+    proto: str = "tcp"
+    forged_source: bool = False
+
+
+# Every clause of the policy, each "blocked" next to an "allowed" twin on the
+# same path. The demo plays these; the tests run them in both IP versions.
+SCENARIOS = [
+    Scenario("Part 2: ordinary campus host to an outside mail server", "h1", "outmx", 25, False),
+    Scenario("  twin: same hosts, another port", "h1", "outmx", 2525, True),
+    Scenario("  submission (587) is not relay traffic", "h1", "outmx", 587, True),
+    Scenario("Part 2: the campus relay (gateway) to the outside", "relay", "outmx", 25, True),
+    Scenario("Part 2: outbound exception (50 MB limit) to the outside", "bigmail", "outmx", 25, True),
+    Scenario("Part 2: an inbound-only exception to the outside", "dept", "outmx", 25, False),
+    Scenario("  twin: same hosts, another port", "dept", "outmx", 2525, True),
+    Scenario("Part 2: another ordinary campus host to the outside", "h2", "outmx", 25, False),
+    Scenario("campus to campus: host to the relay", "h1", "relay", 25, True),
+    Scenario("campus to campus: host to host", "h1", "h2", 25, True),
+    Scenario("Part 1: outside client to an ordinary campus host", "outhost", "h1", 25, False),
+    Scenario("  twin: same hosts, another port", "outhost", "h1", 2525, True),
+    Scenario("Part 1: outside client to the relay (gateway)", "outhost", "relay", 25, True),
+    # dept has no outbound exception, yet its replies (from port 25) leave campus.
+    Scenario("Part 1: outside client to the departmental mail system (inbound exception)", "outhost", "dept", 25, True),
+    Scenario("Part 1: outside client to an outbound-only exception", "outhost", "bigmail", 25, False),
+    Scenario("Part 1: outside mail server to another ordinary host", "outmx", "h2", 25, False),
+    Scenario("transit: outside to outside is not campus mail", "outhost", "outmx", 25, True),
+    Scenario("UDP to port 25 is not SMTP", "outhost", "h1", 25, True, proto="udp"),
+    Scenario("forged campus source arriving on the uplink", "outhost", "h2", 25, False, forged_source=True),
+    Scenario("  twin: same forged source, another port", "outhost", "h2", 2525, True, forged_source=True),
+]
 
 
 class CampusHost(Host):

@@ -106,12 +106,10 @@ class Probe:
     family: int = 4
     proto: str = "tcp"
     src: str = None  # a source address to bind (forged sources)
-    sport: int = None
 
     def describe(self):
-        via = f" from {self.src}" if self.src else ""
-        sport = f" (source port {self.sport})" if self.sport else ""
-        return f"{self.client}{via} -> {self.dst}:{self.port}/{self.proto} IPv{self.family}{sport}"
+        via = f" (as {self.src})" if self.src else ""
+        return f"{self.client}{via} -> {self.dst}:{self.port}/{self.proto} IPv{self.family}"
 
 
 class Lab:
@@ -154,6 +152,8 @@ class Lab:
             listener = self.host(name).popen(["python3", str(PROBE), "listen", *map(str, LISTEN_PORTS)])
             self.listeners.append(listener)
         self._wait_listeners()
+        for family, address in campus.FORGED_SOURCE.items():
+            self.add_address(campus.FORGER, address, family)
 
     def stop(self):
         # Processes started with popen live outside the hosts' shells; Mininet
@@ -201,8 +201,6 @@ class Lab:
             command = ["python3", str(PROBE), p.proto, self.address(p.dst, p.family), str(p.port), "--timeout", str(timeout)]
             if p.src:
                 command += ["--src", p.src]
-            if p.sport:
-                command += ["--sport", str(p.sport)]
             running[p] = self.host(p.client).popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         results = {}
         for p, proc in running.items():

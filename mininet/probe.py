@@ -2,7 +2,7 @@
 """Tiny TCP/UDP listener and prober, run inside Mininet hosts.
 
     probe.py listen PORT [PORT ...]         accept TCP (IPv4 and IPv6) and echo UDP on each port
-    probe.py tcp DST PORT [--src A] [--sport P] [--timeout S]
+    probe.py tcp DST PORT [--src A] [--timeout S]
     probe.py udp DST PORT [--src A] [--timeout S]
 
 A probe prints one word and exits 0: `open` (TCP handshake completed or UDP
@@ -40,14 +40,13 @@ def listen(ports):
                 sock.sendto(data, peer)
 
 
-def probe(kind, dst, port, src=None, sport=None, timeout=2.0):
+def probe(kind, dst, port, src=None, timeout=2.0):
     family = socket.AF_INET6 if ":" in dst else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM if kind == "tcp" else socket.SOCK_DGRAM)
     sock.settimeout(timeout)
     try:
-        if src or sport:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((src or "", sport or 0))
+        if src:
+            sock.bind((src, 0))
         if kind == "tcp":
             sock.connect((dst, port))
         else:
@@ -73,13 +72,12 @@ def main(argv=None):
         p.add_argument("dst")
         p.add_argument("port", type=int)
         p.add_argument("--src")
-        p.add_argument("--sport", type=int)
         p.add_argument("--timeout", type=float, default=2.0)
     args = parser.parse_args(argv)
     if args.command == "listen":
         listen(args.ports)
     else:
-        print(probe(args.command, args.dst, args.port, args.src, args.sport, args.timeout))
+        print(probe(args.command, args.dst, args.port, args.src, args.timeout))
     return 0
 
 
