@@ -3,12 +3,14 @@
 Shared by the tests and the demo. Lab is a context manager: whatever happens
 inside, leaving it stops Mininet, removes the bridges and kills the controller.
 """
+import contextlib
 import os
 import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -145,7 +147,9 @@ class Lab:
             host=campus.CampusHost,
             autoSetMacs=True,
             waitConnected=False,
+            build=False,  # assign first, so that stop() also undoes a build cut short
         )
+        self.net.build()
         self.net.start()
         self.controller.wait_installs({dpid: 1 for dpid in self.dpids()})
         for name in campus.HOSTS:
@@ -156,18 +160,25 @@ class Lab:
             self.add_address(campus.FORGER, address, family)
 
     def stop(self):
-        # Processes started with popen live outside the hosts' shells; Mininet
-        # would leave them (and their namespaces) behind.
-        for listener in self.listeners:
-            listener.kill()
-            listener.wait()
-        self.listeners = []
-        if self.net is not None:
+        """Stop everything, even after an interrupted command; a second Ctrl-C
+        while cleaning up is ignored so that nothing is left half-stopped."""
+        with _signals_ignored():
             try:
-                self.net.stop()
+                # Processes started with popen live outside the hosts' shells;
+                # Mininet would leave them (and their namespaces) behind.
+                for listener in self.listeners:
+                    listener.kill()
+                    listener.wait()
+                self.listeners = []
+                if self.net is not None:
+                    try:
+                        self.net.stop()
+                    except Exception as err:  # e.g. a host shell interrupted mid-command
+                        print(f"lab: Mininet did not stop cleanly ({err!r}); cleaning up like mn -c", file=sys.stderr)
+                        cleanup_leftovers()
             finally:
                 self.net = None
-        self.controller.stop()
+                self.controller.stop()
 
     def dpids(self):
         return [int(switch.dpid, 16) for switch in self.net.switches]
@@ -222,6 +233,19 @@ class Lab:
         flag = "-6 " if family == 6 else ""
         extra = " nodad preferred_lft 0" if family == 6 else ""
         self.host(host).cmd(f"ip {flag}addr add {address}/{length} dev {intf}{extra}")
+
+
+@contextlib.contextmanager
+def _signals_ignored():
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
 
 
 def cleanup_leftovers():
