@@ -24,8 +24,10 @@ from mininet.topo import Topo
 BORDER_DPID = 1
 UPLINK_PORT = 1
 
-# name -> (IPv4, IPv6, role). The addresses match policy.yaml.
-HOSTS = {
+# name -> (IPv4, IPv6, role). The addresses match policy.yaml. (`mn --custom`
+# copies this module's globals over its own, so no name here may be one of
+# mn's: HOSTS, SWITCHES, TOPOS, ...)
+HOST_ADDRESSES = {
     "outmx": ("198.51.100.25", "2001:db8:100::25", "outside mail server"),
     "outhost": ("203.0.113.10", "2001:db8:203::10", "outside client"),
     "relay": ("10.20.0.25", "fd00:20::25", "campus relay (gateway)"),
@@ -110,7 +112,7 @@ class CampusTopo(Topo):
         # The uplink must be port 1 of the border switch: policy.yaml says so.
         self.addLink(border, internet, port1=UPLINK_PORT)
         self.addLink(border, campus, port1=UPLINK_PORT + 1)
-        for name, (ip4, ip6, _role) in HOSTS.items():
+        for name, (ip4, ip6, _role) in HOST_ADDRESSES.items():
             host = self.addHost(name, cls=CampusHost, ip=f"{ip4}/{PREFIX_LENGTH[4]}", ip6=ip6)
             self.addLink(host, internet if name in OUTSIDE_HOSTS else campus)
 

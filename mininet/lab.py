@@ -152,7 +152,7 @@ class Lab:
         self.net.build()
         self.net.start()
         self.controller.wait_installs({dpid: 1 for dpid in self.dpids()})
-        for name in campus.HOSTS:
+        for name in campus.HOST_ADDRESSES:
             listener = self.host(name).popen(["python3", str(PROBE), "listen", *map(str, LISTEN_PORTS)])
             self.listeners.append(listener)
         self._wait_listeners()
@@ -187,15 +187,15 @@ class Lab:
         return self.net.get(name)
 
     def address(self, name_or_address, family):
-        if name_or_address in campus.HOSTS:
-            ip4, ip6, _ = campus.HOSTS[name_or_address]
+        if name_or_address in campus.HOST_ADDRESSES:
+            ip4, ip6, _ = campus.HOST_ADDRESSES[name_or_address]
             return ip4 if family == 4 else ip6
         return name_or_address
 
     def _wait_listeners(self, timeout=10.0):
         # Each host's listener must answer on loopback before any probe counts.
         deadline = time.monotonic() + timeout
-        pending = set(campus.HOSTS)
+        pending = set(campus.HOST_ADDRESSES)
         while pending and time.monotonic() < deadline:
             for name in list(pending):
                 out = self.host(name).cmd(f"python3 {PROBE} tcp 127.0.0.1 25 --timeout 1")

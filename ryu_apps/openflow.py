@@ -24,7 +24,8 @@ def match_of(parser, match):
     for name, network in (("src", match.ip_src), ("dst", match.ip_dst)):
         if network is not None:
             family = "ipv4" if network.version == 4 else "ipv6"
-            fields[f"{family}_{name}"] = (str(network.ip), str(network.netmask))
+            # A host is an exact match; only a real network needs a mask.
+            fields[f"{family}_{name}"] = str(network.ip) if network.size == 1 else (str(network.ip), str(network.netmask))
     return parser.OFPMatch(**fields)
 
 

@@ -35,7 +35,7 @@ def policy_for(variant, directory):
     'addresses' without `switches` (every switch enforces by address)."""
     with open(ROOT / "policy.yaml") as stream:
         document = yaml.safe_load(stream)
-    ip4, ip6, _ = campus.HOSTS[EXPIRED_FOR]
+    ip4, ip6, _ = campus.HOST_ADDRESSES[EXPIRED_FOR]
     for address in (ip4, ip6):
         document["exceptions"].append({
             "address": address,
