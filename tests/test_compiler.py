@@ -208,3 +208,18 @@ def test_ofctl_rendering():
     assert any(l.endswith("table=2,priority=0 actions=NORMAL") for l in lines)
     assert any("ipv6_dst=fd00:20:0:1::5 actions=goto_table:2" in l for l in lines)
     assert any("metadata=0x1/0x3,dl_type=0x0800 actions=drop" in l for l in lines)
+
+
+def test_flow_dump_in_the_docs_is_the_shipped_policy():
+    """docs/flow-tables.md shows a real dump of the border switch; it must
+    still be what the shipped policy compiles to."""
+    import re
+
+    text = (ROOT / "docs" / "flow-tables.md").read_text()
+    dump = text.split("OFPST_FLOW reply", 1)[1].split("```", 1)[0]
+    documented = sorted(re.findall(r"cookie=(0x[0-9a-f]+), duration=[^,]+, table=(\d+),.* priority=(\d+)", dump))
+    compiled = sorted(
+        (f"{r.cookie:#x}", str(r.table), str(r.priority))
+        for r in compile_switch(load_policy(ROOT / "policy.yaml"), 1, NOW)
+    )
+    assert documented == compiled
