@@ -37,7 +37,6 @@ HOST_ADDRESSES = {
     "h2": ("10.20.3.11", "fd00:20:0:3::11", "ordinary campus host"),
 }
 OUTSIDE_HOSTS = ("outmx", "outhost")
-CAMPUS_HOSTS = ("relay", "dept", "bigmail", "h1", "h2")
 PREFIX_LENGTH = {4: 8, 6: 32}  # wide on purpose: every address is on-link anyway
 
 # Campus addresses that the outside client also owns, to forge a campus source.

@@ -61,7 +61,6 @@ class SmtpPolicy(app_manager.RyuApp):
         self._log_policy()
         self.datapaths = {}  # dpid -> connected Datapath
         self.installed = {}  # dpid -> frozenset of FlowRule confirmed on the switch
-        self.error_count = 0
         self._pending = {}  # (dpid, barrier xid) -> _PendingChange
         self._bundle_ids = itertools.count(1)
         # One change at a time, across all switches: changes never interleave.
@@ -156,7 +155,6 @@ class SmtpPolicy(app_manager.RyuApp):
     def _error(self, ev):
         msg = ev.msg
         description = openflow.describe_error(msg.datapath, msg)
-        self.error_count += 1
         self.logger.error("smtp-border: OpenFlow error from switch %016x: %s", msg.datapath.id or 0, description)
         for change in self._changes_for(msg.datapath.id):
             if msg.xid in change.xids:

@@ -74,10 +74,6 @@ def compile_switch(policy, dpid, now=None):
     return frozenset(rules)
 
 
-def enforces(policy, dpid):
-    return policy.switch_spec(dpid) is not None
-
-
 def merged_exception_networks(exceptions, inbound):
     """Networks allowed by exceptions in one direction, adjacent ones merged.
 

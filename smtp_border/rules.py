@@ -39,8 +39,6 @@ FROM_OUTSIDE = 0x2
 # enforces; the item id (a CRC of the network or port it is about) keeps
 # flows of one clause apart in dumps and logs.
 COOKIE_APP_TAG = 0x534D  # "SM"
-COOKIE_APP_MASK = 0xFFFF << 48
-COOKIE_CLAUSE_MASK = 0xFF << 40
 
 
 class Clause(enum.IntEnum):
