@@ -4,6 +4,8 @@ Shared by the tests and the demo. Lab is a context manager: whatever happens
 inside, leaving it stops Mininet, removes the bridges and kills the controller.
 """
 import contextlib
+import http.client
+import json
 import os
 import re
 import signal
@@ -41,33 +43,61 @@ def free_port():
 class Controller:
     """A ryu-manager process running ryu_apps.smtp_policy, logging to a file."""
 
-    def __init__(self, policy_file, log_file, of_port=None, extra_env=None):
+    def __init__(self, policy_file, log_file, state_file=None, token=None):
         self.policy_file = Path(policy_file)
         self.log_file = Path(log_file)
-        self.of_port = of_port or free_port()
-        self.extra_env = extra_env or {}
+        # API exceptions go beside the log, never into the repository.
+        self.state_file = Path(state_file or self.log_file.with_name("api-exceptions.json"))
+        self.token = token
+        self.of_port = free_port()
+        self.api_port = free_port()
         self.process = None
 
     def start(self):
-        env = dict(os.environ, SMTP_POLICY_FILE=str(self.policy_file), **self.extra_env)
-        command = [str(RYU_MANAGER), "--ofp-tcp-listen-port", str(self.of_port), "ryu_apps.smtp_policy"]
+        env = dict(os.environ, SMTP_POLICY_FILE=str(self.policy_file), SMTP_POLICY_STATE=str(self.state_file))
+        env.pop("SMTP_POLICY_TOKEN", None)
+        if self.token:
+            env["SMTP_POLICY_TOKEN"] = self.token
+        command = [
+            str(RYU_MANAGER), "--ofp-tcp-listen-port", str(self.of_port),
+            "--wsapi-host", "127.0.0.1", "--wsapi-port", str(self.api_port), "ryu_apps.smtp_policy",
+        ]
         with open(self.log_file, "ab") as log:
             self.process = subprocess.Popen(
                 command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
-        self._wait_listening()
+        self._wait_listening(self.of_port)
+        self._wait_listening(self.api_port)
         return self
 
-    def _wait_listening(self, timeout=20.0):
+    def _wait_listening(self, port, timeout=20.0):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"ryu-manager exited with {self.process.returncode}:\n{self.log()[-3000:]}")
             with socket.socket() as sock:
-                if sock.connect_ex(("127.0.0.1", self.of_port)) == 0:
+                if sock.connect_ex(("127.0.0.1", port)) == 0:
                     return
             time.sleep(0.1)
-        raise TimeoutError(f"ryu-manager did not listen on port {self.of_port} within {timeout}s")
+        raise TimeoutError(f"ryu-manager did not listen on port {port} within {timeout}s")
+
+    def api(self, method, path, body=None, token=None, headers=None, timeout=60):
+        """Call the REST API; returns (status, parsed JSON or None)."""
+        connection = http.client.HTTPConnection("127.0.0.1", self.api_port, timeout=timeout)
+        headers = dict(headers or {})
+        if isinstance(body, (dict, list)):
+            body = json.dumps(body)
+            headers.setdefault("Content-Type", "application/json")
+        token = self.token if token is None else token
+        if token:
+            headers.setdefault("Authorization", f"Bearer {token}")
+        try:
+            connection.request(method, path, body=body, headers=headers)
+            response = connection.getresponse()
+            data = response.read()
+        finally:
+            connection.close()
+        return response.status, (json.loads(data) if data else None)
 
     def stop(self, sig=signal.SIGTERM):
         if self.process and self.process.poll() is None:

@@ -4,6 +4,7 @@ Nothing here decides policy; it only spells rules the way Ryu's parser wants
 them and wraps a change in an ONF bundle (the OpenFlow 1.3 extension that Open
 vSwitch implements) so that a switch applies it all at once or not at all.
 """
+import netaddr
 from ryu.ofproto import ofproto_parser
 
 from smtp_border.rules import METADATA_MASK, OWNED_TABLES
@@ -69,6 +70,29 @@ def delete_table(datapath, table_id):
     )
 
 
+def delete_flow(datapath, rule):
+    ofp, parser = datapath.ofproto, datapath.ofproto_parser
+    return parser.OFPFlowMod(
+        datapath,
+        table_id=rule.table,
+        command=ofp.OFPFC_DELETE_STRICT,
+        priority=rule.priority,
+        out_port=ofp.OFPP_ANY,
+        out_group=ofp.OFPG_ANY,
+        match=match_of(parser, rule.match),
+    )
+
+
+def apply_diff(datapath, diff):
+    """Flow mods for a RuleDiff, adds before deletes.
+
+    Inside a bundle the order does not matter. Without one, this order passes
+    through the union of old and new flows, which blocks whatever both block
+    and allows whatever both allow: every allow flow sits above every drop
+    flow in the policy table."""
+    return [add_flow(datapath, r) for r in diff.add] + [delete_flow(datapath, r) for r in diff.delete]
+
+
 def replace_all(datapath, rules):
     """Flow mods that leave the owned tables holding exactly `rules`.
 
@@ -86,6 +110,43 @@ def bundle(datapath, bundle_id, messages):
     wrapped.extend(parser.ONFBundleAddMsg(datapath, bundle_id, flags, m, []) for m in messages)
     wrapped.append(parser.ONFBundleCtrlMsg(datapath, bundle_id, ofp.ONF_BCT_COMMIT_REQUEST, flags, []))
     return wrapped
+
+
+def flow_signature(table_id, priority, cookie, match, instructions):
+    """A comparable summary of one flow, from Ryu objects, built the same way
+    for what a switch reports (OFPFlowStats) and what we would send."""
+    return (table_id, priority, cookie, _match_signature(match), tuple(_instruction_signature(i) for i in instructions))
+
+
+def expected_signature(datapath, rule):
+    return flow_signature(
+        rule.table, rule.priority, rule.cookie,
+        match_of(datapath.ofproto_parser, rule.match), instructions_of(datapath, rule.instructions),
+    )
+
+
+def _match_signature(match):
+    fields = []
+    for name, value in match.items():
+        if name.startswith(("ipv4_", "ipv6_")):
+            address, mask = value if isinstance(value, tuple) else (value, None)
+            address = str(netaddr.IPAddress(address))
+            # An all-ones mask is an exact match however a switch spells it.
+            if mask is not None and netaddr.IPAddress(mask).bits().count("0") == 0:
+                mask = None
+            value = (address, None if mask is None else str(netaddr.IPAddress(mask)))
+        fields.append((name, value))
+    return tuple(sorted(fields, key=repr))
+
+
+def _instruction_signature(instruction):
+    kind = type(instruction).__name__
+    if hasattr(instruction, "table_id"):
+        return (kind, instruction.table_id)
+    if hasattr(instruction, "metadata"):
+        return (kind, instruction.metadata, instruction.metadata_mask)
+    actions = tuple((type(a).__name__, getattr(a, "port", None)) for a in getattr(instruction, "actions", []))
+    return (kind, actions)
 
 
 def describe_error(datapath, error):

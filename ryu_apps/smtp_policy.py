@@ -4,41 +4,48 @@
 
 The policy is compiled (smtp_border.compiler) and installed proactively when a
 switch connects, replacing whatever the switch had in the tables the app owns
-in one atomic bundle, then confirmed with a barrier. No flow sends packets to
-the controller, and no flow times out, so the switch keeps enforcing while the
-controller is away.
+in one atomic bundle, then confirmed with a barrier. Later changes (REST calls,
+reloads) send each switch only the difference, again in one bundle. No flow
+sends packets to the controller, and no flow times out, so the switch keeps
+enforcing while the controller is away.
 """
 import itertools
 import os
 import sys
 
+from ryu.app.wsgi import WSGIApplication
 from ryu.base import app_manager
 from ryu.controller import ofp_event
 from ryu.controller.handler import CONFIG_DISPATCHER, DEAD_DISPATCHER, HANDSHAKE_DISPATCHER, MAIN_DISPATCHER, set_ev_cls
 from ryu.lib import hub
 from ryu.ofproto import ofproto_v1_3
 
-from ryu_apps import openflow
+from ryu_apps import openflow, rest
 from smtp_border.compiler import compile_switch
-from smtp_border.policy import PolicyError, load_policy, utc_now
+from smtp_border.diff import diff_rules
+from smtp_border.policy import PolicyError, utc_now
+from smtp_border.store import PolicyStore
 
 POLICY_FILE_ENV = "SMTP_POLICY_FILE"
+STATE_FILE_ENV = "SMTP_POLICY_STATE"
 DEFAULT_POLICY_FILE = "policy.yaml"
-# How long a switch may take to confirm a change before we call it failed.
-BARRIER_TIMEOUT = 30.0
+# How long a switch may take to answer before we call the request failed.
+REPLY_TIMEOUT = 30.0
 
 
-class ChangeFailed(Exception):
+class SwitchFailed(Exception):
     pass
 
 
-class _PendingChange:
-    """Messages sent to one switch, waiting for the barrier that confirms them."""
+class _Waiter:
+    """A request to one switch, waiting for its reply (barrier or multipart)."""
 
-    def __init__(self, dpid, xids):
+    def __init__(self, dpid, request_xid, xids=()):
         self.dpid = dpid
-        self.xids = set(xids)
+        self.request_xid = request_xid
+        self.xids = set(xids)  # messages whose errors count against this request
         self.errors = []
+        self.replies = []
         self.done = hub.Event()
 
     def fail(self, reason):
@@ -48,12 +55,14 @@ class _PendingChange:
 
 class SmtpPolicy(app_manager.RyuApp):
     OFP_VERSIONS = [ofproto_v1_3.OFP_VERSION]
+    _CONTEXTS = {"wsgi": WSGIApplication}
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.policy_file = os.environ.get(POLICY_FILE_ENV, DEFAULT_POLICY_FILE)
         try:
-            self.policy = load_policy(self.policy_file)
+            self.store = PolicyStore(
+                os.environ.get(POLICY_FILE_ENV, DEFAULT_POLICY_FILE), os.environ.get(STATE_FILE_ENV) or None
+            )
         except PolicyError as err:
             # One line and a non-zero exit, not a traceback: this is the
             # operator's file, not our bug.
@@ -61,10 +70,16 @@ class SmtpPolicy(app_manager.RyuApp):
         self._log_policy()
         self.datapaths = {}  # dpid -> connected Datapath
         self.installed = {}  # dpid -> frozenset of FlowRule confirmed on the switch
-        self._pending = {}  # (dpid, barrier xid) -> _PendingChange
+        self._waiters = {}  # (dpid, xid) -> _Waiter
         self._bundle_ids = itertools.count(1)
-        # One change at a time, across all switches: changes never interleave.
-        self._change_lock = hub.Semaphore(1)
+        # One change at a time, across all switches: changes never interleave,
+        # and concurrent REST requests are applied one after the other.
+        self.change_lock = hub.Semaphore(1)
+        rest.register(kwargs["wsgi"], self)
+
+    @property
+    def policy(self):
+        return self.store.policy
 
     def _log_policy(self):
         p = self.policy
@@ -73,11 +88,12 @@ class SmtpPolicy(app_manager.RyuApp):
         if p.switches is None:
             where = "every switch, by addresses (no switches listed)"
         else:
-            where = "; ".join(f"dpid {s.dpid:#x} uplinks {list(s.uplinks)}" for s in p.switches)
+            where = "; ".join(f"dpid {s.dpid:#x} uplinks {list(s.uplinks)}" for s in p.switches) or "no switch"
         self.logger.info(
-            "smtp-border: policy %s: campus %s, smtp ports %s, %d gateway(s), %d exception(s) (%d expired); enforcing on %s",
-            self.policy_file, ", ".join(map(str, p.campus)), list(p.smtp_ports),
-            len(p.gateways), len(p.exceptions), len(expired), where,
+            "smtp-border: policy %s: campus %s, smtp ports %s, %d gateway(s), %d exception(s) "
+            "(%d from the API, %d expired); enforcing on %s",
+            self.store.policy_file, ", ".join(map(str, p.campus)), list(p.smtp_ports), len(p.gateways),
+            len(p.exceptions), len(self.store.api_exceptions), len(expired), where,
         )
         for e in expired:
             self.logger.warning(
@@ -92,73 +108,169 @@ class SmtpPolicy(app_manager.RyuApp):
         dp = ev.datapath
         if ev.state == MAIN_DISPATCHER:
             self.datapaths[dp.id] = dp
+            self.installed.pop(dp.id, None)
             # Waiting for the barrier needs this handler's thread free to
             # deliver the reply, so the sync runs in its own green thread.
             hub.spawn(self._sync_switch, dp)
         elif dp.id is not None and self.datapaths.get(dp.id) is dp:
             del self.datapaths[dp.id]
             self.installed.pop(dp.id, None)
-            for change in self._changes_for(dp.id):
-                change.fail("switch disconnected before confirming")
+            for waiter in self._waiters_for(dp.id):
+                waiter.fail("switch disconnected before answering")
             self.logger.info("smtp-border: switch %016x disconnected; its flows stay in force", dp.id)
 
     def _sync_switch(self, dp):
-        """Make the switch's owned tables exactly the compiled rules, atomically.
+        with self.change_lock:
+            if self.datapaths.get(dp.id) is dp and dp.id not in self.installed:
+                self._push(dp)
 
-        Runs on every (re)connection and after a controller restart: flows left
-        by an earlier run or policy are removed in the same bundle that adds the
-        new ones, so no packet sees a table without the policy."""
-        with self._change_lock:
-            rules = compile_switch(self.policy, dp.id)
-            role = "enforcing" if self.policy.switch_spec(dp.id) else "inside (forwarding only)"
-            try:
-                self._apply(dp, openflow.replace_all(dp, rules))
-            except ChangeFailed as err:
-                self.logger.error("smtp-border: switch %016x: policy NOT installed: %s", dp.id, err)
-                return
-            self.installed[dp.id] = rules
+    def push_policy(self):
+        """Bring every connected switch to the policy in force; call with
+        change_lock held. Returns ({dpid: (flows added, flows removed)},
+        {dpid: error}) once every switch has confirmed or failed."""
+        threads = {dpid: hub.spawn(self._push, dp) for dpid, dp in list(self.datapaths.items())}
+        done, failed = {}, {}
+        for dpid, thread in threads.items():
+            result = thread.wait()
+            if isinstance(result, str):
+                failed[dpid] = result
+            elif result is not None:
+                done[dpid] = result
+        return done, failed
+
+    def _push(self, dp):
+        """Make the switch hold exactly the compiled rules, in one bundle.
+
+        A switch we know the flows of gets only the difference. One we do not
+        (it just connected, or the controller restarted, or a change failed)
+        gets a delete of everything in the owned tables and every flow, in the
+        same atomic bundle, so stale flows go and no packet sees a table
+        without the policy. Returns (added, removed), None if there was nothing
+        to send, or an error message."""
+        rules = compile_switch(self.policy, dp.id)
+        known = self.installed.get(dp.id)
+        if known is None:
+            messages, counts, how = openflow.replace_all(dp, rules), (len(rules), None), "installed"
+        else:
+            diff = diff_rules(known, rules)
+            if not diff:
+                return None
+            messages, counts, how = openflow.apply_diff(dp, diff), (len(diff.add), len(diff.delete)), "changed"
+        try:
+            self._send_bundle(dp, messages)
+        except SwitchFailed as err:
+            self.installed.pop(dp.id, None)  # unknown now: the next push replaces everything
+            self.logger.error("smtp-border: switch %016x: policy NOT applied: %s", dp.id, err)
+            return str(err)
+        self.installed[dp.id] = rules
+        role = "enforcing" if self.policy.switch_spec(dp.id) else "inside (forwarding only)"
+        if known is None:
             self.logger.info(
                 "smtp-border: switch %016x %s: %d flows installed in one bundle, confirmed by barrier",
                 dp.id, role, len(rules),
             )
+        else:
+            self.logger.info(
+                "smtp-border: switch %016x %s: %d flows added or changed, %d removed in one bundle, confirmed by barrier",
+                dp.id, role, counts[0], counts[1],
+            )
+        return {"how": how, "added": counts[0], "removed": counts[1], "flows": len(rules)}
 
-    def _apply(self, dp, messages):
-        """Send messages to dp as one atomic bundle and wait for the barrier.
+    # -- talking to switches --------------------------------------------------
 
-        Raises ChangeFailed if the switch reports an error for any of them or
-        does not confirm in time."""
-        parser = dp.ofproto_parser
+    def _send_bundle(self, dp, messages):
+        """Send messages as one atomic bundle and wait for the barrier after it."""
         wrapped = openflow.bundle(dp, next(self._bundle_ids), messages)
-        barrier = parser.OFPBarrierRequest(dp)
-        for msg in wrapped + [barrier]:
+        self._request(dp, wrapped, dp.ofproto_parser.OFPBarrierRequest(dp))
+
+    def _request(self, dp, before, request):
+        """Send `before` then `request`, and wait for the reply to `request`.
+
+        Raises SwitchFailed if the switch reports an error for any of them or
+        does not answer in time. Returns the reply bodies (multipart)."""
+        for msg in before + [request]:
             dp.set_xid(msg)
-        key = (dp.id, barrier.xid)
-        change = self._pending[key] = _PendingChange(dp.id, (m.xid for m in wrapped))
+        key = (dp.id, request.xid)
+        waiter = self._waiters[key] = _Waiter(dp.id, request.xid, (m.xid for m in before + [request]))
         try:
-            for msg in wrapped + [barrier]:
+            for msg in before + [request]:
                 if not dp.send_msg(msg):
-                    raise ChangeFailed("connection to the switch closed while sending")
-            if not change.done.wait(timeout=BARRIER_TIMEOUT):
-                raise ChangeFailed(f"no barrier reply within {BARRIER_TIMEOUT:.0f} s")
+                    raise SwitchFailed("connection to the switch closed while sending")
+            if not waiter.done.wait(timeout=REPLY_TIMEOUT):
+                raise SwitchFailed(f"no reply within {REPLY_TIMEOUT:.0f} s")
         finally:
-            del self._pending[key]
-        if change.errors:
-            raise ChangeFailed(f"switch reported {len(change.errors)} error(s), first: {change.errors[0]}")
+            del self._waiters[key]
+        if waiter.errors:
+            raise SwitchFailed(f"switch reported {len(waiter.errors)} error(s), first: {waiter.errors[0]}")
+        return waiter.replies
+
+    def switch_flows(self, dp):
+        """Every flow on the switch, as OFPFlowStats."""
+        ofp, parser = dp.ofproto, dp.ofproto_parser
+        request = parser.OFPFlowStatsRequest(
+            dp, 0, ofp.OFPTT_ALL, ofp.OFPP_ANY, ofp.OFPG_ANY, 0, 0, parser.OFPMatch()
+        )
+        return self._request(dp, [], request)
+
+    def switch_status(self, dpid):
+        """What GET /smtp/v1/switches reports for one switch."""
+        spec = self.policy.switch_spec(dpid)
+        dp = self.datapaths.get(dpid)
+        status = {
+            "dpid": f"{dpid:016x}",
+            "name": spec.name if spec else None,
+            "role": "enforcing" if spec else "inside",
+            "uplinks": list(spec.uplinks) if spec else [],
+            "connected": dp is not None,
+            "flow_count": None,
+            "in_sync": None,
+        }
+        if dp is None:
+            return status
+        try:
+            flows = self.switch_flows(dp)
+        except SwitchFailed as err:
+            status["error"] = str(err)
+            return status
+        actual = sorted(
+            openflow.flow_signature(f.table_id, f.priority, f.cookie, f.match, f.instructions) for f in flows
+        )
+        expected = sorted(openflow.expected_signature(dp, r) for r in compile_switch(self.policy, dpid))
+        status["flow_count"] = len(flows)
+        status["in_sync"] = actual == expected
+        return status
+
+    def known_dpids(self):
+        listed = {s.dpid for s in self.policy.switches or ()}
+        return sorted(listed | set(self.datapaths))
+
+    # -- replies --------------------------------------------------------------
 
     @set_ev_cls(ofp_event.EventOFPBarrierReply, MAIN_DISPATCHER)
     def _barrier_reply(self, ev):
-        change = self._pending.get((ev.msg.datapath.id, ev.msg.xid))
-        if change is not None:
-            change.done.set()
+        waiter = self._waiters.get((ev.msg.datapath.id, ev.msg.xid))
+        if waiter is not None:
+            waiter.done.set()
+
+    @set_ev_cls(ofp_event.EventOFPFlowStatsReply, MAIN_DISPATCHER)
+    def _flow_stats_reply(self, ev):
+        msg = ev.msg
+        waiter = self._waiters.get((msg.datapath.id, msg.xid))
+        if waiter is not None:
+            waiter.replies.extend(msg.body)
+            if not msg.flags & msg.datapath.ofproto.OFPMPF_REPLY_MORE:
+                waiter.done.set()
 
     @set_ev_cls(ofp_event.EventOFPErrorMsg, [HANDSHAKE_DISPATCHER, CONFIG_DISPATCHER, MAIN_DISPATCHER])
     def _error(self, ev):
         msg = ev.msg
         description = openflow.describe_error(msg.datapath, msg)
         self.logger.error("smtp-border: OpenFlow error from switch %016x: %s", msg.datapath.id or 0, description)
-        for change in self._changes_for(msg.datapath.id):
-            if msg.xid in change.xids:
-                change.errors.append(description)
+        for waiter in self._waiters_for(msg.datapath.id):
+            if msg.xid in waiter.xids:
+                waiter.errors.append(description)
+                if msg.xid == waiter.request_xid:
+                    waiter.done.set()  # no reply will come
 
-    def _changes_for(self, dpid):
-        return [c for c in list(self._pending.values()) if c.dpid == dpid]
+    def _waiters_for(self, dpid):
+        return [w for w in list(self._waiters.values()) if w.dpid == dpid]

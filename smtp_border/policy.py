@@ -11,6 +11,7 @@ Policy or an error, so a bad reload can always keep the old policy in force.
 import datetime
 import difflib
 import enum
+import hashlib
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -31,6 +32,10 @@ class PolicyError(ValueError):
         self.path = path
         self.problem = problem
         super().__init__(f"{source}: {path}: {problem}" if path else f"{source}: {problem}")
+
+
+SOURCE_FILE = "file"
+SOURCE_API = "api"
 
 
 class Direction(enum.Enum):
@@ -60,9 +65,27 @@ class MailException:
     reason: str
     contact: Optional[str] = None
     expires: Optional[datetime.datetime] = None  # always timezone-aware (UTC)
+    source: str = SOURCE_FILE  # SOURCE_FILE (policy.yaml) or SOURCE_API (added over REST)
 
     def is_active(self, now):
         return self.expires is None or now < self.expires
+
+    @property
+    def id(self):
+        """Stable and URL-safe: derived from the address, which is unique in a
+        policy, so the same exception keeps its id across reloads and restarts."""
+        return hashlib.sha256(str(self.address).encode()).hexdigest()[:12]
+
+    def to_dict(self):
+        return {
+            "id": self.id,
+            "address": str(self.address),
+            "direction": self.direction.value,
+            "reason": self.reason,
+            "contact": self.contact,
+            "expires": None if self.expires is None else self.expires.isoformat().replace("+00:00", "Z"),
+            "source": self.source,
+        }
 
 
 @dataclass(frozen=True)
@@ -179,8 +202,7 @@ class _PolicyReader:
         ports = self.ports(top.get("smtp_ports", list(DEFAULT_SMTP_PORTS)), "smtp_ports")
 
         def check_inside(network, path):
-            if not any(network in prefix for prefix in prefixes):
-                self.fail(path, f"{network} is not inside the campus prefixes ({_join(prefixes)})")
+            self.check_inside(network, path, prefixes)
 
         gateways = []
         for i, item in self.items(top.get("gateways", []), "gateways"):
@@ -221,16 +243,20 @@ class _PolicyReader:
             source=self.source,
         )
 
-    def exception(self, item, path):
+    def check_inside(self, network, path, prefixes):
+        if not any(network in prefix for prefix in prefixes):
+            self.fail(path, f"{network} is not inside the campus prefixes ({_join(prefixes)})")
+
+    def exception(self, item, path, source=SOURCE_FILE):
         fields = self.mapping(item, path, _EXCEPTION_KEYS)
-        address = self.network(fields["address"], f"{path}.address")
+        address = self.network(fields["address"], _key(path, "address"))
         direction_text = fields["direction"]
         try:
             direction = Direction(direction_text)
         except ValueError:
             choices = [d.value for d in Direction]
             self.fail(
-                f"{path}.direction",
+                _key(path, "direction"),
                 f"{direction_text!r} is not a direction; use one of {', '.join(choices)}"
                 + _did_you_mean(direction_text, choices),
             )
@@ -238,9 +264,10 @@ class _PolicyReader:
         return MailException(
             address=address,
             direction=direction,
-            reason=self.text(fields["reason"], f"{path}.reason"),
-            contact=None if contact is None else self.text(contact, f"{path}.contact"),
-            expires=None if fields.get("expires") is None else self.timestamp(fields["expires"], f"{path}.expires"),
+            reason=self.text(fields["reason"], _key(path, "reason")),
+            contact=None if contact is None else self.text(contact, _key(path, "contact")),
+            expires=None if fields.get("expires") is None else self.timestamp(fields["expires"], _key(path, "expires")),
+            source=source,
         )
 
     def switch(self, item, path):
@@ -259,12 +286,10 @@ class _PolicyReader:
             self.fail(path or "top level", f"expected a mapping of keys, got {_kind(value)}")
         for key in value:
             if key not in known:
-                where = f"{path}.{key}" if path else str(key)
-                self.fail(where, f"unknown key {key!r}" + _did_you_mean(key, list(known)))
+                self.fail(_key(path, key), f"unknown key {key!r}" + _did_you_mean(key, list(known)))
         for key, required in known.items():
             if required and key not in value:
-                where = f"{path}.{key}" if path else key
-                self.fail(where, "missing required key")
+                self.fail(_key(path, key), "missing required key")
         return value
 
     def items(self, value, path):
@@ -375,6 +400,19 @@ class _PolicyReader:
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=datetime.timezone.utc)
         return moment.astimezone(datetime.timezone.utc)
+
+
+def parse_exception(data, campus, source="request", path="", origin=SOURCE_API):
+    """Validate one exception that does not come from the policy file (a REST
+    request body, the state file) against the campus prefixes."""
+    reader = _PolicyReader(source)
+    exception = reader.exception(data, path, origin)
+    reader.check_inside(exception.address, _key(path, "address"), campus)
+    return exception
+
+
+def _key(path, name):
+    return f"{path}.{name}" if path else str(name)
 
 
 def _did_you_mean(word, choices):

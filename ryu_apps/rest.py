@@ -1,0 +1,226 @@
+"""REST API of smtp-border, on Ryu's own WSGI server (--wsapi-host, --wsapi-port).
+
+    GET    /smtp/v1/policy            the policy in force
+    GET    /smtp/v1/exceptions        every exception, from the file and the API
+    POST   /smtp/v1/exceptions        add one (201 once every switch confirmed)
+    DELETE /smtp/v1/exceptions/<id>   remove one added over the API (204)
+    POST   /smtp/v1/reload            re-read policy.yaml, apply the difference
+    GET    /smtp/v1/switches          each switch: connected, in sync, flow count
+
+docs/openapi.yaml describes it. Every answer is JSON, errors too:
+{"error": "..."} (plus "field" when one field of the request is at fault).
+"""
+import functools
+import hmac
+import ipaddress
+import json
+import logging
+import os
+import re
+
+from ryu.app.wsgi import ControllerBase, Response, route
+
+from smtp_border.policy import PolicyError
+from smtp_border.store import Conflict, NotFound
+
+LOG = logging.getLogger("smtp_border.rest")
+APP_KEY = "smtp_policy_app"
+TOKEN_ENV = "SMTP_POLICY_TOKEN"
+MAX_BODY = 64 * 1024
+PREFIX = "/smtp/v1"
+# path pattern -> allowed methods, for 405 answers
+ROUTES = {
+    re.compile(r"^/smtp/v1/policy/?$"): ["GET"],
+    re.compile(r"^/smtp/v1/exceptions/?$"): ["GET", "POST"],
+    re.compile(r"^/smtp/v1/exceptions/[^/]+/?$"): ["GET", "DELETE"],
+    re.compile(r"^/smtp/v1/reload/?$"): ["POST"],
+    re.compile(r"^/smtp/v1/switches/?$"): ["GET"],
+}
+
+
+class HttpError(Exception):
+    def __init__(self, status, message, field=None, headers=None):
+        super().__init__(message)
+        self.status = status
+        self.field = field
+        self.headers = headers or {}
+
+
+def register(wsgi, app):
+    if not os.environ.get(TOKEN_ENV):
+        app.logger.warning(
+            "smtp-border: %s is not set: the REST API accepts changes from loopback clients only", TOKEN_ENV
+        )
+    wsgi.register(SmtpRestController, {APP_KEY: app})
+    # Connected last, so it only catches what no route above matched: a JSON
+    # 404 or 405 instead of Ryu's HTML page.
+    wsgi.mapper.connect("smtp_fallback", PREFIX + "/{path:.*}", controller=SmtpRestController, action="fallback")
+
+
+def json_response(status, document=None, headers=None):
+    body = b"" if document is None else (json.dumps(document, indent=2) + "\n").encode()
+    response = Response(status=status, body=body, content_type="application/json", charset="utf-8")
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+def api(changes_state=False):
+    """JSON in and out, errors as {"error"}, and authorisation for changes."""
+
+    def decorate(handler):
+        @functools.wraps(handler)
+        def wrapper(self, req, **kwargs):
+            try:
+                if changes_state:
+                    authorise(req)
+                return handler(self, req, **kwargs)
+            except HttpError as err:
+                document = {"error": str(err)}
+                if err.field:
+                    document["field"] = err.field
+                return json_response(err.status, document, err.headers)
+            except PolicyError as err:
+                field = err.path or None
+                message = f"{err.path}: {err.problem}" if err.source == "request" else str(err)
+                return json_response(400, {"error": message, **({"field": field} if field else {})})
+            except Conflict as err:
+                document = {"error": str(err)}
+                if err.existing is not None:
+                    document["existing"] = err.existing.to_dict()
+                return json_response(409, document)
+            except NotFound as err:
+                return json_response(404, {"error": str(err)})
+            except Exception:  # never a traceback to the client; the log has it
+                LOG.exception("smtp-border: REST %s %s failed", req.method, req.path)
+                return json_response(500, {"error": "internal error; see the controller log"})
+
+        return wrapper
+
+    return decorate
+
+
+def authorise(req):
+    token = os.environ.get(TOKEN_ENV)
+    if token:
+        scheme, _, given = req.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+            raise HttpError(401, "a valid 'Authorization: Bearer <token>' header is required",
+                            headers={"WWW-Authenticate": 'Bearer realm="smtp-border"'})
+        return
+    try:
+        loopback = ipaddress.ip_address(req.remote_addr or "").is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise HttpError(403, f"changes are accepted only from loopback clients unless {TOKEN_ENV} is set")
+
+
+def read_json(req):
+    if req.content_length and req.content_length > MAX_BODY:
+        raise HttpError(413, f"request body larger than {MAX_BODY} bytes")
+    if req.content_type and req.content_type != "application/json":
+        raise HttpError(415, f"expected Content-Type application/json, got {req.content_type}")
+    body = req.body_file.read(MAX_BODY + 1)
+    if len(body) > MAX_BODY:
+        raise HttpError(413, f"request body larger than {MAX_BODY} bytes")
+    try:
+        document = json.loads(body.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise HttpError(400, "request body is not UTF-8") from None
+    except json.JSONDecodeError as err:
+        raise HttpError(400, f"request body is not valid JSON: {err.msg} at line {err.lineno} column {err.colno}") from None
+    except RecursionError:
+        raise HttpError(400, "request body is nested too deeply") from None
+    if not isinstance(document, dict):
+        raise HttpError(400, "request body must be a JSON object")
+    return document
+
+
+def policy_document(store):
+    policy = store.policy
+    return {
+        "policy_file": store.policy_file,
+        "state_file": store.state_file,
+        "campus": {"prefixes": [str(p) for p in policy.campus]},
+        "smtp_ports": list(policy.smtp_ports),
+        "gateways": [{"name": g.name, "addresses": [str(a) for a in g.addresses]} for g in policy.gateways],
+        "exceptions": [e.to_dict() for e in policy.exceptions],
+        "switches": None if policy.switches is None else [
+            {"dpid": f"{s.dpid:016x}", "name": s.name, "uplinks": list(s.uplinks)} for s in policy.switches
+        ],
+    }
+
+
+class SmtpRestController(ControllerBase):
+    def __init__(self, req, link, data, **config):
+        super().__init__(req, link, data, **config)
+        self.app = data[APP_KEY]
+
+    @route("smtp", PREFIX + "/policy", methods=["GET"])
+    @api()
+    def get_policy(self, req, **_):
+        return json_response(200, policy_document(self.app.store))
+
+    @route("smtp", PREFIX + "/exceptions", methods=["GET"])
+    @api()
+    def list_exceptions(self, req, **_):
+        return json_response(200, {"exceptions": [e.to_dict() for e in self.app.policy.exceptions]})
+
+    @route("smtp", PREFIX + "/exceptions/{exception_id}", methods=["GET"])
+    @api()
+    def get_exception(self, req, exception_id, **_):
+        return json_response(200, self.app.store.exception(exception_id).to_dict())
+
+    @route("smtp", PREFIX + "/exceptions", methods=["POST"])
+    @api(changes_state=True)
+    def add_exception(self, req, **_):
+        data = read_json(req)
+        with self.app.change_lock:
+            change = self.app.store.propose_add(data)
+            self._apply(change)
+        return json_response(201, change.added[0].to_dict(), {"Location": f"{PREFIX}/exceptions/{change.added[0].id}"})
+
+    @route("smtp", PREFIX + "/exceptions/{exception_id}", methods=["DELETE"])
+    @api(changes_state=True)
+    def delete_exception(self, req, exception_id, **_):
+        with self.app.change_lock:
+            self._apply(self.app.store.propose_remove(exception_id))
+        return Response(status=204)
+
+    @route("smtp", PREFIX + "/reload", methods=["POST"])
+    @api(changes_state=True)
+    def reload(self, req, **_):
+        with self.app.change_lock:
+            change = self.app.store.propose_reload()
+            switches = self._apply(change)
+        return json_response(200, {
+            "added": [e.to_dict() for e in change.added],
+            "removed": [e.to_dict() for e in change.removed],
+            "switches": switches,
+        })
+
+    @route("smtp", PREFIX + "/switches", methods=["GET"])
+    @api()
+    def switches(self, req, **_):
+        return json_response(200, {"switches": [self.app.switch_status(dpid) for dpid in self.app.known_dpids()]})
+
+    def fallback(self, req, **_):
+        for pattern, methods in ROUTES.items():
+            if pattern.match(req.path):
+                return json_response(405, {"error": f"{req.method} is not allowed here; use {', '.join(methods)}"},
+                                     {"Allow": ", ".join(methods)})
+        return json_response(404, {"error": f"no such resource: {req.path}"})
+
+    def _apply(self, change):
+        """Commit a validated change and push it to every switch (lock held).
+        The answer waits for every switch's barrier."""
+        self.app.store.commit(change)
+        done, failed = self.app.push_policy()
+        LOG.info("smtp-border: change applied: +%d -%d exception(s); switches %s",
+                 len(change.added), len(change.removed), sorted(f"{d:016x}" for d in done) or "unchanged")
+        if failed:
+            raise HttpError(502, "the change is saved and in force on the controller, but switch(es) "
+                            + ", ".join(f"{d:016x} ({e})" for d, e in sorted(failed.items()))
+                            + " did not confirm it; the next change or reconnection replaces their flows in full")
+        return {f"{dpid:016x}": result for dpid, result in done.items()}

@@ -1,0 +1,123 @@
+"""The policy in force: the operator's policy.yaml plus exceptions added over REST.
+
+Every change is first *proposed*, which validates it completely and computes
+the new policy without touching anything, and then *committed*, which saves
+the API exceptions (crash-safe) and makes the new policy current. A rejected
+proposal leaves the policy in force exactly as it was.
+"""
+import dataclasses
+from dataclasses import dataclass
+from typing import Tuple
+
+from .policy import SOURCE_API, MailException, Policy, PolicyError, load_policy, parse_exception, utc_now
+from .state import default_state_path, read_state, write_state
+
+
+class NotFound(Exception):
+    pass
+
+
+class Conflict(Exception):
+    def __init__(self, message, existing=None):
+        super().__init__(message)
+        self.existing = existing
+
+
+@dataclass(frozen=True)
+class Change:
+    file_policy: Policy  # policy.yaml as it will be in force
+    api_exceptions: Tuple[MailException, ...]
+    added: Tuple[MailException, ...] = ()
+    removed: Tuple[MailException, ...] = ()
+
+    @property
+    def policy(self):
+        return _effective(self.file_policy, self.api_exceptions)
+
+
+class PolicyStore:
+    def __init__(self, policy_file, state_file=None):
+        """Load policy.yaml and the saved API exceptions; PolicyError if either is bad."""
+        self.policy_file = str(policy_file)
+        self.state_file = str(state_file or default_state_path(policy_file))
+        file_policy = load_policy(self.policy_file)
+        api = tuple(
+            parse_exception(item, file_policy.campus, source=self.state_file, path=f"exceptions[{i}]")
+            for i, item in enumerate(read_state(self.state_file))
+        )
+        _check_no_overlap(file_policy, api, blame=self.state_file)
+        self.file_policy = file_policy
+        self.api_exceptions = api
+
+    @property
+    def policy(self):
+        return _effective(self.file_policy, self.api_exceptions)
+
+    def exception(self, exception_id):
+        for exception in self.policy.exceptions:
+            if exception.id == exception_id:
+                return exception
+        raise NotFound(f"no exception with id {exception_id!r}")
+
+    def propose_add(self, data, now=None):
+        """A new API exception from a request body (a mapping)."""
+        exception = parse_exception(data, self.file_policy.campus, source="request")
+        if exception.expires is not None and not exception.is_active(now or utc_now()):
+            raise PolicyError("request", "expires", f"{exception.expires.isoformat()} is in the past")
+        for existing in self.policy.exceptions:
+            if existing.address == exception.address:
+                raise Conflict(f"an exception for {exception.address} already exists (id {existing.id})", existing)
+        return Change(self.file_policy, self.api_exceptions + (exception,), added=(exception,))
+
+    def propose_remove(self, exception_id):
+        exception = self.exception(exception_id)
+        if exception.source != SOURCE_API:
+            raise Conflict(
+                f"exception {exception_id} ({exception.address}) comes from {self.policy_file};"
+                " remove it there and reload",
+                exception,
+            )
+        remaining = tuple(e for e in self.api_exceptions if e.id != exception_id)
+        return Change(self.file_policy, remaining, removed=(exception,))
+
+    def propose_reload(self):
+        """policy.yaml as it is on disk now; PolicyError if it is invalid."""
+        file_policy = load_policy(self.policy_file)
+        _check_no_overlap(file_policy, self.api_exceptions, blame=self.policy_file)
+        old = {e.id: e for e in self.file_policy.exceptions}
+        new = {e.id: e for e in file_policy.exceptions}
+        added = tuple(e for i, e in new.items() if old.get(i) != e)
+        removed = tuple(e for i, e in old.items() if new.get(i) != e)
+        return Change(file_policy, self.api_exceptions, added=added, removed=removed)
+
+    def commit(self, change):
+        if change.api_exceptions != self.api_exceptions:
+            write_state(self.state_file, [_saved_form(e) for e in change.api_exceptions])
+        self.file_policy = change.file_policy
+        self.api_exceptions = change.api_exceptions
+
+
+def _effective(file_policy, api_exceptions):
+    return dataclasses.replace(file_policy, exceptions=file_policy.exceptions + tuple(api_exceptions))
+
+
+def _check_no_overlap(file_policy, api_exceptions, blame):
+    """The same address may not be both in the file and an API exception: which
+    one is in force would depend on the order they were loaded."""
+    in_file = {e.address: i for i, e in enumerate(file_policy.exceptions)}
+    for i, exception in enumerate(api_exceptions):
+        if exception.address in in_file:
+            where = f"exceptions[{in_file[exception.address]}]" if blame == file_policy.source else f"exceptions[{i}]"
+            raise PolicyError(
+                blame, f"{where}.address",
+                f"{exception.address} is both in {file_policy.source} and an API exception (id {exception.id});"
+                " keep only one",
+            )
+
+
+def _saved_form(exception):
+    data = exception.to_dict()
+    for key in ("id", "source"):
+        del data[key]
+    return {k: v for k, v in data.items() if v is not None}
+
