@@ -147,10 +147,10 @@ class Probe:
 class Lab:
     """The campus network under a live controller."""
 
-    def __init__(self, policy_file, workdir, verbose=False):
+    def __init__(self, policy_file, workdir, verbose=False, token=None):
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.controller = Controller(policy_file, self.workdir / "ryu-manager.log")
+        self.controller = Controller(policy_file, self.workdir / "ryu-manager.log", token=token)
         self.net = None
         self.verbose = verbose
         self.listeners = []
@@ -248,6 +248,21 @@ class Lab:
             out, _ = proc.communicate(timeout=timeout + 10)
             results[p] = out.decode(errors="replace").strip() or f"error:exit {proc.returncode}"
         return results
+
+    def start_probe_loop(self, client, dst, port, seconds, family=4, limit=500):
+        """A bounded loop of TCP probes on a host, in the background; its
+        output, once it ends, is one outcome word per probe."""
+        probe = f"python3 {PROBE} tcp {self.address(dst, family)} {port} --timeout 0.5"
+        script = (
+            f"end=$((SECONDS+{int(seconds)})); n=0; "
+            f"while [ $SECONDS -lt $end ] && [ $n -lt {limit} ]; do {probe}; n=$((n+1)); sleep 0.05; done"
+        )
+        return self.host(client).popen(["bash", "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+    def start_stream(self, client, dst, port, seconds, family=4):
+        """One long TCP connection sending steadily, in the background."""
+        command = ["python3", str(PROBE), "stream", self.address(dst, family), str(port), "--seconds", str(seconds)]
+        return self.host(client).popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
     def ofctl(self, *args):
         return subprocess.run(

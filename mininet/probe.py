@@ -1,23 +1,27 @@
 #!/usr/bin/env python3
 """Tiny TCP/UDP listener and prober, run inside Mininet hosts.
 
-    probe.py listen PORT [PORT ...]         accept TCP (IPv4 and IPv6) and echo UDP on each port
+    probe.py listen PORT [PORT ...]        accept TCP (IPv4 and IPv6) and read it to the end; echo UDP
     probe.py tcp DST PORT [--src A] [--timeout S]
     probe.py udp DST PORT [--src A] [--timeout S]
+    probe.py stream DST PORT --seconds S   one TCP connection sending steadily for S seconds
 
 A probe prints one word and exits 0: `open` (TCP handshake completed or UDP
-echo came back), `timeout` (nothing came back: dropped), `refused` (a RST: the
-path works but nothing listens, which a test treats as a set-up error) or
-`error:<reason>`. Only the standard library, so any python3 can run it.
+echo came back), `timeout` (nothing came back: dropped), `refused` (a RST:
+the path works but nothing listens, which a test treats as a set-up error)
+or `error:<reason>`. A stream prints `stream <bytes sent> <longest stall, ms>`
+or `broken <reason>`. Only the standard library, so any python3 can run it.
 """
 import argparse
 import selectors
 import socket
 import sys
+import time
 
 
 def listen(ports):
     selector = selectors.DefaultSelector()
+    listeners = set()
     for port in ports:
         for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
             sock = socket.socket(socket.AF_INET6, kind)
@@ -27,14 +31,24 @@ def listen(ports):
             sock.bind(("::", port))
             if kind == socket.SOCK_STREAM:
                 sock.listen(64)
+                listeners.add(sock)
             selector.register(sock, selectors.EVENT_READ)
     print("listening", *ports, flush=True)
     while True:
         for key, _ in selector.select():
             sock = key.fileobj
-            if sock.type == socket.SOCK_STREAM:
+            if sock in listeners:
                 conn, _ = sock.accept()
-                conn.close()
+                conn.setblocking(False)
+                selector.register(conn, selectors.EVENT_READ)
+            elif sock.type == socket.SOCK_STREAM:
+                try:
+                    data = sock.recv(65536)
+                except OSError:
+                    data = b""
+                if not data:
+                    selector.unregister(sock)
+                    sock.close()
             else:
                 data, peer = sock.recvfrom(2048)
                 sock.sendto(data, peer)
@@ -63,6 +77,31 @@ def probe(kind, dst, port, src=None, timeout=2.0):
         sock.close()
 
 
+def stream(dst, port, seconds, chunk=1024, interval=0.01):
+    """Send `chunk` bytes every `interval` for `seconds` on one connection and
+    report the longest time one send took to get through (a stall)."""
+    try:
+        sock = socket.create_connection((dst, port), timeout=5)
+    except OSError as err:
+        return f"broken connect: {err}"
+    # A small send buffer makes a stalled path show up as a blocked send.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    sock.settimeout(10)
+    sent, longest, end = 0, 0.0, time.monotonic() + seconds
+    try:
+        while time.monotonic() < end:
+            started = time.monotonic()
+            sock.sendall(b"x" * chunk)
+            longest = max(longest, time.monotonic() - started)
+            sent += chunk
+            time.sleep(interval)
+    except OSError as err:
+        return f"broken after {sent} bytes: {err}"
+    finally:
+        sock.close()
+    return f"stream {sent} {longest * 1000:.0f}"
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -73,9 +112,15 @@ def main(argv=None):
         p.add_argument("port", type=int)
         p.add_argument("--src")
         p.add_argument("--timeout", type=float, default=2.0)
+    p = sub.add_parser("stream")
+    p.add_argument("dst")
+    p.add_argument("port", type=int)
+    p.add_argument("--seconds", type=float, required=True)
     args = parser.parse_args(argv)
     if args.command == "listen":
         listen(args.ports)
+    elif args.command == "stream":
+        print(stream(args.dst, args.port, args.seconds))
     else:
         print(probe(args.command, args.dst, args.port, args.src, args.timeout))
     return 0

@@ -6,7 +6,6 @@ the same path, so a broken network cannot pass for a working policy.
 """
 import datetime
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -16,7 +15,7 @@ import yaml
 
 import campus
 from conftest import ROOT
-from lab import PROBE, Lab, Probe
+from lab import Lab, Probe
 from smtp_border.compiler import compile_switch
 from smtp_border.policy import load_policy
 from smtp_border.rules import sorted_rules, to_ofctl
@@ -168,24 +167,11 @@ def test_controller_restart_resyncs_stale_flows(lab):
         assert installed_differences(lab, dpid, policy) == ""
 
 
-def probe_loop(lab, client, dst, port, seconds):
-    """Start a bounded loop of probes on a host; returns the running process."""
-    python = shutil.which("python3")
-    ip = lab.address(dst, 4)
-    script = (
-        f"end=$((SECONDS+{int(seconds)})); n=0; "
-        f"while [ $SECONDS -lt $end ] && [ $n -lt 500 ]; do "
-        f"{python} {PROBE} tcp {ip} {port} --timeout 0.5; n=$((n+1)); sleep 0.05; done"
-    )
-    return lab.host(client).popen(["bash", "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-
-
-@UPLINKS_ONLY
 def test_restart_opens_no_window(lab):
     """Blocked stays blocked and allowed stays allowed, sampled continuously
     while the controller is killed, restarted and replaces every flow."""
-    blocked = probe_loop(lab, "h1", "outmx", 25, seconds=12)
-    allowed = probe_loop(lab, "relay", "outmx", 25, seconds=12)
+    blocked = lab.start_probe_loop("h1", "outmx", 25, seconds=12)
+    allowed = lab.start_probe_loop("relay", "outmx", 25, seconds=12)
     time.sleep(1)
     before = {dpid: lab.controller.installs(dpid) for dpid in lab.dpids()}
     lab.controller.stop(signal.SIGKILL)

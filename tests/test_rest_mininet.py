@@ -1,0 +1,250 @@
+"""The REST API against a live ryu-manager and Open vSwitch, with real traffic.
+
+Changes must be in force when the answer comes, touch only their own flows,
+survive a restart, and never disturb unrelated traffic.
+"""
+import concurrent.futures
+import json
+import os
+import re
+import shutil
+import signal
+
+import pytest
+
+from conftest import ROOT
+from lab import Lab, Probe
+from smtp_border.policy import PolicyError, load_policy
+from smtp_border.state import read_state
+
+pytestmark = [
+    pytest.mark.mininet,
+    pytest.mark.skipif(os.geteuid() != 0, reason="Mininet and Open vSwitch need root"),
+]
+
+TOKEN = "test-token-0123456789"
+H1_OUTBOUND = {"address": "10.20.3.10", "direction": "outbound", "reason": "test: over the size limit"}
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("rest")
+    policy = directory / "policy.yaml"
+    shutil.copy(ROOT / "policy.yaml", policy)
+    with Lab(policy, directory, token=TOKEN) as running:
+        running.shipped_policy = (ROOT / "policy.yaml").read_text()
+        yield running
+        errors = running.controller.openflow_errors()
+    assert errors == [], "a switch reported OpenFlow errors"
+
+
+def api(lab, method, path, body=None, **kwargs):
+    return lab.controller.api(method, path, body, **kwargs)
+
+
+def outcomes(lab, *probes):
+    results = lab.run_probes(list(probes))
+    return [results[p] for p in probes]
+
+
+def api_exceptions(lab):
+    status, body = api(lab, "GET", "/smtp/v1/exceptions")
+    assert status == 200
+    return {e["address"] for e in body["exceptions"] if e["source"] == "api"}
+
+
+def flow_durations(lab):
+    """cookie+match -> seconds the flow has existed, for the border switch."""
+    flows = {}
+    for line in lab.ofctl("dump-flows", "s1").splitlines()[1:]:
+        duration = float(re.search(r"duration=([0-9.]+)s", line).group(1))
+        key = re.sub(r"(duration|n_packets|n_bytes)=[^,]+, ", "", line).strip()
+        flows[key] = duration
+    return flows
+
+
+def test_changes_need_the_token_and_refusals_change_nothing(lab):
+    before = api(lab, "GET", "/smtp/v1/policy")
+    file_exception = before[1]["exceptions"][0]["id"]
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"},
+                    {"Authorization": TOKEN}, {"Authorization": f"Bearer {TOKEN}x"}):
+        for method, path, body in (
+            ("POST", "/smtp/v1/exceptions", H1_OUTBOUND),
+            ("DELETE", f"/smtp/v1/exceptions/{file_exception}", None),
+            ("POST", "/smtp/v1/reload", None),
+        ):
+            status, answer = api(lab, method, path, body, token="", headers=headers)
+            assert status == 401, (method, path, headers, answer)
+            assert "Bearer" in answer["error"] and TOKEN not in json.dumps(answer)
+    assert api(lab, "GET", "/smtp/v1/policy") == before
+    assert not lab.controller.state_file.exists()
+    assert TOKEN not in lab.controller.log()
+    # Reading needs no token.
+    assert api(lab, "GET", "/smtp/v1/switches", token="")[0] == 200
+
+
+def test_errors_are_json_with_the_right_status(lab):
+    json_header = {"Content-Type": "application/json"}
+    cases = [
+        (("POST", "/smtp/v1/exceptions", "{not json"), {"headers": json_header}, 400, "request body is not valid JSON"),
+        (("POST", "/smtp/v1/exceptions", "[1, 2]"), {"headers": json_header}, 400, "request body must be a JSON object"),
+        (("POST", "/smtp/v1/exceptions", b"\xff\xfe"), {"headers": json_header}, 400, "request body is not UTF-8"),
+        (("POST", "/smtp/v1/exceptions", "{}"), {"headers": {"Content-Type": "text/plain"}}, 415, "expected Content-Type application/json"),
+        (("POST", "/smtp/v1/exceptions", "x" * 70000), {"headers": json_header}, 413, "request body larger than"),
+        (("POST", "/smtp/v1/exceptions", dict(H1_OUTBOUND, direction="sideways")), {}, 400, "direction: 'sideways' is not a direction"),
+        (("POST", "/smtp/v1/exceptions", dict(H1_OUTBOUND, address="10.20.3.300")), {}, 400, "address: '10.20.3.300' is not an IP address or network"),
+        (("POST", "/smtp/v1/exceptions", {"address": "10.20.3.10", "direction": "outbound"}), {}, 400, "reason: missing required key"),
+        (("POST", "/smtp/v1/exceptions", dict(H1_OUTBOUND, address="192.0.2.7")), {}, 400, "192.0.2.7/32 is not inside the campus prefixes"),
+        (("POST", "/smtp/v1/exceptions", dict(H1_OUTBOUND, address="10.20.1.5")), {}, 409, "an exception for 10.20.1.5/32 already exists"),
+        (("DELETE", "/smtp/v1/exceptions/000000000000", None), {}, 404, "no exception with id '000000000000'"),
+        (("GET", "/smtp/v1/nowhere", None), {}, 404, "no such resource: /smtp/v1/nowhere"),
+        (("PUT", "/smtp/v1/policy", None), {}, 405, "PUT is not allowed here; use GET"),
+    ]
+    for (method, path, body), kwargs, status, message in cases:
+        got_status, answer = api(lab, method, path, body, **kwargs)
+        assert (got_status, message in answer["error"]) == (status, True), (method, path, answer)
+    status, answer = api(lab, "POST", "/smtp/v1/exceptions", dict(H1_OUTBOUND, direction="sideways"))
+    assert answer["field"] == "direction"
+    status, answer = api(lab, "DELETE", f"/smtp/v1/exceptions/{api(lab, 'GET', '/smtp/v1/exceptions')[1]['exceptions'][0]['id']}")
+    assert status == 409 and "remove it there and reload" in answer["error"]
+    assert api_exceptions(lab) == set()
+
+
+def test_exception_is_enforced_when_the_answer_comes_and_only_its_flows_change(lab):
+    blocked, twin = Probe("h1", "outmx", 25), Probe("h1", "outmx", 2525)
+    other, relay = Probe("h2", "outmx", 25), Probe("relay", "outmx", 25)
+    assert outcomes(lab, blocked, twin, other, relay) == ["timeout", "open", "timeout", "open"]
+    before = flow_durations(lab)
+
+    status, created = api(lab, "POST", "/smtp/v1/exceptions", H1_OUTBOUND)
+    assert status == 201, created
+    assert created["source"] == "api" and created["address"] == "10.20.3.10/32"
+    # Right after the 201: the switch has confirmed it.
+    assert outcomes(lab, blocked, twin, other, relay, Probe("h1", "outmx", 25, family=6)) == [
+        "open", "open", "timeout", "open", "timeout"
+    ]
+    after = flow_durations(lab)
+    new = set(after) - set(before)
+    assert len(new) == 1 and "nw_src=10.20.3.10" in new.pop()
+    # Every other flow was left alone: it kept its age (not re-added).
+    for key, age in before.items():
+        assert after[key] >= age, key
+
+    status, _ = api(lab, "DELETE", f"/smtp/v1/exceptions/{created['id']}")
+    assert status == 204
+    assert outcomes(lab, blocked, twin, other, relay) == ["timeout", "open", "timeout", "open"]
+    assert set(flow_durations(lab)) == set(before)
+    assert api(lab, "DELETE", f"/smtp/v1/exceptions/{created['id']}")[0] == 404
+
+
+def test_switches_report_connection_flows_and_sync(lab):
+    status, body = api(lab, "GET", "/smtp/v1/switches")
+    assert status == 200
+    by_dpid = {s["dpid"]: s for s in body["switches"]}
+    assert by_dpid["0000000000000001"] == {
+        "dpid": "0000000000000001", "name": "border", "role": "enforcing", "uplinks": [1],
+        "connected": True, "flow_count": 23, "in_sync": True,
+    }
+    assert by_dpid["0000000000000002"]["role"] == "inside" and by_dpid["0000000000000002"]["flow_count"] == 2
+    # A flow the policy does not have makes the switch out of sync.
+    lab.ofctl("add-flow", "s1", "table=1,priority=450,ip,metadata=0x1/0x3,nw_src=10.20.3.11,actions=goto_table:2")
+    try:
+        s1 = api(lab, "GET", "/smtp/v1/switches")[1]["switches"][0]
+        assert (s1["flow_count"], s1["in_sync"]) == (24, False)
+    finally:
+        lab.ofctl("del-flows", "s1", "--strict", "table=1,priority=450,ip,metadata=0x1/0x3,nw_src=10.20.3.11")
+    assert api(lab, "GET", "/smtp/v1/switches")[1]["switches"][0]["in_sync"] is True
+
+
+def test_reload_applies_an_edited_file_and_refuses_a_broken_one(lab):
+    policy_file = lab.controller.policy_file
+    inbound = Probe("outhost", "h1", 25)
+    checks = [Probe("h1", "outmx", 25), Probe("h1", "outmx", 2525), Probe("relay", "outmx", 25), Probe("outhost", "dept", 25)]
+    assert outcomes(lab, inbound, *checks) == ["timeout", "timeout", "open", "open", "open"]
+
+    policy_file.write_text(lab.shipped_policy.replace(
+        "exceptions:\n",
+        "exceptions:\n  - {address: 10.20.3.10, direction: inbound, reason: test mail server on h1}\n", 1,
+    ))
+    status, body = api(lab, "POST", "/smtp/v1/reload")
+    assert status == 200, body
+    assert [e["address"] for e in body["added"]] == ["10.20.3.10/32"] and body["removed"] == []
+    assert body["switches"]["0000000000000001"]["added"] == 1
+    assert outcomes(lab, inbound, *checks) == ["open", "timeout", "open", "open", "open"]
+
+    broken = lab.shipped_policy.replace("10.20.1.5", "10.20.1.500")
+    policy_file.write_text(broken)
+    status, body = api(lab, "POST", "/smtp/v1/reload")
+    with pytest.raises(PolicyError) as startup_check:
+        load_policy(policy_file)
+    assert status == 400
+    assert body["error"] == str(startup_check.value)
+    assert body["error"].endswith("exceptions[0].address: '10.20.1.500' is not an IP address or network")
+    # The policy in force is still the edited one.
+    assert outcomes(lab, inbound, *checks) == ["open", "timeout", "open", "open", "open"]
+
+    policy_file.write_text(lab.shipped_policy)
+    status, body = api(lab, "POST", "/smtp/v1/reload")
+    assert status == 200 and [e["address"] for e in body["removed"]] == ["10.20.3.10/32"]
+    assert outcomes(lab, inbound, *checks) == ["timeout", "timeout", "open", "open", "open"]
+
+
+def test_api_exceptions_survive_a_controller_restart(lab):
+    status, created = api(lab, "POST", "/smtp/v1/exceptions", {
+        "address": "fd00:20:0:3::11", "direction": "outbound", "reason": "test: restart",
+        "contact": "ops@example.edu", "expires": "2031-01-01T00:00:00Z",
+    })
+    assert status == 201
+    before = {dpid: lab.controller.installs(dpid) for dpid in lab.dpids()}
+    lab.controller.stop(signal.SIGKILL)
+    lab.controller.start()
+    lab.controller.wait_installs({dpid: count + 1 for dpid, count in before.items()})
+    assert outcomes(lab, Probe("h2", "outmx", 25, family=6), Probe("h2", "outmx", 25, family=4)) == ["open", "timeout"]
+    status, body = api(lab, "GET", f"/smtp/v1/exceptions/{created['id']}")
+    assert (status, body) == (200, created)
+    assert api(lab, "DELETE", f"/smtp/v1/exceptions/{created['id']}")[0] == 204
+    assert outcomes(lab, Probe("h2", "outmx", 25, family=6)) == ["timeout"]
+
+
+def test_fifty_concurrent_clients_lose_no_update_and_disturb_no_traffic(lab):
+    clients, rounds, seconds = 50, 4, 20
+    stream = lab.start_stream("relay", "outmx", 25, seconds=seconds)
+    blocked = lab.start_probe_loop("h2", "outmx", 25, seconds=seconds)
+    allowed = lab.start_probe_loop("bigmail", "outmx", 25, seconds=seconds)
+
+    def client(i):
+        """Add and remove one's own exception; odd clients end with it added."""
+        body = {"address": f"10.20.100.{i + 1}", "direction": "outbound", "reason": f"client {i}"}
+        statuses = []
+        for r in range(rounds):
+            status, created = api(lab, "POST", "/smtp/v1/exceptions", body)
+            statuses.append(status)
+            if r < rounds - 1 or i % 2 == 0:
+                statuses.append(api(lab, "DELETE", f"/smtp/v1/exceptions/{created['id']}")[0])
+        return statuses
+
+    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+        results = list(pool.map(client, range(clients)))
+    assert all(set(s) <= {201, 204} for s in results), results
+
+    expected = {f"10.20.100.{i + 1}/32" for i in range(clients) if i % 2}
+    assert api_exceptions(lab) == expected
+    assert {e["address"] for e in read_state(lab.controller.state_file)} == expected
+    switches = api(lab, "GET", "/smtp/v1/switches")[1]["switches"]
+    assert all(s["in_sync"] for s in switches), switches
+
+    stream_out = stream.communicate(timeout=seconds + 30)[0].decode().split()
+    blocked_out = blocked.communicate(timeout=seconds + 30)[0].decode().split()
+    allowed_out = allowed.communicate(timeout=seconds + 30)[0].decode().split()
+    print(f"stream: {stream_out}; blocked samples {len(blocked_out)}; allowed samples {len(allowed_out)}")
+    assert stream_out[0] == "stream" and int(stream_out[1]) > 0
+    # A dropped segment would stall the sender for a retransmission timeout (>= 200 ms).
+    assert int(stream_out[2]) < 200, f"the stream stalled for {stream_out[2]} ms"
+    assert blocked_out and set(blocked_out) == {"timeout"}
+    assert allowed_out and set(allowed_out) == {"open"}
+
+    for i in range(1, clients, 2):
+        exception_id = next(e["id"] for e in api(lab, "GET", "/smtp/v1/exceptions")[1]["exceptions"]
+                            if e["address"] == f"10.20.100.{i + 1}/32")
+        assert api(lab, "DELETE", f"/smtp/v1/exceptions/{exception_id}")[0] == 204
+    assert api_exceptions(lab) == set()

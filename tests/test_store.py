@@ -1,0 +1,216 @@
+"""Incremental diffs, the policy store (file + API exceptions) and its
+crash-safe persistence."""
+import datetime
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import netaddr
+import pytest
+
+from smtp_border import state
+from smtp_border.compiler import compile_switch
+from smtp_border.diff import diff_rules
+from smtp_border.policy import PolicyError, parse_policy
+from smtp_border.store import Conflict, NotFound, PolicyStore
+
+POLICY = """
+campus: {prefixes: [10.20.0.0/16, "fd00:20::/48"]}
+gateways: [{name: relay, addresses: [10.20.0.25]}]
+exceptions:
+  - {address: 10.20.1.5, direction: inbound, reason: dept}
+switches: [{dpid: 1, uplinks: [1]}]
+"""
+
+
+@pytest.fixture
+def store(tmp_path):
+    (tmp_path / "policy.yaml").write_text(textwrap.dedent(POLICY))
+    return PolicyStore(tmp_path / "policy.yaml")
+
+
+def add(store, address, direction="outbound", **extra):
+    change = store.propose_add({"address": address, "direction": direction, "reason": "test", **extra})
+    store.commit(change)
+    return change.added[0]
+
+
+# -- diff ---------------------------------------------------------------------
+
+def many_exceptions(n):
+    # Every other address, so that no two exceptions merge into one network.
+    lines = "".join(f"  - {{address: 10.20.{i // 250}.{i % 250 + 1}, direction: outbound, reason: r}}\n" for i in range(0, 2 * n, 2))
+    return parse_policy("campus: {prefixes: [10.20.0.0/16]}\nexceptions:\n" + lines)
+
+
+def test_diff_of_identical_rule_sets_is_empty():
+    rules = compile_switch(many_exceptions(50), 1)
+    assert not diff_rules(rules, rules)
+    assert len(diff_rules(rules, rules)) == 0
+
+
+def test_one_exception_more_is_one_flow_whatever_the_policy_size():
+    for size in (10, 1000):
+        policy = many_exceptions(size)
+        before = compile_switch(policy, 1)
+        extra = parse_policy(
+            "campus: {prefixes: [10.20.0.0/16]}\nexceptions:\n  - {address: 10.20.200.200, direction: both, reason: r}\n"
+        ).exceptions
+        after = compile_switch(type(policy)(**{**vars(policy), "exceptions": policy.exceptions + extra}), 1)
+        diff = diff_rules(before, after)
+        assert len(diff.add) == 2 and diff.delete == ()  # inbound and outbound flow
+        assert {r.match.ip_src or r.match.ip_dst for r in diff.add} == {netaddr.IPNetwork("10.20.200.200/32")}
+        back = diff_rules(after, before)
+        assert back.add == () and set(back.delete) == set(diff.add)
+
+
+def test_changed_instructions_are_re_added_not_deleted():
+    old = compile_switch(many_exceptions(3), 1)
+    changed = {r for r in old}
+    victim = next(r for r in old if r.instructions.goto_table == 2 and r.priority == 200)
+    replacement = type(victim)(victim.table, victim.priority, victim.match, type(victim.instructions)(), victim.cookie)
+    changed = (changed - {victim}) | {replacement}
+    diff = diff_rules(old, frozenset(changed))
+    assert diff.add == (replacement,) and diff.delete == ()
+
+
+# -- store --------------------------------------------------------------------
+
+def test_add_and_remove_api_exception(store):
+    exception = add(store, "10.20.3.10")
+    assert exception.source == "api"
+    assert store.exception(exception.id) == exception
+    assert [e.address for e in store.policy.exceptions][-1] == netaddr.IPNetwork("10.20.3.10/32")
+    change = store.propose_remove(exception.id)
+    assert change.removed == (exception,)
+    store.commit(change)
+    with pytest.raises(NotFound):
+        store.exception(exception.id)
+
+
+def test_rejections_leave_the_store_unchanged(store):
+    add(store, "10.20.3.10")
+    before = (store.policy, state.read_state(store.state_file))
+    with pytest.raises(Conflict, match=r"an exception for 10.20.3.10/32 already exists"):
+        store.propose_add({"address": "10.20.3.10", "direction": "inbound", "reason": "again"})
+    with pytest.raises(Conflict, match=r"an exception for 10.20.1.5/32 already exists"):
+        store.propose_add({"address": "10.20.1.5", "direction": "outbound", "reason": "file has it"})
+    with pytest.raises(PolicyError) as caught:
+        store.propose_add({"address": "10.20.3.11", "direction": "sideways", "reason": "x"})
+    assert (caught.value.path, caught.value.source) == ("direction", "request")
+    with pytest.raises(PolicyError, match="is not inside the campus prefixes"):
+        store.propose_add({"address": "192.0.2.1", "direction": "outbound", "reason": "x"})
+    with pytest.raises(PolicyError, match=r"^request: expires: 2020-01-01T00:00:00\+00:00 is in the past$"):
+        store.propose_add({"address": "10.20.3.12", "direction": "outbound", "reason": "x", "expires": "2020-01-01T00:00:00Z"})
+    with pytest.raises(PolicyError, match="unknown key 'id'"):
+        store.propose_add({"address": "10.20.3.12", "direction": "outbound", "reason": "x", "id": "abc"})
+    file_exception = store.policy.exceptions[0]
+    with pytest.raises(Conflict, match="comes from .*policy.yaml; remove it there and reload"):
+        store.propose_remove(file_exception.id)
+    with pytest.raises(NotFound):
+        store.propose_remove("nope")
+    assert (store.policy, state.read_state(store.state_file)) == before
+
+
+def test_api_exceptions_survive_a_restart(store, tmp_path):
+    expires = "2031-01-01T00:00:00Z"
+    first = add(store, "10.20.3.10", contact="ops@example.edu", expires=expires)
+    second = add(store, "fd00:20::99", direction="both")
+    again = PolicyStore(tmp_path / "policy.yaml")
+    assert again.api_exceptions == (first, second)
+    assert again.policy == store.policy
+    assert again.exception(first.id).expires == datetime.datetime(2031, 1, 1, tzinfo=datetime.timezone.utc)
+    # The operator's file is untouched: the state lives beside it.
+    assert (tmp_path / "policy.yaml").read_text() == textwrap.dedent(POLICY)
+    assert store.state_file == str(tmp_path / "policy.api-exceptions.json")
+
+
+def test_reload_applies_the_file_and_keeps_api_exceptions(store, tmp_path):
+    api = add(store, "10.20.3.10")
+    edited = textwrap.dedent(POLICY).replace(
+        "  - {address: 10.20.1.5, direction: inbound, reason: dept}\n",
+        "  - {address: 10.20.1.6, direction: both, reason: new dept}\n",
+    )
+    (tmp_path / "policy.yaml").write_text(edited)
+    change = store.propose_reload()
+    assert [str(e.address) for e in change.added] == ["10.20.1.6/32"]
+    assert [str(e.address) for e in change.removed] == ["10.20.1.5/32"]
+    store.commit(change)
+    assert [str(e.address) for e in store.policy.exceptions] == ["10.20.1.6/32", "10.20.3.10/32"]
+    assert store.exception(api.id).source == "api"
+
+
+def test_invalid_reload_keeps_the_policy_in_force(store, tmp_path):
+    before = store.policy
+    (tmp_path / "policy.yaml").write_text(textwrap.dedent(POLICY).replace("10.20.1.5", "10.20.1.300"))
+    with pytest.raises(PolicyError) as caught:
+        store.propose_reload()
+    assert str(caught.value) == f"{tmp_path / 'policy.yaml'}: exceptions[0].address: '10.20.1.300' is not an IP address or network"
+    assert store.policy == before
+
+
+def test_reload_refuses_a_file_that_repeats_an_api_exception(store, tmp_path):
+    add(store, "10.20.3.10")
+    (tmp_path / "policy.yaml").write_text(textwrap.dedent(POLICY).replace(
+        "switches:", "  - {address: 10.20.3.10, direction: inbound, reason: now in the file}\nswitches:"
+    ))
+    with pytest.raises(PolicyError, match=r"exceptions\[1\]\.address: 10.20.3.10/32 is both in .* and an API exception"):
+        store.propose_reload()
+
+
+def test_a_bad_state_file_is_a_clear_start_up_error(tmp_path):
+    (tmp_path / "policy.yaml").write_text(textwrap.dedent(POLICY))
+    path = tmp_path / "policy.api-exceptions.json"
+    path.write_text("{not json")
+    with pytest.raises(PolicyError, match=r"policy.api-exceptions.json: line 1, column 2: not valid JSON"):
+        PolicyStore(tmp_path / "policy.yaml")
+    path.write_text(json.dumps({"format": state.FORMAT, "version": 1, "exceptions": [{"address": "10.99.0.1", "direction": "both", "reason": "x"}]}))
+    with pytest.raises(PolicyError, match=r"exceptions\[0\]\.address: 10.99.0.1/32 is not inside the campus"):
+        PolicyStore(tmp_path / "policy.yaml")
+
+
+# -- crash safety -------------------------------------------------------------
+
+def test_failed_write_leaves_the_old_state_and_no_temporary(tmp_path, monkeypatch):
+    path = tmp_path / "state.json"
+    state.write_state(path, [{"address": "10.20.3.10"}])
+
+    def crash(*args):
+        raise OSError("disk on fire")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError):
+        state.write_state(path, [{"address": "10.20.3.11"}])
+    assert state.read_state(path) == [{"address": "10.20.3.10"}]
+    assert [p.name for p in tmp_path.iterdir()] == ["state.json"]
+
+
+WRITER = """
+import sys
+from smtp_border import state
+big = [{"address": f"10.20.{i // 250}.{i % 250}", "reason": "x" * 200} for i in range(2000)]
+n = 0
+print("ready", flush=True)
+while True:
+    state.write_state(sys.argv[1], big[: 1000 + n % 2] )
+    n += 1
+"""
+
+
+def test_killed_writer_leaves_old_or_new_state(tmp_path):
+    """SIGKILL a process that rewrites the state file as fast as it can: every
+    time, what is left is one whole state, never a torn file."""
+    path = tmp_path / "state.json"
+    seen = set()
+    for attempt in range(10):
+        writer = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE)
+        assert writer.stdout.readline().strip() == b"ready"
+        subprocess.run(["sleep", f"0.{attempt + 1}"])
+        writer.send_signal(signal.SIGKILL)
+        writer.wait()
+        if path.exists():
+            seen.add(len(state.read_state(path)))
+    assert seen <= {1000, 1001} and seen
