@@ -43,12 +43,13 @@ def free_port():
 class Controller:
     """A ryu-manager process running ryu_apps.smtp_policy, logging to a file."""
 
-    def __init__(self, policy_file, log_file, state_file=None, token=None):
+    def __init__(self, policy_file, log_file, state_file=None, token=None, bundles=True):
         self.policy_file = Path(policy_file)
         self.log_file = Path(log_file)
         # API exceptions go beside the log, never into the repository.
         self.state_file = Path(state_file or self.log_file.with_name("api-exceptions.json"))
         self.token = token
+        self.bundles = bundles
         self.of_port = free_port()
         self.api_port = free_port()
         self.process = None
@@ -58,6 +59,7 @@ class Controller:
         env.pop("SMTP_POLICY_TOKEN", None)
         if self.token:
             env["SMTP_POLICY_TOKEN"] = self.token
+        env["SMTP_POLICY_BUNDLES"] = "auto" if self.bundles else "off"
         command = [
             str(RYU_MANAGER), "--ofp-tcp-listen-port", str(self.of_port),
             "--wsapi-host", "127.0.0.1", "--wsapi-port", str(self.api_port), "ryu_apps.smtp_policy",
@@ -147,10 +149,10 @@ class Probe:
 class Lab:
     """The campus network under a live controller."""
 
-    def __init__(self, policy_file, workdir, verbose=False, token=None):
+    def __init__(self, policy_file, workdir, verbose=False, token=None, bundles=True):
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.controller = Controller(policy_file, self.workdir / "ryu-manager.log", token=token)
+        self.controller = Controller(policy_file, self.workdir / "ryu-manager.log", token=token, bundles=bundles)
         self.net = None
         self.verbose = verbose
         self.listeners = []

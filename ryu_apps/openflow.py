@@ -83,6 +83,15 @@ def delete_flow(datapath, rule):
     )
 
 
+def delete_reported_flow(datapath, stats):
+    """Delete exactly the flow a switch reported in an OFPFlowStats."""
+    ofp, parser = datapath.ofproto, datapath.ofproto_parser
+    return parser.OFPFlowMod(
+        datapath, table_id=stats.table_id, command=ofp.OFPFC_DELETE_STRICT, priority=stats.priority,
+        out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY, match=stats.match,
+    )
+
+
 def apply_diff(datapath, diff):
     """Flow mods for a RuleDiff, adds before deletes.
 
@@ -112,10 +121,15 @@ def bundle(datapath, bundle_id, messages):
     return wrapped
 
 
+def flow_key(table_id, priority, match):
+    """What identifies a flow entry on a switch, comparable between what a
+    switch reports (OFPFlowStats) and what we send."""
+    return (table_id, priority, _match_signature(match))
+
+
 def flow_signature(table_id, priority, cookie, match, instructions):
-    """A comparable summary of one flow, from Ryu objects, built the same way
-    for what a switch reports (OFPFlowStats) and what we would send."""
-    return (table_id, priority, cookie, _match_signature(match), tuple(_instruction_signature(i) for i in instructions))
+    """A flow's key, cookie and instructions, comparable the same way."""
+    return flow_key(table_id, priority, match) + (cookie, tuple(_instruction_signature(i) for i in instructions))
 
 
 def expected_signature(datapath, rule):

@@ -28,14 +28,6 @@ APP_KEY = "smtp_policy_app"
 TOKEN_ENV = "SMTP_POLICY_TOKEN"
 MAX_BODY = 64 * 1024
 PREFIX = "/smtp/v1"
-# path pattern -> allowed methods, for 405 answers
-ROUTES = {
-    re.compile(r"^/smtp/v1/policy/?$"): ["GET"],
-    re.compile(r"^/smtp/v1/exceptions/?$"): ["GET", "POST"],
-    re.compile(r"^/smtp/v1/exceptions/[^/]+/?$"): ["GET", "DELETE"],
-    re.compile(r"^/smtp/v1/reload/?$"): ["POST"],
-    re.compile(r"^/smtp/v1/switches/?$"): ["GET"],
-}
 
 
 class HttpError(Exception):
@@ -109,9 +101,12 @@ def authorise(req):
                             headers={"WWW-Authenticate": 'Bearer realm="smtp-border"'})
         return
     try:
-        loopback = ipaddress.ip_address(req.remote_addr or "").is_loopback
+        address = ipaddress.ip_address(req.remote_addr or "")
     except ValueError:
-        loopback = False
+        address = None
+    # A dual-stack listener (--wsapi-host ::) shows IPv4 clients as ::ffff:a.b.c.d.
+    address = getattr(address, "ipv4_mapped", None) or address
+    loopback = address is not None and address.is_loopback
     if not loopback:
         raise HttpError(403, f"changes are accepted only from loopback clients unless {TOKEN_ENV} is set")
 
@@ -150,6 +145,15 @@ def policy_document(store):
             {"dpid": f"{s.dpid:016x}", "name": s.name, "uplinks": list(s.uplinks)} for s in policy.switches
         ],
     }
+
+
+def routes():
+    """(path, method) of every route the API serves, as the @route decorators say."""
+    for member in vars(SmtpRestController).values():
+        info = getattr(member, "routing_info", None)
+        if info:
+            for method in info["methods"]:
+                yield info["path"], method
 
 
 class SmtpRestController(ControllerBase):
@@ -206,10 +210,10 @@ class SmtpRestController(ControllerBase):
         return json_response(200, {"switches": [self.app.switch_status(dpid) for dpid in self.app.known_dpids()]})
 
     def fallback(self, req, **_):
-        for pattern, methods in ROUTES.items():
-            if pattern.match(req.path):
-                return json_response(405, {"error": f"{req.method} is not allowed here; use {', '.join(methods)}"},
-                                     {"Allow": ", ".join(methods)})
+        methods = sorted(m for path, m in routes() if re.fullmatch(re.sub(r"\{[^}]+\}", "[^/]+", path), req.path))
+        if methods:
+            return json_response(405, {"error": f"{req.method} is not allowed here; use {', '.join(methods)}"},
+                                 {"Allow": ", ".join(methods)})
         return json_response(404, {"error": f"no such resource: {req.path}"})
 
     def _apply(self, change):

@@ -28,13 +28,23 @@ from smtp_border.store import PolicyStore
 
 POLICY_FILE_ENV = "SMTP_POLICY_FILE"
 STATE_FILE_ENV = "SMTP_POLICY_STATE"
+# "auto" (default): use ONF bundles, and fall back to ordered flow mods for a
+# switch that refuses them. "off": never use bundles.
+BUNDLES_ENV = "SMTP_POLICY_BUNDLES"
 DEFAULT_POLICY_FILE = "policy.yaml"
 # How long a switch may take to answer before we call the request failed.
 REPLY_TIMEOUT = 30.0
 
 
 class SwitchFailed(Exception):
-    pass
+    def __init__(self, message, codes=()):
+        super().__init__(message)
+        self.codes = codes  # (type, code) of each OpenFlow error
+
+
+def _refuses_bundles(ofp, codes):
+    unsupported = {ofp.OFPBRC_BAD_EXPERIMENTER, ofp.OFPBRC_BAD_EXP_TYPE, ofp.OFPBRC_BAD_TYPE}
+    return any(t == ofp.OFPET_BAD_REQUEST and c in unsupported for t, c in codes)
 
 
 class _Waiter:
@@ -45,6 +55,7 @@ class _Waiter:
         self.request_xid = request_xid
         self.xids = set(xids)  # messages whose errors count against this request
         self.errors = []
+        self.codes = []
         self.replies = []
         self.done = hub.Event()
 
@@ -72,6 +83,8 @@ class SmtpPolicy(app_manager.RyuApp):
         self.installed = {}  # dpid -> frozenset of FlowRule confirmed on the switch
         self._waiters = {}  # (dpid, xid) -> _Waiter
         self._bundle_ids = itertools.count(1)
+        self.bundles = {}  # dpid -> False once a switch refused a bundle
+        self.bundles_wanted = os.environ.get(BUNDLES_ENV, "auto").lower() != "off"
         # One change at a time, across all switches: changes never interleave,
         # and concurrent REST requests are applied one after the other.
         self.change_lock = hub.Semaphore(1)
@@ -149,39 +162,59 @@ class SmtpPolicy(app_manager.RyuApp):
         to send, or an error message."""
         rules = compile_switch(self.policy, dp.id)
         known = self.installed.get(dp.id)
-        if known is None:
-            messages, counts, how = openflow.replace_all(dp, rules), (len(rules), None), "installed"
-        else:
-            diff = diff_rules(known, rules)
-            if not diff:
-                return None
-            messages, counts, how = openflow.apply_diff(dp, diff), (len(diff.add), len(diff.delete)), "changed"
+        diff = None if known is None else diff_rules(known, rules)
+        if diff is not None and not diff:
+            return None
+        counts = (len(rules), None) if diff is None else (len(diff.add), len(diff.delete))
         try:
-            self._send_bundle(dp, messages)
+            try:
+                how = self._send(dp, rules, diff)
+            except SwitchFailed as err:
+                if not (self.bundles.get(dp.id, self.bundles_wanted) and _refuses_bundles(dp.ofproto, err.codes)):
+                    raise
+                self.logger.warning("smtp-border: switch %016x refuses bundles; using ordered flow mods", dp.id)
+                self.bundles[dp.id] = False
+                how = self._send(dp, rules, None)  # a refused bundle applied nothing: start over
         except SwitchFailed as err:
             self.installed.pop(dp.id, None)  # unknown now: the next push replaces everything
             self.logger.error("smtp-border: switch %016x: policy NOT applied: %s", dp.id, err)
             return str(err)
         self.installed[dp.id] = rules
         role = "enforcing" if self.policy.switch_spec(dp.id) else "inside (forwarding only)"
-        if known is None:
+        if diff is None:
             self.logger.info(
-                "smtp-border: switch %016x %s: %d flows installed in one bundle, confirmed by barrier",
-                dp.id, role, len(rules),
+                "smtp-border: switch %016x %s: %d flows installed %s, confirmed by barrier", dp.id, role, len(rules), how
             )
         else:
             self.logger.info(
-                "smtp-border: switch %016x %s: %d flows added or changed, %d removed in one bundle, confirmed by barrier",
-                dp.id, role, counts[0], counts[1],
+                "smtp-border: switch %016x %s: %d flows added or changed, %d removed %s, confirmed by barrier",
+                dp.id, role, counts[0], counts[1], how,
             )
-        return {"how": how, "added": counts[0], "removed": counts[1], "flows": len(rules)}
+        return {"added": counts[0], "removed": counts[1], "flows": len(rules)}
 
     # -- talking to switches --------------------------------------------------
 
-    def _send_bundle(self, dp, messages):
-        """Send messages as one atomic bundle and wait for the barrier after it."""
-        wrapped = openflow.bundle(dp, next(self._bundle_ids), messages)
-        self._request(dp, wrapped, dp.ofproto_parser.OFPBarrierRequest(dp))
+    def _send(self, dp, rules, diff):
+        """Bring the switch from its known flows (diff) or from anything (diff
+        None) to `rules`, atomically where the switch takes bundles."""
+        barrier = dp.ofproto_parser.OFPBarrierRequest
+        if self.bundles.get(dp.id, self.bundles_wanted):
+            messages = openflow.replace_all(dp, rules) if diff is None else openflow.apply_diff(dp, diff)
+            self._request(dp, openflow.bundle(dp, next(self._bundle_ids), messages), barrier(dp))
+            return "in one bundle"
+        if diff is not None:
+            self._request(dp, openflow.apply_diff(dp, diff), barrier(dp))
+            return "with ordered flow mods"
+        # No bundle and unknown flows: add every flow first (an add replaces a
+        # flow with the same key in place), then delete whatever else is
+        # there. Meanwhile the switch holds the union of its old flows and the
+        # policy: what both block stays blocked (unless a stale flow already
+        # let it through) and what both allow stays allowed.
+        self._request(dp, [openflow.add_flow(dp, r) for r in rules], barrier(dp))
+        wanted = {openflow.flow_key(r.table, r.priority, openflow.match_of(dp.ofproto_parser, r.match)) for r in rules}
+        stale = [f for f in self.switch_flows(dp) if openflow.flow_key(f.table_id, f.priority, f.match) not in wanted]
+        self._request(dp, [openflow.delete_reported_flow(dp, f) for f in stale], barrier(dp))
+        return "with ordered flow mods"
 
     def _request(self, dp, before, request):
         """Send `before` then `request`, and wait for the reply to `request`.
@@ -201,7 +234,9 @@ class SmtpPolicy(app_manager.RyuApp):
         finally:
             del self._waiters[key]
         if waiter.errors:
-            raise SwitchFailed(f"switch reported {len(waiter.errors)} error(s), first: {waiter.errors[0]}")
+            raise SwitchFailed(
+                f"switch reported {len(waiter.errors)} error(s), first: {waiter.errors[0]}", tuple(waiter.codes)
+            )
         return waiter.replies
 
     def switch_flows(self, dp):
@@ -269,6 +304,7 @@ class SmtpPolicy(app_manager.RyuApp):
         for waiter in self._waiters_for(msg.datapath.id):
             if msg.xid in waiter.xids:
                 waiter.errors.append(description)
+                waiter.codes.append((msg.type, msg.code))
                 if msg.xid == waiter.request_xid:
                     waiter.done.set()  # no reply will come
 

@@ -49,10 +49,13 @@ def policy_for(variant, directory):
     return path
 
 
-@pytest.fixture(scope="module", params=["uplinks", "addresses"])
+# uplinks: the shipped policy; addresses: without `switches`; no-bundles: the
+# shipped policy with bundles turned off, as for a switch that has none.
+@pytest.fixture(scope="module", params=["uplinks", "addresses", "no-bundles"])
 def lab(request, tmp_path_factory):
     directory = tmp_path_factory.mktemp(request.param)
-    with Lab(policy_for(request.param, directory), directory) as running:
+    policy = policy_for("addresses" if request.param == "addresses" else "uplinks", directory)
+    with Lab(policy, directory, bundles=request.param != "no-bundles") as running:
         running.variant = request.param
         yield running
         errors = running.controller.openflow_errors()
@@ -122,8 +125,9 @@ def test_switches_hold_exactly_the_compiled_flows(lab):
 
 # -- reconnects and restarts (uplinks variant; the mechanism is the same) -----
 
-# The mechanism does not depend on the variant: test it once, on the shipped one.
-UPLINKS_ONLY = pytest.mark.parametrize("lab", ["uplinks"], indirect=True)
+# Resynchronisation does not depend on addresses or uplinks, but it does on
+# whether the switch takes bundles: test it with and without.
+RESYNC_VARIANTS = pytest.mark.parametrize("lab", ["uplinks", "no-bundles"], indirect=True)
 HOLE = "table=0,priority=1000,tcp,tp_dst=25,actions=goto_table:2"
 
 
@@ -140,7 +144,7 @@ def open_hole(lab):
     assert blocked_and_allowed(lab) == ["open", "open", "open"], "the stale flow should open a hole"
 
 
-@UPLINKS_ONLY
+@RESYNC_VARIANTS
 def test_reconnect_removes_stale_flows(lab):
     open_hole(lab)
     before = lab.controller.installs(campus.BORDER_DPID)
@@ -152,7 +156,7 @@ def test_reconnect_removes_stale_flows(lab):
     assert installed_differences(lab, campus.BORDER_DPID, load_policy(lab.controller.policy_file)) == ""
 
 
-@UPLINKS_ONLY
+@RESYNC_VARIANTS
 def test_controller_restart_resyncs_stale_flows(lab):
     lab.controller.stop(signal.SIGKILL)
     # While the controller is away the switch keeps enforcing (fail-mode secure).
