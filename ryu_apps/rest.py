@@ -207,7 +207,11 @@ class SmtpRestController(ControllerBase):
     @route("smtp", PREFIX + "/switches", methods=["GET"])
     @api()
     def switches(self, req, **_):
-        return json_response(200, {"switches": [self.app.switch_status(dpid) for dpid in self.app.known_dpids()]})
+        # Behind the change lock, so that a switch is never compared with a
+        # policy whose change it has not received yet.
+        with self.app.change_lock:
+            statuses = [self.app.switch_status(dpid) for dpid in self.app.known_dpids()]
+        return json_response(200, {"switches": statuses})
 
     def fallback(self, req, **_):
         methods = sorted(m for path, m in routes() if re.fullmatch(re.sub(r"\{[^}]+\}", "[^/]+", path), req.path))
