@@ -138,8 +138,8 @@ class SmtpPolicy(app_manager.RyuApp):
                 self._push(dp)
 
     def push_policy(self):
-        """Bring every connected switch to the policy in force; call with
-        change_lock held. Returns ({dpid: (flows added, flows removed)},
+        """Bring every connected switch to the policy in force, in parallel;
+        call with change_lock held. Returns ({dpid: what _push sent},
         {dpid: error}) once every switch has confirmed or failed."""
         threads = {dpid: hub.spawn(self._push, dp) for dpid, dp in list(self.datapaths.items())}
         done, failed = {}, {}
@@ -152,14 +152,14 @@ class SmtpPolicy(app_manager.RyuApp):
         return done, failed
 
     def _push(self, dp):
-        """Make the switch hold exactly the compiled rules, in one bundle.
+        """Make the switch hold exactly the compiled rules.
 
         A switch we know the flows of gets only the difference. One we do not
         (it just connected, or the controller restarted, or a change failed)
         gets a delete of everything in the owned tables and every flow, in the
         same atomic bundle, so stale flows go and no packet sees a table
-        without the policy. Returns (added, removed), None if there was nothing
-        to send, or an error message."""
+        without the policy. Returns {"added", "removed", "flows"} counts,
+        None if there was nothing to send, or an error message."""
         rules = compile_switch(self.policy, dp.id)
         known = self.installed.get(dp.id)
         diff = None if known is None else diff_rules(known, rules)
