@@ -48,6 +48,7 @@ class Controller:
         self.log_file = Path(log_file)
         # API exceptions go beside the log, never into the repository.
         self.state_file = Path(state_file or self.log_file.with_name("api-exceptions.json"))
+        self.audit_log = self.log_file.with_name("blocked.jsonl")
         self.token = token
         self.bundles = bundles
         self.of_port = free_port()
@@ -55,7 +56,10 @@ class Controller:
         self.process = None
 
     def start(self):
-        env = dict(os.environ, SMTP_POLICY_FILE=str(self.policy_file), SMTP_POLICY_STATE=str(self.state_file))
+        env = dict(
+            os.environ, SMTP_POLICY_FILE=str(self.policy_file), SMTP_POLICY_STATE=str(self.state_file),
+            SMTP_POLICY_AUDIT_LOG=str(self.audit_log),
+        )
         env.pop("SMTP_POLICY_TOKEN", None)
         if self.token:
             env["SMTP_POLICY_TOKEN"] = self.token

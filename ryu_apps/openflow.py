@@ -6,8 +6,9 @@ vSwitch implements) so that a switch applies it all at once or not at all.
 """
 import netaddr
 from ryu.ofproto import ofproto_parser
+from ryu.ofproto.ofproto_v1_3 import OFPP_CONTROLLER
 
-from smtp_border.rules import METADATA_MASK, OWNED_TABLES
+from smtp_border.rules import METADATA_MASK, OWNED_TABLES, SAMPLE_BYTES
 
 
 def match_of(parser, match):
@@ -33,6 +34,10 @@ def match_of(parser, match):
 def instructions_of(datapath, instructions):
     ofp, parser = datapath.ofproto, datapath.ofproto_parser
     result = []
+    if instructions.sample_meter is not None:
+        result.append(parser.OFPInstructionMeter(instructions.sample_meter))
+        actions = [parser.OFPActionOutput(ofp.OFPP_CONTROLLER, SAMPLE_BYTES)]
+        result.append(parser.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, actions))
     if instructions.output_normal:
         actions = [parser.OFPActionOutput(ofp.OFPP_NORMAL)]
         result.append(parser.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, actions))
@@ -80,6 +85,16 @@ def delete_flow(datapath, rule):
         out_port=ofp.OFPP_ANY,
         out_group=ofp.OFPG_ANY,
         match=match_of(parser, rule.match),
+    )
+
+
+def set_meter(datapath, meter_id, rate, command):
+    """A packets-per-second meter whose one band drops what exceeds `rate`."""
+    ofp, parser = datapath.ofproto, datapath.ofproto_parser
+    band = parser.OFPMeterBandDrop(rate=rate, burst_size=rate)
+    return parser.OFPMeterMod(
+        datapath, command=command, flags=ofp.OFPMF_PKTPS | ofp.OFPMF_BURST | ofp.OFPMF_STATS,
+        meter_id=meter_id, bands=[band],
     )
 
 
@@ -159,7 +174,13 @@ def _instruction_signature(instruction):
         return (kind, instruction.table_id)
     if hasattr(instruction, "metadata"):
         return (kind, instruction.metadata, instruction.metadata_mask)
-    actions = tuple((type(a).__name__, getattr(a, "port", None)) for a in getattr(instruction, "actions", []))
+    if hasattr(instruction, "meter_id"):
+        return (kind, instruction.meter_id)
+    # max_len only means something for output to the controller.
+    actions = tuple(
+        (type(a).__name__, getattr(a, "port", None), a.max_len if getattr(a, "port", None) == OFPP_CONTROLLER else None)
+        for a in getattr(instruction, "actions", [])
+    )
     return (kind, actions)
 
 
@@ -169,11 +190,17 @@ def describe_error(datapath, error):
     ofp = datapath.ofproto
     type_name = _constant_name(ofp, "OFPET_", error.type)
     code_name = _error_code_name(ofp, type_name, error.code)
+    offending = "0x" + bytes(error.data[:64]).hex()  # truncated or unparsable: the hex still helps
     try:
         version, msg_type, msg_len, xid = ofproto_parser.header(error.data)
-        offending = ofproto_parser.msg(datapath, version, msg_type, msg_len, xid, error.data)
-    except Exception:  # truncated or unparsable: the hex is still useful
-        offending = "0x" + bytes(error.data[:64]).hex()
+        # Ryu parses only some message types (and logs a traceback for the
+        # others), so ask it only about those it knows.
+        if msg_type in getattr(datapath.ofproto_parser, "_MSG_PARSERS", {}):
+            offending = ofproto_parser.msg(datapath, version, msg_type, msg_len, xid, error.data)
+        else:
+            offending = f"{_constant_name(ofp, 'OFPT_', msg_type)} {offending}"
+    except Exception:
+        pass
     return f"type={type_name} code={code_name} xid={error.xid} offending={offending}"
 
 
@@ -195,6 +222,7 @@ def _error_code_name(ofp, type_name, code):
         "OFPET_BAD_MATCH": "OFPBMC_",
         "OFPET_FLOW_MOD_FAILED": "OFPFMFC_",
         "OFPET_TABLE_FEATURES_FAILED": "OFPTFFC_",
+        "OFPET_METER_MOD_FAILED": "OFPMMFC_",
     }
     prefix = prefixes.get(type_name)
     return _constant_name(ofp, prefix, code) if prefix else str(code)

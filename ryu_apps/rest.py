@@ -6,10 +6,15 @@
     DELETE /smtp/v1/exceptions/<id>   remove one added over the API (204)
     POST   /smtp/v1/reload            re-read policy.yaml, apply the difference
     GET    /smtp/v1/switches          each switch: connected, in sync, flow count
+    GET    /smtp/v1/blocked           recent blocked attempts (sampled)
+    GET    /smtp/v1/blocked/top       hosts ranked by blocked attempts
+    GET    /smtp/v1/mailservers       the inventory: relays and every exception
+    GET    /metrics                   Prometheus text format
 
 docs/openapi.yaml describes it. Every answer is JSON, errors too:
 {"error": "..."} (plus "field" when one field of the request is at fault).
 """
+import datetime
 import functools
 import hmac
 import ipaddress
@@ -18,9 +23,13 @@ import logging
 import os
 import re
 
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from ryu.app.wsgi import ControllerBase, Response, route
 
-from smtp_border.policy import PolicyError
+from ryu_apps.metrics import registry_for
+from smtp_border.audit import format_time, parse_time
+from smtp_border.inventory import inventory
+from smtp_border.policy import PolicyError, utc_now
 from smtp_border.store import Conflict, NotFound
 
 LOG = logging.getLogger("smtp_border.rest")
@@ -38,11 +47,16 @@ class HttpError(Exception):
         self.headers = headers or {}
 
 
+MAX_EVENTS = 10000
+WINDOW_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
 def register(wsgi, app):
     if not os.environ.get(TOKEN_ENV):
         app.logger.warning(
             "smtp-border: %s is not set: the REST API accepts changes from loopback clients only", TOKEN_ENV
         )
+    app.metrics_registry = registry_for(app)
     wsgi.register(SmtpRestController, {APP_KEY: app})
     # Connected last, so it only catches what no route above matched: a JSON
     # 404 or 405 instead of Ryu's HTML page.
@@ -132,6 +146,41 @@ def read_json(req):
     return document
 
 
+def query_int(req, name, default, lowest, highest):
+    text = req.GET.get(name)
+    if text is None:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise HttpError(400, f"{name}: {text!r} is not a whole number", field=name) from None
+    if not lowest <= value <= highest:
+        raise HttpError(400, f"{name}: {value} is not between {lowest} and {highest}", field=name)
+    return value
+
+
+def query_time(req, name):
+    text = req.GET.get(name)
+    if text is None:
+        return None
+    try:
+        moment = parse_time(text)
+    except ValueError:
+        raise HttpError(400, f"{name}: {text!r} is not an ISO 8601 time", field=name) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=datetime.timezone.utc)
+
+
+def query_window(req, name, default):
+    """A duration: seconds, or a number with s, m, h or d (90m, 24h, 7d)."""
+    text = req.GET.get(name)
+    if text is None:
+        return default
+    match = re.fullmatch(r"(\d+)([smhd]?)", text.strip())
+    if not match or int(match.group(1)) == 0:
+        raise HttpError(400, f"{name}: {text!r} is not a duration like 3600, 90m, 24h or 7d", field=name)
+    return int(match.group(1)) * WINDOW_UNITS[match.group(2) or "s"]
+
+
 def policy_document(store):
     policy = store.policy
     return {
@@ -196,8 +245,13 @@ class SmtpRestController(ControllerBase):
     @api(changes_state=True)
     def reload(self, req, **_):
         with self.app.change_lock:
-            change = self.app.store.propose_reload()
+            try:
+                change = self.app.store.propose_reload()
+            except PolicyError:
+                self.app.counters["reload_failures"] += 1
+                raise
             switches = self._apply(change)
+            self.app.counters["reloads"] += 1
         return json_response(200, {
             "added": [e.to_dict() for e in change.added],
             "removed": [e.to_dict() for e in change.removed],
@@ -213,6 +267,35 @@ class SmtpRestController(ControllerBase):
             statuses = [self.app.switch_status(dpid) for dpid in self.app.known_dpids()]
         return json_response(200, {"switches": statuses})
 
+    @route("smtp", PREFIX + "/blocked", methods=["GET"])
+    @api()
+    def blocked(self, req, **_):
+        since = query_time(req, "since")
+        limit = query_int(req, "limit", 100, 1, MAX_EVENTS)
+        events = [vars(a) for a in self.app.audit.query(since, limit)]
+        return json_response(200, {"events": events, "sampled": True, "log": str(self.app.audit.path)})
+
+    @route("smtp", PREFIX + "/blocked/top", methods=["GET"])
+    @api()
+    def blocked_top(self, req, **_):
+        window = query_window(req, "window", 86400)
+        limit = query_int(req, "limit", 20, 1, 1000)
+        since = utc_now() - datetime.timedelta(seconds=window)
+        ranking = self.app.audit.top(since, limit)
+        return json_response(200, {"window_seconds": window, "since": format_time(since), "sampled": True, **ranking})
+
+    @route("smtp", PREFIX + "/mailservers", methods=["GET"])
+    @api()
+    def mailservers(self, req, **_):
+        soon = query_int(req, "soon_days", 30, 0, 3650)
+        return json_response(200, inventory(self.app.policy, utc_now(), datetime.timedelta(days=soon)))
+
+    @route("metrics", "/metrics", methods=["GET"])
+    @api()
+    def metrics(self, req, **_):
+        return Response(status=200, body=generate_latest(self.app.metrics_registry),
+                        headers={"Content-Type": CONTENT_TYPE_LATEST})
+
     def fallback(self, req, **_):
         methods = sorted(m for path, m in routes() if re.fullmatch(re.sub(r"\{[^}]+\}", "[^/]+", path), req.path))
         if methods:
@@ -224,7 +307,7 @@ class SmtpRestController(ControllerBase):
         """Commit a validated change and push it to every switch (lock held).
         The answer waits for every switch's barrier."""
         self.app.store.commit(change)
-        done, failed = self.app.push_policy()
+        done, failed = self.app.changed(self.app.push_policy())
         LOG.info("smtp-border: change applied: +%d -%d exception(s); switches %s",
                  len(change.added), len(change.removed), sorted(f"{d:016x}" for d in done) or "unchanged")
         if failed:

@@ -9,21 +9,26 @@ reloads) send each switch only the difference, again in one bundle. No flow
 sends packets to the controller, and no flow times out, so the switch keeps
 enforcing while the controller is away.
 """
+import collections
 import itertools
 import os
 import sys
+import time
 
 from ryu.app.wsgi import WSGIApplication
 from ryu.base import app_manager
 from ryu.controller import ofp_event
 from ryu.controller.handler import CONFIG_DISPATCHER, DEAD_DISPATCHER, HANDSHAKE_DISPATCHER, MAIN_DISPATCHER, set_ev_cls
 from ryu.lib import hub
+from ryu.lib.packet import ipv4, ipv6, packet, tcp
 from ryu.ofproto import ofproto_v1_3
 
 from ryu_apps import openflow, rest
+from smtp_border.audit import AuditLog, attempt_from_sample, default_log_path
 from smtp_border.compiler import compile_switch
 from smtp_border.diff import diff_rules
 from smtp_border.policy import PolicyError, utc_now
+from smtp_border.rules import AUDIT_METER_ID, cookie_clause
 from smtp_border.store import PolicyStore
 
 POLICY_FILE_ENV = "SMTP_POLICY_FILE"
@@ -31,9 +36,13 @@ STATE_FILE_ENV = "SMTP_POLICY_STATE"
 # "auto" (default): use ONF bundles, and fall back to ordered flow mods for a
 # switch that refuses them. "off": never use bundles.
 BUNDLES_ENV = "SMTP_POLICY_BUNDLES"
+AUDIT_LOG_ENV = "SMTP_POLICY_AUDIT_LOG"  # overrides audit.log of the policy
 DEFAULT_POLICY_FILE = "policy.yaml"
 # How long a switch may take to answer before we call the request failed.
 REPLY_TIMEOUT = 30.0
+# How often expiry times are checked: an expired exception stops being
+# enforced within this many seconds.
+EXPIRY_CHECK_SECONDS = 10.0
 
 
 class SwitchFailed(Exception):
@@ -79,16 +88,25 @@ class SmtpPolicy(app_manager.RyuApp):
             # operator's file, not our bug.
             sys.exit(f"smtp-border: {err}")
         self._log_policy()
+        self.audit = AuditLog(
+            os.environ.get(AUDIT_LOG_ENV) or default_log_path(self.store.policy_file, self.policy.audit.log)
+        )
+        self.logger.info("smtp-border: blocked attempts are logged to %s", self.audit.path)
+        self.counters = collections.Counter()  # reloads, reload_failures, samples[dpid]
+        self.last_change = time.time()
         self.datapaths = {}  # dpid -> connected Datapath
         self.installed = {}  # dpid -> frozenset of FlowRule confirmed on the switch
         self._waiters = {}  # (dpid, xid) -> _Waiter
         self._bundle_ids = itertools.count(1)
         self.bundles = {}  # dpid -> False once a switch refused a bundle
+        self.meter_rates = {}  # dpid -> audit meter rate set on the switch
         self.bundles_wanted = os.environ.get(BUNDLES_ENV, "auto").lower() != "off"
         # One change at a time, across all switches: changes never interleave,
         # and concurrent REST requests are applied one after the other.
         self.change_lock = hub.Semaphore(1)
         rest.register(kwargs["wsgi"], self)
+        self._active_exceptions = {e.id for e in self.policy.active_exceptions()}
+        hub.spawn(self._expiry_loop)
 
     @property
     def policy(self):
@@ -122,6 +140,7 @@ class SmtpPolicy(app_manager.RyuApp):
         if ev.state == MAIN_DISPATCHER:
             self.datapaths[dp.id] = dp
             self.installed.pop(dp.id, None)
+            self.meter_rates.pop(dp.id, None)
             # Waiting for the barrier needs this handler's thread free to
             # deliver the reply, so the sync runs in its own green thread.
             hub.spawn(self._sync_switch, dp)
@@ -167,6 +186,7 @@ class SmtpPolicy(app_manager.RyuApp):
             return None
         counts = (len(rules), None) if diff is None else (len(diff.add), len(diff.delete))
         try:
+            self._ensure_meter(dp)
             try:
                 how = self._send(dp, rules, diff)
             except SwitchFailed as err:
@@ -191,6 +211,43 @@ class SmtpPolicy(app_manager.RyuApp):
                 dp.id, role, counts[0], counts[1], how,
             )
         return {"added": counts[0], "removed": counts[1], "flows": len(rules)}
+
+    def _ensure_meter(self, dp):
+        """The audit meter must exist, at the policy's rate, before any flow uses it."""
+        rate = self.policy.audit.sample_rate
+        if not rate or not self.policy.switch_spec(dp.id) or self.meter_rates.get(dp.id) == rate:
+            return
+        ofp, parser = dp.ofproto, dp.ofproto_parser
+        # Ask first rather than try and fail: an error here would read like a
+        # fault. (Asking for one unknown meter is an error too, so ask for all.)
+        meters = self._request(dp, [], parser.OFPMeterConfigStatsRequest(dp, 0, ofp.OFPM_ALL))
+        exists = any(m.meter_id == AUDIT_METER_ID for m in meters)
+        command = ofp.OFPMC_MODIFY if exists else ofp.OFPMC_ADD
+        self._request(dp, [openflow.set_meter(dp, AUDIT_METER_ID, rate, command)], parser.OFPBarrierRequest(dp))
+        self.meter_rates[dp.id] = rate
+
+    def _expiry_loop(self):
+        while True:
+            hub.sleep(EXPIRY_CHECK_SECONDS)
+            with self.change_lock:
+                active = {e.id for e in self.policy.active_exceptions()}
+                expired = [e for e in self.policy.exceptions if e.id in self._active_exceptions - active]
+                for e in expired:
+                    self.logger.warning(
+                        "smtp-border: exception %s %s (%s, %s) expired at %s; no longer enforced",
+                        e.id, e.address, e.direction.value, e.reason, e.expires.isoformat(),
+                    )
+                if expired:
+                    self.changed(self.push_policy())
+                self._active_exceptions = active
+
+    def changed(self, pushed):
+        """Note a change that reached the switches; returns what push_policy did."""
+        done, failed = pushed
+        if not failed:
+            self.last_change = time.time()
+        self._active_exceptions = {e.id for e in self.policy.active_exceptions()}
+        return pushed
 
     # -- talking to switches --------------------------------------------------
 
@@ -287,14 +344,43 @@ class SmtpPolicy(app_manager.RyuApp):
         if waiter is not None:
             waiter.done.set()
 
-    @set_ev_cls(ofp_event.EventOFPFlowStatsReply, MAIN_DISPATCHER)
-    def _flow_stats_reply(self, ev):
+    @set_ev_cls(
+        [ofp_event.EventOFPFlowStatsReply, ofp_event.EventOFPMeterConfigStatsReply, ofp_event.EventOFPMeterStatsReply],
+        MAIN_DISPATCHER,
+    )
+    def _multipart_reply(self, ev):
         msg = ev.msg
         waiter = self._waiters.get((msg.datapath.id, msg.xid))
         if waiter is not None:
             waiter.replies.extend(msg.body)
             if not msg.flags & msg.datapath.ofproto.OFPMPF_REPLY_MORE:
                 waiter.done.set()
+
+    @set_ev_cls(ofp_event.EventOFPPacketIn, MAIN_DISPATCHER)
+    def _packet_in(self, ev):
+        """A metered sample of a blocked packet: record the attempt if it is one."""
+        msg = ev.msg
+        self.counters[("samples", msg.datapath.id)] += 1
+        sample = packet.Packet(msg.data)
+        ip = sample.get_protocol(ipv4.ipv4) or sample.get_protocol(ipv6.ipv6)
+        segment = sample.get_protocol(tcp.tcp)
+        # A connection attempt is a SYN; retransmitted SYNs are attempts too.
+        if ip is None or segment is None or not segment.has_flags(tcp.TCP_SYN) or segment.has_flags(tcp.TCP_ACK):
+            return
+        attempt = attempt_from_sample(
+            cookie_clause(msg.cookie), msg.datapath.id, msg.match.get("in_port"), ip.src, ip.dst,
+            segment.src_port, segment.dst_port, utc_now(),
+        )
+        if attempt is not None and self.audit.record(attempt):
+            self.logger.info(
+                "smtp-border: blocked %s SMTP %s:%d -> %s:%d on switch %s port %s (%s)",
+                attempt.direction, attempt.src, attempt.src_port, attempt.dst, attempt.dst_port,
+                attempt.switch, attempt.in_port, attempt.clause,
+            )
+
+    def meter_stats(self, dp):
+        """OFPMeterStats of the audit meter (empty without one)."""
+        return self._request(dp, [], dp.ofproto_parser.OFPMeterStatsRequest(dp, 0, AUDIT_METER_ID))
 
     @set_ev_cls(ofp_event.EventOFPErrorMsg, [HANDSHAKE_DISPATCHER, CONFIG_DISPATCHER, MAIN_DISPATCHER])
     def _error(self, ev):

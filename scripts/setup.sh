@@ -12,6 +12,7 @@ APT_PACKAGES=(
     mininet openvswitch-switch openvswitch-common   # the testbed and its switch
     python3 python3-venv python3-pip                # the virtualenv
     iproute2 ethtool iputils-ping netcat-openbsd    # host set-up and probes
+    hping3                                          # SYN floods in the audit tests
     procps psmisc                                   # pkill/fuser for clean-up
 )
 

@@ -23,6 +23,7 @@ import netaddr
 
 from .policy import utc_now
 from .rules import (
+    AUDIT_METER_ID,
     CLASSIFY_TABLE,
     DROP,
     ETH_TYPE_IPV4,
@@ -36,6 +37,7 @@ from .rules import (
     FlowRule,
     Instructions,
     Match,
+    drop_and_sample,
     make_cookie,
 )
 
@@ -133,10 +135,13 @@ def _policy_rules(policy, exceptions, eth_type):
     for network in _in_family(merged_exception_networks(exceptions, inbound=False), eth_type):
         yield _allow(PRIO_EXCEPTION, Match(ip_src=network, **from_campus), Clause.EXCEPTION_OUTBOUND, network)
 
+    # Blocked packets are dropped; with auditing on, a metered sample of them
+    # also goes to the controller, which logs who tried to reach whom.
+    block = drop_and_sample(AUDIT_METER_ID) if policy.audit.sample_rate else DROP
     for prefix in campus:
-        yield _rule(POLICY_TABLE, PRIO_BLOCK, Match(ip_dst=prefix, **from_outside), DROP, Clause.PART1_BLOCK, prefix)
+        yield _rule(POLICY_TABLE, PRIO_BLOCK, Match(ip_dst=prefix, **from_outside), block, Clause.PART1_BLOCK, prefix)
     # Campus destinations were allowed above, so what is left from campus goes outside.
-    yield _rule(POLICY_TABLE, PRIO_BLOCK, Match(**from_campus), DROP, Clause.PART2_BLOCK, eth_type)
+    yield _rule(POLICY_TABLE, PRIO_BLOCK, Match(**from_campus), block, Clause.PART2_BLOCK, eth_type)
 
 
 def _allow(priority, match, clause, item=""):

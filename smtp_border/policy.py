@@ -19,6 +19,7 @@ import netaddr
 import yaml
 
 DEFAULT_SMTP_PORTS = (25,)
+DEFAULT_SAMPLE_RATE = 10  # blocked-attempt samples per second per switch
 # OpenFlow 1.3 reserves port numbers from 0xffffff00 up (OFPP_MAX).
 MAX_OPENFLOW_PORT = 0xFFFFFF00
 MAX_DPID = 2**64 - 1
@@ -96,6 +97,14 @@ class SwitchSpec:
 
 
 @dataclass(frozen=True)
+class AuditSpec:
+    # Blocked packets sent to the controller, per second per switch, capped by
+    # an OpenFlow meter; 0 turns sampling off (blocked packets are only counted).
+    sample_rate: int = DEFAULT_SAMPLE_RATE
+    log: Optional[str] = None  # JSON-lines file of blocked attempts; None: beside the policy
+
+
+@dataclass(frozen=True)
 class Policy:
     campus: Tuple[netaddr.IPNetwork, ...]
     smtp_ports: Tuple[int, ...]
@@ -105,6 +114,7 @@ class Policy:
     # switches enforce (with their uplinks); any other switch is inside.
     switches: Optional[Tuple[SwitchSpec, ...]]
     source: str = "policy"
+    audit: AuditSpec = AuditSpec()
 
     def is_campus(self, address):
         return any(address in prefix for prefix in self.campus)
@@ -181,7 +191,8 @@ class _StrictLoader(yaml.SafeLoader):
 _StrictLoader.add_constructor("tag:yaml.org,2002:timestamp", _StrictLoader.construct_yaml_timestamp)
 
 
-_TOP_KEYS = {"campus": True, "smtp_ports": False, "gateways": False, "exceptions": False, "switches": False}
+_TOP_KEYS = {"campus": True, "smtp_ports": False, "gateways": False, "exceptions": False, "switches": False, "audit": False}
+_AUDIT_KEYS = {"sample_rate": False, "log": False}
 _CAMPUS_KEYS = {"prefixes": True}
 _GATEWAY_KEYS = {"name": True, "addresses": True}
 _EXCEPTION_KEYS = {"address": True, "direction": True, "reason": True, "contact": False, "expires": False}
@@ -241,6 +252,16 @@ class _PolicyReader:
             exceptions=tuple(exceptions),
             switches=switches,
             source=self.source,
+            audit=self.audit(top.get("audit") or {}),
+        )
+
+    def audit(self, item):
+        fields = self.mapping(item, "audit", _AUDIT_KEYS)
+        log = fields.get("log")
+        return AuditSpec(
+            sample_rate=self.integer(fields.get("sample_rate", DEFAULT_SAMPLE_RATE), "audit.sample_rate", 0, 100000,
+                                     "a rate in packets per second"),
+            log=None if log is None else self.text(log, "audit.log"),
         )
 
     def check_inside(self, network, path, prefixes):

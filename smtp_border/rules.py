@@ -28,6 +28,11 @@ ETH_TYPE_IPV4 = 0x0800
 ETH_TYPE_IPV6 = 0x86DD
 IP_PROTO_TCP = 6
 
+# The meter that caps blocked-packet samples sent to the controller.
+AUDIT_METER_ID = 1
+# Enough of a sampled packet for its Ethernet, IP (v4 or v6) and TCP headers.
+SAMPLE_BYTES = 128
+
 # Two metadata bits say where an SMTP packet came from. The mask leaves the
 # other 62 bits to whatever runs in the forwarding table.
 METADATA_MASK = 0x3
@@ -102,11 +107,14 @@ class Match:
 
 @dataclass(frozen=True)
 class Instructions:
-    """What a matching packet gets. No write_metadata and no goto means drop."""
+    """What a matching packet gets. Without goto_table or output_normal the
+    packet is dropped; a dropped packet may still be sampled: sent, through
+    the meter, to the controller for the audit log."""
 
     write_metadata: Optional[int] = None  # written under METADATA_MASK
     goto_table: Optional[int] = None
     output_normal: bool = False
+    sample_meter: Optional[int] = None  # meter, then SAMPLE_BYTES to the controller
 
     @property
     def drops(self):
@@ -114,6 +122,10 @@ class Instructions:
 
 
 DROP = Instructions()
+
+
+def drop_and_sample(meter_id):
+    return Instructions(sample_meter=meter_id)
 
 
 @dataclass(frozen=True)
@@ -159,6 +171,8 @@ def to_ofctl(rule):
             fields.append(f"{prefix}{name}={_ofctl_network(network)}")
     actions = []
     ins = rule.instructions
+    if ins.sample_meter is not None:
+        actions.append(f"meter:{ins.sample_meter},CONTROLLER:{SAMPLE_BYTES}")
     if ins.output_normal:
         actions.append("NORMAL")
     if ins.write_metadata is not None:

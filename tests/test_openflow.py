@@ -59,9 +59,14 @@ def test_every_rule_survives_serialisation():
         ins = rule.instructions
         assert ("OFPInstructionGotoTable" in kinds) == (ins.goto_table is not None)
         assert ("OFPInstructionWriteMetadata" in kinds) == (ins.write_metadata is not None)
-        assert ("OFPInstructionActions" in kinds) == ins.output_normal
+        assert ("OFPInstructionActions" in kinds) == (ins.output_normal or ins.sample_meter is not None)
+        assert ("OFPInstructionMeter" in kinds) == (ins.sample_meter is not None)
         if ins.drops:
-            assert parsed.instructions == []
+            # A dropped packet goes nowhere but, through the meter, to the controller.
+            outputs = [a for i in parsed.instructions for a in getattr(i, "actions", [])]
+            assert [(a.port, a.max_len) for a in outputs] == [(DP.ofproto.OFPP_CONTROLLER, 128)]
+            meter = next(i for i in parsed.instructions if type(i).__name__ == "OFPInstructionMeter")
+            assert meter.meter_id == 1
 
 
 def test_replace_all_clears_owned_tables_first_inside_one_bundle():

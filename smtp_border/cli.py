@@ -1,0 +1,279 @@
+"""smtp-border: the operator's command line.
+
+Offline, on a policy file:
+    smtp-border check policy.yaml
+    smtp-border flows policy.yaml [--dpid 1] [--count] [--table-size 2000]
+
+Against a running controller's REST API (--url or $SMTP_BORDER_URL,
+--token or $SMTP_POLICY_TOKEN):
+    smtp-border exceptions list
+    smtp-border exceptions add 10.20.3.10 --direction outbound --reason "..." [--contact ...] [--expires ...]
+    smtp-border exceptions rm ID
+    smtp-border reload
+    smtp-border blocked [--since 2026-11-27T00:00:00Z] [--limit 50]
+    smtp-border top [--window 24h]
+    smtp-border mailservers [--soon-days 30]
+
+Errors are one line on standard error and exit status 1.
+"""
+import argparse
+import json
+import os
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+
+from .compiler import compile_switch
+from .policy import PolicyError, load_policy
+from .rules import sorted_rules, to_ofctl
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+
+
+class CliError(Exception):
+    pass
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.run(args)
+    except (CliError, PolicyError) as err:
+        print(f"smtp-border: {err}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # `smtp-border flows ... | head`
+        return 0
+    return 0
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="smtp-border", description=__doc__.split("\n\n")[0],
+        epilog="Run `smtp-border COMMAND --help` for each command.",
+    )
+    parser.add_argument("--url", default=os.environ.get("SMTP_BORDER_URL", DEFAULT_URL),
+                        help=f"the controller's REST API (default $SMTP_BORDER_URL or {DEFAULT_URL})")
+    parser.add_argument("--token", default=os.environ.get("SMTP_POLICY_TOKEN"),
+                        help="bearer token for changes (default $SMTP_POLICY_TOKEN)")
+    parser.add_argument("--json", action="store_true", help="print the API's JSON instead of a table")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    check = commands.add_parser("check", help="validate a policy file (exit status 0 or 1)")
+    check.add_argument("file")
+    check.set_defaults(run=cmd_check)
+
+    flows = commands.add_parser("flows", help="print the flows a policy compiles to, as ovs-ofctl would show them")
+    flows.add_argument("file")
+    flows.add_argument("--dpid", type=lambda text: int(text, 0), help="one switch (default: every listed switch)")
+    flows.add_argument("--count", action="store_true", help="only count the flows of each switch")
+    flows.add_argument("--table-size", type=int, metavar="N", help="warn when a switch needs more than N flows")
+    flows.set_defaults(run=cmd_flows)
+
+    exceptions = commands.add_parser("exceptions", help="list, add or remove exceptions").add_subparsers(
+        dest="action", required=True, metavar="ACTION")
+    listing = exceptions.add_parser("list", help="every exception, from the file and the API")
+    listing.set_defaults(run=cmd_exceptions_list)
+    add = exceptions.add_parser("add", help="grant an exception")
+    add.add_argument("address", help="a campus host or network")
+    add.add_argument("--direction", required=True, choices=["inbound", "outbound", "both"])
+    add.add_argument("--reason", required=True)
+    add.add_argument("--contact")
+    add.add_argument("--expires", help="ISO 8601, e.g. 2027-06-30T00:00:00Z")
+    add.set_defaults(run=cmd_exceptions_add)
+    remove = exceptions.add_parser("rm", help="revoke an exception added over the API")
+    remove.add_argument("id")
+    remove.set_defaults(run=cmd_exceptions_rm)
+
+    reload = commands.add_parser("reload", help="make the controller re-read its policy file")
+    reload.set_defaults(run=cmd_reload)
+
+    blocked = commands.add_parser("blocked", help="recent blocked SMTP attempts (sampled)")
+    blocked.add_argument("--since", help="ISO 8601 time")
+    blocked.add_argument("--limit", type=int, default=50)
+    blocked.set_defaults(run=cmd_blocked)
+
+    top = commands.add_parser("top", help="hosts ranked by blocked attempts")
+    top.add_argument("--window", default="24h", help="how far back: seconds, or 90m, 24h, 7d (default 24h)")
+    top.add_argument("--limit", type=int, default=20)
+    top.set_defaults(run=cmd_top)
+
+    servers = commands.add_parser("mailservers", help="the inventory: relays and every exception, why, until when")
+    servers.add_argument("--soon-days", type=int, default=30, help="flag exceptions expiring within this many days")
+    servers.set_defaults(run=cmd_mailservers)
+    return parser
+
+
+# -- offline ------------------------------------------------------------------
+
+def cmd_check(args):
+    policy = load_policy(args.file)
+    listed = "every switch" if policy.switches is None else f"{len(policy.switches)} switch(es)"
+    print(f"{args.file}: OK: {len(policy.campus)} campus prefix(es), {len(policy.gateways)} gateway(s), "
+          f"{len(policy.exceptions)} exception(s), enforced on {listed}")
+
+
+def cmd_flows(args):
+    policy = load_policy(args.file)
+    if args.dpid is not None:
+        switches = [(args.dpid, _switch_name(policy, args.dpid))]
+    elif policy.switches is None:
+        switches = [(0, "every switch")]
+    else:
+        switches = [(s.dpid, s.name or "") for s in policy.switches]
+    for dpid, name in switches:
+        rules = sorted_rules(compile_switch(policy, dpid))
+        label = f"dpid {dpid:016x}" + (f" ({name})" if name else "")
+        if args.count:
+            print(f"{label}: {len(rules)} flows")
+        else:
+            print(f"# {label}: {len(rules)} flows")
+            for rule in rules:
+                print(" " + to_ofctl(rule))
+        if args.table_size is not None and len(rules) > args.table_size:
+            print(f"smtp-border: warning: {label} needs {len(rules)} flows, more than the table size {args.table_size}",
+                  file=sys.stderr)
+
+
+def _switch_name(policy, dpid):
+    spec = policy.switch_spec(dpid)
+    if spec is None:
+        return "inside switch"
+    return spec.name or ""
+
+
+# -- against the REST API -----------------------------------------------------
+
+def call(args, method, path, body=None):
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(args.url.rstrip("/") + path, data=data, method=method)
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    if args.token and method != "GET":
+        request.add_header("Authorization", f"Bearer {args.token}")
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            payload = response.read()
+    except urllib.error.HTTPError as err:
+        try:
+            message = json.loads(err.read())["error"]
+        except (ValueError, KeyError, TypeError):
+            message = err.reason
+        raise CliError(f"{method} {path}: {err.code}: {message}") from None
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        raise CliError(f"cannot reach the controller at {args.url}: {reason}") from None
+    return json.loads(payload) if payload else None
+
+
+def show(args, document, render):
+    if args.json:
+        print(json.dumps(document, indent=2))
+    else:
+        render(document)
+
+
+def table(rows, headers):
+    rows = [[("" if v is None else str(v)) for v in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    print("  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip())
+    for row in rows:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+
+
+def cmd_exceptions_list(args):
+    def render(document):
+        table(
+            [(e["id"], e["address"], e["direction"], e["source"], e["expires"] or "never", e["contact"], e["reason"])
+             for e in document["exceptions"]],
+            ["ID", "ADDRESS", "DIRECTION", "SOURCE", "EXPIRES", "CONTACT", "REASON"],
+        )
+
+    show(args, call(args, "GET", "/smtp/v1/exceptions"), render)
+
+
+def cmd_exceptions_add(args):
+    body = {"address": args.address, "direction": args.direction, "reason": args.reason}
+    if args.contact:
+        body["contact"] = args.contact
+    if args.expires:
+        body["expires"] = args.expires
+    created = call(args, "POST", "/smtp/v1/exceptions", body)
+    show(args, created, lambda e: print(f"added {e['id']}: {e['address']} {e['direction']} (in force on every switch)"))
+
+
+def cmd_exceptions_rm(args):
+    call(args, "DELETE", f"/smtp/v1/exceptions/{urllib.parse.quote(args.id, safe='')}")
+    if not args.json:
+        print(f"removed {args.id}")
+
+
+def cmd_reload(args):
+    def render(document):
+        for e in document["added"]:
+            print(f"added   {e['id']}: {e['address']} {e['direction']}")
+        for e in document["removed"]:
+            print(f"removed {e['id']}: {e['address']} {e['direction']}")
+        for dpid, flows in sorted(document["switches"].items()):
+            print(f"switch {dpid}: {flows['added']} flow(s) added or changed, {flows['removed']} removed")
+        if not (document["added"] or document["removed"] or document["switches"]):
+            print("reloaded: nothing changed")
+
+    show(args, call(args, "POST", "/smtp/v1/reload"), render)
+
+
+def cmd_blocked(args):
+    query = {"limit": args.limit}
+    if args.since:
+        query["since"] = args.since
+    document = call(args, "GET", "/smtp/v1/blocked?" + urllib.parse.urlencode(query))
+
+    def render(document):
+        table(
+            [(e["time"], e["direction"], f"{e['src']} :{e['src_port']}", f"{e['dst']} :{e['dst_port']}",
+              e["switch"], e["in_port"]) for e in document["events"]],
+            ["TIME", "DIRECTION", "SOURCE", "DESTINATION", "SWITCH", "PORT"],
+        )
+
+    show(args, document, render)
+
+
+def cmd_top(args):
+    query = urllib.parse.urlencode({"window": args.window, "limit": args.limit})
+    document = call(args, "GET", f"/smtp/v1/blocked/top?{query}")
+
+    def render(document):
+        print(f"since {document['since']} (sampled attempts; exact packet counts are in /metrics)")
+        print("\ncampus hosts that tried to send mail directly (Part 2):")
+        table([(r["address"], r["attempts"]) for r in document["outbound"]], ["HOST", "ATTEMPTS"])
+        print("\noutside hosts that tried to reach campus SMTP ports (Part 1):")
+        table([(r["address"], r["attempts"]) for r in document["inbound"]], ["SOURCE", "ATTEMPTS"])
+
+    show(args, document, render)
+
+
+def cmd_mailservers(args):
+    document = call(args, "GET", f"/smtp/v1/mailservers?soon_days={args.soon_days}")
+
+    def render(document):
+        print("relays (gateways):")
+        table([(g["name"], ", ".join(g["addresses"])) for g in document["gateways"]], ["NAME", "ADDRESSES"])
+        print("\nexceptions:")
+
+        def state(e):
+            if not e["active"]:
+                return "EXPIRED"
+            return "expires soon" if e["expiring_soon"] else "active"
+
+        table(
+            [(e["address"], e["direction"], state(e), e["expires"] or "never", e["contact"], e["reason"])
+             for e in document["exceptions"]],
+            ["ADDRESS", "DIRECTION", "STATE", "EXPIRES", "CONTACT", "REASON"],
+        )
+
+    show(args, document, render)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
