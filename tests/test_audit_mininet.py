@@ -1,0 +1,181 @@
+"""Audit and operations against live switches: the blocked-attempt record, the
+sampling meter under a SYN flood, exception expiry, Prometheus metrics."""
+import datetime
+import http.client
+import json
+import os
+import shutil
+import subprocess
+import time
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from conftest import ROOT
+from lab import Lab, Probe
+from smtp_border.policy import load_policy
+
+pytestmark = [
+    pytest.mark.mininet,
+    pytest.mark.skipif(os.geteuid() != 0, reason="Mininet and Open vSwitch need root"),
+]
+SAMPLE_RATE = 10
+BORDER = "0000000000000001"
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("audit")
+    policy = directory / "policy.yaml"
+    shutil.copy(ROOT / "policy.yaml", policy)
+    with open(policy, "a") as stream:
+        stream.write(f"\naudit:\n  sample_rate: {SAMPLE_RATE}\n")
+    with Lab(policy, directory) as running:
+        yield running
+        errors = running.controller.openflow_errors()
+    assert errors == [], "a switch reported OpenFlow errors"
+
+
+def api(lab, method, path, body=None):
+    return lab.controller.api(method, path, body)
+
+
+def metrics(lab):
+    """{(name, frozenset(labels)): value} from GET /metrics, parsed by prometheus_client."""
+    connection = http.client.HTTPConnection("127.0.0.1", lab.controller.api_port, timeout=30)
+    connection.request("GET", "/metrics")
+    response = connection.getresponse()
+    assert response.status == 200 and response.getheader("Content-Type").startswith("text/plain")
+    text = response.read().decode()
+    connection.close()
+    values = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            values[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return values
+
+
+def metric(values, name, **labels):
+    return values.get((name, frozenset(labels.items())), 0.0)
+
+
+def wait_for(condition, timeout, step=0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(step)
+    return False
+
+
+def test_blocked_attempts_are_recorded_with_who_and_where(lab):
+    started = datetime.datetime.now(datetime.timezone.utc).isoformat()
+    results = lab.run_probes([
+        Probe("h1", "outmx", 25), Probe("h1", "outmx", 2525),  # blocked, and its twin
+        Probe("outhost", "h2", 25, family=6), Probe("outhost", "h2", 2525, family=6),
+        Probe("relay", "outmx", 25),
+    ])
+    assert list(results.values()) == ["timeout", "open", "timeout", "open", "open"]
+
+    def recorded():
+        status, body = api(lab, "GET", f"/smtp/v1/blocked?since={started.replace('+00:00', 'Z')}")
+        return body["events"] if status == 200 and len(body["events"]) >= 2 else None
+
+    assert wait_for(recorded, 10)
+    events = recorded()
+    by_src = {e["src"]: e for e in events}
+    assert set(by_src) == {"10.20.3.10", "2001:db8:203::10"}  # nothing allowed is recorded
+    outbound, inbound = by_src["10.20.3.10"], by_src["2001:db8:203::10"]
+    assert (outbound["dst"], outbound["dst_port"], outbound["direction"], outbound["switch"], outbound["in_port"]) == (
+        "198.51.100.25", 25, "outbound", BORDER, 2)
+    assert outbound["clause"].startswith("Part 2")
+    assert (inbound["dst"], inbound["direction"], inbound["in_port"]) == ("fd00:20:0:3::11", "inbound", 1)
+    assert inbound["clause"].startswith("Part 1")
+    # A retransmitted SYN is the same attempt: one event per connection.
+    assert len(events) == 2
+    logged = [json.loads(line) for line in lab.controller.audit_log.read_text().splitlines()]
+    assert [e for e in logged if e["src"] in by_src][-2:] == sorted(events, key=lambda e: e["time"])
+    assert "blocked outbound SMTP 10.20.3.10:" in lab.controller.log()
+    status, top = api(lab, "GET", "/smtp/v1/blocked/top?window=1h")
+    assert status == 200
+    assert {"address": "10.20.3.10", "attempts": 1} in top["outbound"]
+    assert {"address": "2001:db8:203::10", "attempts": 1} in top["inbound"]
+
+
+def test_syn_flood_is_capped_at_the_meter_while_counters_count_every_packet(lab):
+    count = 3000
+    before = metrics(lab)
+    started = time.monotonic()
+    flood = lab.host("h2").popen(
+        ["hping3", "-q", "-S", "-p", "25", "-c", str(count), "-i", "u300", lab.address("outmx", 4)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    assert flood.wait(timeout=60) in (0, 1)  # hping3 exits 1 when no reply came back
+    seconds = time.monotonic() - started
+    time.sleep(1)
+    after = metrics(lab)
+
+    blocked = metric(after, "smtp_border_blocked_packets_total", switch=BORDER, direction="outbound") - metric(
+        before, "smtp_border_blocked_packets_total", switch=BORDER, direction="outbound")
+    samples = metric(after, "smtp_border_audit_samples_total", switch=BORDER) - metric(
+        before, "smtp_border_audit_samples_total", switch=BORDER)
+    held_back = metric(after, "smtp_border_audit_samples_dropped_total", switch=BORDER) - metric(
+        before, "smtp_border_audit_samples_dropped_total", switch=BORDER)
+    print(f"flood: {count} SYNs in {seconds:.2f} s; counted {blocked:.0f}, sampled {samples:.0f}, meter held back {held_back:.0f}")
+    assert blocked >= count  # exact: every SYN of the flood, from the flow counters
+    # The meter lets through SAMPLE_RATE per second plus a burst of as many.
+    assert 0 < samples <= SAMPLE_RATE * (seconds + 2) + SAMPLE_RATE
+    assert held_back >= count - samples - 10
+    # The controller and the network are fine afterwards.
+    assert lab.run_probes([Probe("relay", "outmx", 25)]) == {Probe("relay", "outmx", 25): "open"}
+
+
+def test_an_exception_that_expires_stops_being_enforced(lab):
+    probe = Probe("h2", "outmx", 25)
+    expires = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=8)
+    status, created = api(lab, "POST", "/smtp/v1/exceptions", {
+        "address": "10.20.3.11", "direction": "outbound", "reason": "test: expires soon",
+        "expires": expires.isoformat(),
+    })
+    assert status == 201, created
+    assert lab.run_probes([probe])[probe] == "open"
+    soon = api(lab, "GET", "/smtp/v1/mailservers")[1]
+    entry = next(e for e in soon["exceptions"] if e["id"] == created["id"])
+    assert entry["active"] and entry["expiring_soon"]
+
+    # Within a minute of its expiry (the check runs every 10 s), it is gone from the switch.
+    assert wait_for(lambda: lab.run_probes([probe])[probe] == "timeout", 60, step=1)
+    assert datetime.datetime.now(datetime.timezone.utc) >= expires
+    assert f"exception {created['id']} 10.20.3.11/32 (outbound, test: expires soon) expired" in lab.controller.log()
+    entry = next(e for e in api(lab, "GET", "/smtp/v1/mailservers")[1]["exceptions"] if e["id"] == created["id"])
+    assert not entry["active"]
+    assert all(s["in_sync"] for s in api(lab, "GET", "/smtp/v1/switches")[1]["switches"])
+    assert api(lab, "DELETE", f"/smtp/v1/exceptions/{created['id']}")[0] == 204
+
+
+def test_metrics_follow_the_policy_and_real_traffic(lab):
+    before = metrics(lab)
+    policy = load_policy(lab.controller.policy_file)
+    assert metric(before, "smtp_border_switches_connected") == 3
+    assert metric(before, "smtp_border_exceptions", direction="inbound", source="file") == sum(
+        e.direction.value == "inbound" for e in policy.exceptions)
+    assert metric(before, "smtp_border_last_change_timestamp_seconds") > 0
+
+    assert lab.run_probes([Probe("outhost", "h1", 25)])[Probe("outhost", "h1", 25)] == "timeout"
+    status, _ = api(lab, "POST", "/smtp/v1/reload")
+    assert status == 200
+    shipped = lab.controller.policy_file.read_text()
+    lab.controller.policy_file.write_text(shipped.replace("smtp_ports: [25]", "smtp_ports: [25, 25]"))
+    try:
+        assert api(lab, "POST", "/smtp/v1/reload")[0] == 400
+    finally:
+        lab.controller.policy_file.write_text(shipped)
+    after = metrics(lab)
+
+    def delta(name, **labels):
+        return metric(after, name, **labels) - metric(before, name, **labels)
+
+    assert delta("smtp_border_blocked_packets_total", switch=BORDER, direction="inbound") >= 1
+    assert delta("smtp_border_blocked_bytes_total", switch=BORDER, direction="inbound") >= 60
+    assert delta("smtp_border_policy_reloads_total") == 1
+    assert delta("smtp_border_policy_reload_failures_total") == 1

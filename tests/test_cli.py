@@ -1,0 +1,136 @@
+"""The smtp-border command: offline commands on files, and the API commands
+against a live ryu-manager (no switches needed)."""
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+from lab import Controller
+from smtp_border.compiler import compile_switch
+from smtp_border.policy import load_policy
+from smtp_border.rules import sorted_rules, to_ofctl
+
+CLI = str(Path(sys.executable).parent / "smtp-border")
+TOKEN = "cli-test-token"
+
+
+def run(*args, env=None):
+    result = subprocess.run([CLI, *args], capture_output=True, text=True, timeout=120, env=env)
+    return result.returncode, result.stdout, result.stderr
+
+
+def test_check_good_and_bad(tmp_path):
+    assert run("check", str(ROOT / "policy.yaml"))[0:2] == (
+        0, f"{ROOT / 'policy.yaml'}: OK: 2 campus prefix(es), 1 gateway(s), 4 exception(s), enforced on 1 switch(es)\n"
+    )
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("campus: {prefixes: [10.20.0.0/16]}\nsmtp_ports: [25, 99999]\n")
+    assert run("check", str(bad)) == (1, "", f"smtp-border: {bad}: smtp_ports[1]: 99999 is not a TCP port (1-65535)\n")
+    assert run("check", str(tmp_path / "missing.yaml"))[2] == (
+        f"smtp-border: {tmp_path / 'missing.yaml'}: cannot read policy file: No such file or directory\n"
+    )
+
+
+def test_flows_prints_what_the_policy_compiles_to():
+    code, out, _ = run("flows", str(ROOT / "policy.yaml"))
+    assert code == 0
+    expected = [to_ofctl(r) for r in sorted_rules(compile_switch(load_policy(ROOT / "policy.yaml"), 1))]
+    lines = out.splitlines()
+    assert lines[0] == "# dpid 0000000000000001 (border): 23 flows"
+    assert [line.strip() for line in lines[1:]] == expected
+    assert run("flows", str(ROOT / "policy.yaml"), "--count")[1] == "dpid 0000000000000001 (border): 23 flows\n"
+    assert run("flows", str(ROOT / "policy.yaml"), "--dpid", "0x2", "--count")[1] == "dpid 0000000000000002 (inside switch): 2 flows\n"
+    code, out, err = run("flows", str(ROOT / "policy.yaml"), "--count", "--table-size", "16")
+    assert code == 0 and err == "smtp-border: warning: dpid 0000000000000001 (border) needs 23 flows, more than the table size 16\n"
+
+
+@pytest.mark.parametrize("command", [[], ["check"], ["flows"], ["exceptions"], ["exceptions", "add"], ["exceptions", "rm"],
+                                     ["exceptions", "list"], ["reload"], ["blocked"], ["top"], ["mailservers"]])
+def test_help_on_every_command(command):
+    code, out, _ = run(*command, "--help")
+    assert code == 0 and out.startswith("usage: smtp-border")
+
+
+def test_usage_errors_are_one_line_and_non_zero():
+    code, _, err = run("exceptions", "add", "10.20.3.10", "--direction", "sideways", "--reason", "x")
+    assert code == 2 and "invalid choice: 'sideways'" in err
+    code, _, err = run("--url", "http://127.0.0.1:9", "exceptions", "list")
+    assert (code, err.count("\n")) == (1, 1) and err.startswith("smtp-border: cannot reach the controller at http://127.0.0.1:9")
+
+
+@pytest.fixture(scope="module")
+def controller(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("cli")
+    policy = directory / "policy.yaml"
+    shutil.copy(ROOT / "policy.yaml", policy)
+    running = Controller(policy, directory / "ryu-manager.txt", token=TOKEN).start()
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def api_env(controller, token=TOKEN):
+    env = dict(os.environ, SMTP_BORDER_URL=f"http://127.0.0.1:{controller.api_port}")
+    env.pop("SMTP_POLICY_TOKEN", None)
+    if token:
+        env["SMTP_POLICY_TOKEN"] = token
+    return env
+
+
+def test_exceptions_add_list_rm(controller):
+    env = api_env(controller)
+    code, out, err = run("exceptions", "add", "10.20.3.10", "--direction", "outbound", "--reason", "big files",
+                         "--contact", "ops@example.edu", "--expires", "2031-01-01T00:00:00Z", env=env)
+    assert code == 0, err
+    exception_id = out.split()[1].rstrip(":")
+    assert out == f"added {exception_id}: 10.20.3.10/32 outbound (in force on every switch)\n"
+    code, out, _ = run("exceptions", "list", env=env)
+    header, *rows = out.splitlines()
+    assert header.split() == ["ID", "ADDRESS", "DIRECTION", "SOURCE", "EXPIRES", "CONTACT", "REASON"]
+    mine = [r for r in rows if r.startswith(exception_id)]
+    assert len(mine) == 1 and "api" in mine[0] and "2031-01-01T00:00:00Z" in mine[0] and "big files" in mine[0]
+    assert len(rows) == 5
+    assert run("exceptions", "add", "10.20.3.10", "--direction", "inbound", "--reason", "x", env=env) == (
+        1, "", f"smtp-border: POST /smtp/v1/exceptions: 409: an exception for 10.20.3.10/32 already exists (id {exception_id})\n"
+    )
+    assert run("exceptions", "rm", exception_id, env=api_env(controller, token="wrong"))[0:1] == (1,)
+    assert "401" in run("exceptions", "rm", exception_id, env=api_env(controller, token="wrong"))[2]
+    assert run("exceptions", "rm", exception_id, env=env) == (0, f"removed {exception_id}\n", "")
+    assert run("exceptions", "rm", exception_id, env=env)[2] == (
+        f"smtp-border: DELETE /smtp/v1/exceptions/{exception_id}: 404: no exception with id '{exception_id}'\n"
+    )
+
+
+def test_reload_good_and_bad(controller):
+    env = api_env(controller)
+    shipped = (ROOT / "policy.yaml").read_text()
+    controller.policy_file.write_text(shipped.replace("exceptions:\n", "exceptions:\n  - {address: 10.20.3.11, direction: both, reason: r}\n", 1))
+    code, out, err = run("reload", env=env)
+    assert code == 0, err
+    assert out.startswith("added   ") and "10.20.3.11/32 both" in out
+    controller.policy_file.write_text(shipped.replace("smtp_ports: [25]", "smtp_ports: [0]"))
+    code, out, err = run("reload", env=env)
+    assert code == 1 and err == f"smtp-border: POST /smtp/v1/reload: 400: {controller.policy_file}: smtp_ports[0]: 0 is not a TCP port (1-65535)\n"
+    controller.policy_file.write_text(shipped)
+    code, out, _ = run("reload", env=env)
+    assert code == 0 and out.startswith("removed ")
+
+
+def test_read_only_commands(controller):
+    env = api_env(controller, token=None)
+    code, out, _ = run("blocked", env=env)
+    assert code == 0 and out.split() == ["TIME", "DIRECTION", "SOURCE", "DESTINATION", "SWITCH", "PORT"]
+    code, out, _ = run("top", "--window", "7d", env=env)
+    assert code == 0 and "campus hosts that tried to send mail directly (Part 2):" in out
+    code, out, err = run("top", "--window", "soon", env=env)
+    assert code == 1 and "window: 'soon' is not a duration" in err
+    code, out, _ = run("mailservers", env=env)
+    assert code == 0 and "smtp-relay  10.20.0.25/32, fd00:20::25/128" in out
+    assert "10.20.1.5/32" in out and "postmaster@physics.example.edu" in out
+    code, out, _ = run("--json", "mailservers", env=env)
+    assert code == 0 and '"summary"' in out
