@@ -83,6 +83,22 @@ SCENARIOS = [
     Scenario("  twin: same forged source, another port", "outhost", "h2", 2525, True, forged_source=True),
 ]
 
+MB = 1024 * 1024
+RELAY_SIZE_LIMIT = 50 * MB  # the ITS-run relay's limit, in the policy's words
+# host -> its SMTP server (mininet/mailserver.py): the domains it takes mail
+# for, its size limit, and for the relay, who may relay and where mail goes.
+MAIL_SERVERS = {
+    "outmx": dict(domains=["example.org"], max_size=100 * MB),
+    "relay": dict(domains=["campus.example.edu"], max_size=RELAY_SIZE_LIMIT,
+                  relay_for=["10.20.0.0/16", "fd00:20::/48"], routes={"example.org": "198.51.100.25"}),
+    "dept": dict(domains=["physics.example.edu"], max_size=100 * MB),
+    "bigmail": dict(domains=["imaging.example.edu"], max_size=100 * MB),
+    # An ordinary host running a mail server nobody registered: the kind of
+    # host the policy is about (open relays, infected machines).
+    "h1": dict(domains=["h1.campus.example.edu"], max_size=100 * MB),
+    "h2": dict(domains=["h2.campus.example.edu"], max_size=100 * MB),
+}
+
 
 class CampusHost(Host):
     """A host ready for TCP over OVS's userspace datapath, IPv4 and IPv6."""

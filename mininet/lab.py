@@ -4,6 +4,8 @@ Shared by the tests and the demo. Lab is a context manager: whatever happens
 inside, leaving it stops Mininet, removes the bridges and kills the controller.
 """
 import contextlib
+import email
+import email.policy
 import http.client
 import json
 import os
@@ -27,9 +29,11 @@ import campus
 
 HERE = Path(__file__).resolve().parent
 PROBE = HERE / "probe.py"
+MAILSERVER = HERE / "mailserver.py"
+SENDMAIL = HERE / "sendmail.py"
 VENV_BIN = Path(sys.executable).parent
 RYU_MANAGER = VENV_BIN / "ryu-manager"
-LISTEN_PORTS = (25, 587, 2525)
+LISTEN_PORTS = (25, 587, 2525)  # TCP and UDP probe listeners; with mail servers, TCP 25 is theirs
 INSTALLED = re.compile(r"smtp-border: switch ([0-9a-f]{16}) .*flows installed")
 OPENFLOW_ERROR = "smtp-border: OpenFlow error"
 
@@ -153,7 +157,8 @@ class Probe:
 class Lab:
     """The campus network under a live controller."""
 
-    def __init__(self, policy_file, workdir, verbose=False, token=None, bundles=True):
+    def __init__(self, policy_file, workdir, verbose=False, token=None, bundles=True, mail=False):
+        self.mail = mail  # run the SMTP servers of campus.MAIL_SERVERS on port 25
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.controller = Controller(policy_file, self.workdir / "ryu-manager.log", token=token, bundles=bundles)
@@ -189,8 +194,14 @@ class Lab:
         self.net.start()
         self.controller.wait_installs({dpid: 1 for dpid in self.dpids()})
         for name in campus.HOST_ADDRESSES:
-            listener = self.host(name).popen(["python3", str(PROBE), "listen", *map(str, LISTEN_PORTS)])
+            has_mail = self.mail and name in campus.MAIL_SERVERS
+            tcp = [p for p in LISTEN_PORTS if not (has_mail and p == 25)]
+            listener = self.host(name).popen(
+                ["python3", str(PROBE), "listen", "--tcp", *map(str, tcp), "--udp", *map(str, LISTEN_PORTS)]
+            )
             self.listeners.append(listener)
+            if has_mail:
+                self.listeners.append(self._start_mail_server(name))
         self._wait_listeners()
         for family, address in campus.FORGED_SOURCE.items():
             self.add_address(campus.FORGER, address, family)
@@ -215,6 +226,48 @@ class Lab:
             finally:
                 self.net = None
                 self.controller.stop()
+
+    def _start_mail_server(self, name):
+        config = campus.MAIL_SERVERS[name]
+        command = [sys.executable, str(MAILSERVER), "--name", name, "--maildir", str(self.maildir(name)),
+                   "--max-size", str(config["max_size"])]
+        for domain in config["domains"]:
+            command += ["--domain", domain]
+        for network in config.get("relay_for", []):
+            command += ["--relay-for", network]
+        for domain, address in config.get("routes", {}).items():
+            command += ["--route", f"{domain}={address}"]
+        log = open(self.workdir / f"mail-{name}.txt", "ab")
+        try:
+            return self.host(name).popen(command, stdout=log, stderr=subprocess.STDOUT)
+        finally:
+            log.close()
+
+    def maildir(self, name):
+        return self.workdir / "maildir" / name
+
+    def send_mail(self, client, server, mail_from, rcpt, subject, size=0, timeout=3.0):
+        """Send one message from a host with smtplib; returns sendmail.py's verdict."""
+        command = [sys.executable, str(SENDMAIL), self.address(server, 4), "--from", mail_from, "--to", rcpt,
+                   "--subject", subject, "--size", str(size), "--timeout", str(timeout)]
+        process = self.host(client).popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        out, err = process.communicate(timeout=300)
+        try:
+            return json.loads(out)
+        except ValueError:
+            return {"outcome": "error", "detail": (out + err).decode(errors="replace")[-500:]}
+
+    def received(self, host, message_id, timeout=20.0):
+        """The message with this Message-ID once it is in host's maildir, or None."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for path in sorted(self.maildir(host).glob("*.eml")):
+                with open(path, "rb") as stream:
+                    message = email.message_from_binary_file(stream, policy=email.policy.default)
+                if message["Message-ID"] == message_id:
+                    return message, path.stat().st_size
+            time.sleep(0.2)
+        return None
 
     def dpids(self):
         return [int(switch.dpid, 16) for switch in self.net.switches]

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Tiny TCP/UDP listener and prober, run inside Mininet hosts.
 
-    probe.py listen PORT [PORT ...]        accept TCP (IPv4 and IPv6) and read it to the end; echo UDP
+    probe.py listen --tcp PORT... --udp PORT...   accept TCP (IPv4 and IPv6), read it to the end; echo UDP
     probe.py tcp DST PORT [--src A] [--timeout S]
     probe.py udp DST PORT [--src A] [--timeout S]
     probe.py stream DST PORT --seconds S   one TCP connection sending steadily for S seconds
@@ -19,21 +19,21 @@ import sys
 import time
 
 
-def listen(ports):
+def listen(tcp_ports, udp_ports):
     selector = selectors.DefaultSelector()
     listeners = set()
-    for port in ports:
-        for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
-            sock = socket.socket(socket.AF_INET6, kind)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            # One dual-stack socket per port: IPv4 arrives as ::ffff:a.b.c.d.
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-            sock.bind(("::", port))
-            if kind == socket.SOCK_STREAM:
-                sock.listen(64)
-                listeners.add(sock)
-            selector.register(sock, selectors.EVENT_READ)
-    print("listening", *ports, flush=True)
+    wanted = [(p, socket.SOCK_STREAM) for p in tcp_ports] + [(p, socket.SOCK_DGRAM) for p in udp_ports]
+    for port, kind in wanted:
+        sock = socket.socket(socket.AF_INET6, kind)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # One dual-stack socket per port: IPv4 arrives as ::ffff:a.b.c.d.
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind(("::", port))
+        if kind == socket.SOCK_STREAM:
+            sock.listen(64)
+            listeners.add(sock)
+        selector.register(sock, selectors.EVENT_READ)
+    print("listening", "tcp", *tcp_ports, "udp", *udp_ports, flush=True)
     while True:
         for key, _ in selector.select():
             sock = key.fileobj
@@ -105,7 +105,9 @@ def stream(dst, port, seconds, chunk=1024, interval=0.01):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("listen").add_argument("ports", type=int, nargs="+")
+    p = sub.add_parser("listen")
+    p.add_argument("--tcp", type=int, nargs="*", default=[])
+    p.add_argument("--udp", type=int, nargs="*", default=[])
     for kind in ("tcp", "udp"):
         p = sub.add_parser(kind)
         p.add_argument("dst")
@@ -118,7 +120,7 @@ def main(argv=None):
     p.add_argument("--seconds", type=float, required=True)
     args = parser.parse_args(argv)
     if args.command == "listen":
-        listen(args.ports)
+        listen(args.tcp, args.udp)
     elif args.command == "stream":
         print(stream(args.dst, args.port, args.seconds))
     else:

@@ -26,10 +26,18 @@ def run_demo(*args):
 def test_demo_plays_every_clause_as_the_policy_says():
     result = run_demo()
     print(result.stdout)
-    assert result.returncode == 0, result.stdout + result.stderr
-    steps = 2 * len(campus.SCENARIOS)
-    assert result.stdout.count("  ok\n") == steps
-    assert f"{steps} steps, all as the policy says." in result.stdout
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr
+    mail_steps = out.split("Part A.")[1].split("Part B.")[0].count("policy says:")
+    steps = mail_steps + 2 * len(campus.SCENARIOS)
+    assert out.count("  ok\n") == steps and "DIFFERS" not in out
+    assert f"{steps} steps, all as the policy says." in out
+    # The mail really went where the policy sends it.
+    assert out.count("outmx received <") == 3  # via the relay, the 60 MB exception, the REST exception
+    assert out.count("dept received <") == 1
+    assert "server said: 550 5.7.1 Relaying denied" in out
+    assert "server said: 552 " in out and "(60 MB)" in out
+    assert out.count("no SMTP greeting") == 3
 
 
 def test_demo_fails_when_the_network_differs(tmp_path):
@@ -41,5 +49,6 @@ def test_demo_fails_when_the_network_differs(tmp_path):
     policy.write_text(yaml.safe_dump(document))
     result = run_demo("--policy", str(policy))
     assert result.returncode == 1
-    assert "2 differ from the policy" in result.stdout
+    assert "3 differ from the policy" in result.stdout
+    assert "  - 3. Part 1 exception: the outside sender mails the departmental mail system" in result.stdout
     assert "inbound exception) (IPv4)" in result.stdout and "inbound exception) (IPv6)" in result.stdout
