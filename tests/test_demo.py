@@ -1,8 +1,11 @@
 """The README's demo: it runs end to end, and it notices when the network
 does not do what the policy says."""
 import os
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -52,3 +55,40 @@ def test_demo_fails_when_the_network_differs(tmp_path):
     assert "3 differ from the policy" in result.stdout
     assert "  - 3. Part 1 exception: the outside sender mails the departmental mail system" in result.stdout
     assert "inbound exception) (IPv4)" in result.stdout and "inbound exception) (IPv6)" in result.stdout
+
+
+def test_demo_help():
+    result = subprocess.run([sys.executable, str(DEMO), "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "--keep" in result.stdout and "real mail" in result.stdout
+
+
+def processes_mentioning(text):
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            blob = (proc / "cmdline").read_bytes() + (proc / "environ").read_bytes()
+        except OSError:
+            continue
+        if text.encode() in blob:
+            found.append(proc.name)
+    return found
+
+
+@pytest.mark.parametrize("after", [2.0, 8.0])
+def test_ctrl_c_stops_everything(tmp_path, after):
+    """Interrupted while building the network, or while mail is flowing: no
+    process, bridge or host interface is left."""
+    workdir = tmp_path / "demo"
+    demo = subprocess.Popen([sys.executable, str(DEMO), "--workdir", str(workdir)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(after)
+    demo.send_signal(signal.SIGINT)
+    out, err = demo.communicate(timeout=120)
+    assert demo.returncode == 130, out + err
+    assert "interrupted: network, mail servers and controller stopped" in err
+    assert processes_mentioning(str(workdir)) == []
+    assert subprocess.run(["ovs-vsctl", "list-br"], capture_output=True, text=True).stdout == ""
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    assert "s1-eth" not in links and "h1-eth" not in links
