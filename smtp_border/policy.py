@@ -155,9 +155,9 @@ def parse_policy(text, source="policy"):
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise PolicyError(source, where, f"YAML syntax error: {err.problem}") from None
-    except yaml.YAMLError as err:
-        raise PolicyError(source, "", f"YAML syntax error: {err}") from None
+        raise PolicyError(source, where, f"YAML syntax error: {_one_line(err.problem)}") from None
+    except yaml.YAMLError as err:  # e.g. a control character PyYAML will not read
+        raise PolicyError(source, "", f"YAML syntax error: {_one_line(err)}") from None
     if document is None:
         raise PolicyError(source, "", "the file is empty; it needs at least campus.prefixes")
     return _PolicyReader(source).read(document)
@@ -430,6 +430,10 @@ def parse_exception(data, campus, source="request", path="", origin=SOURCE_API):
     exception = reader.exception(data, path, origin)
     reader.check_inside(exception.address, _key(path, "address"), campus)
     return exception
+
+
+def _one_line(text):
+    return " ".join(str(text).split())
 
 
 def _key(path, name):

@@ -193,3 +193,17 @@ def test_restart_opens_no_window(lab):
     assert len(blocked_out) >= 5 and len(allowed_out) >= 20
     assert set(blocked_out) == {"timeout"}
     assert set(allowed_out) == {"open"}
+
+
+@RESYNC_VARIANTS
+def test_switch_restart_is_resynchronised(lab):
+    """The border switch is deleted and re-created (its flows gone, fail-mode
+    secure): when it reconnects it gets the whole policy again."""
+    s1 = lab.net.get("s1")
+    before = lab.controller.installs(campus.BORDER_DPID)
+    s1.stop(deleteIntfs=False)
+    s1.start(lab.net.controllers)
+    lab.controller.wait_installs({campus.BORDER_DPID: before + 1})
+    assert blocked_and_allowed(lab) == ["timeout", "open", "open"]
+    assert blocked_and_allowed(lab, family=6) == ["timeout", "open", "open"]
+    assert installed_differences(lab, campus.BORDER_DPID, load_policy(lab.controller.policy_file)) == ""

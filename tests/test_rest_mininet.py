@@ -9,6 +9,8 @@ import os
 import re
 import shutil
 import signal
+import subprocess
+import time
 
 import pytest
 
@@ -248,3 +250,32 @@ def test_fifty_concurrent_clients_lose_no_update_and_disturb_no_traffic(lab):
                             if e["address"] == f"10.20.100.{i + 1}/32")
         assert api(lab, "DELETE", f"/smtp/v1/exceptions/{exception_id}")[0] == 204
     assert api_exceptions(lab) == set()
+
+
+def test_a_change_made_while_a_switch_is_away_reaches_it_when_it_returns(lab):
+    probe = Probe("h2", "outmx", 25)
+    target = subprocess.run(["ovs-vsctl", "get-controller", "s1"], capture_output=True, text=True, check=True).stdout.split()
+    subprocess.run(["ovs-vsctl", "del-controller", "s1"], check=True)
+    try:
+        assert wait_until(lambda: not any(s["connected"] for s in api(lab, "GET", "/smtp/v1/switches")[1]["switches"]
+                                          if s["dpid"] == "0000000000000001"), 10)
+        status, created = api(lab, "POST", "/smtp/v1/exceptions", dict(H1_OUTBOUND, address="10.20.3.11"))
+        assert status == 201
+        # The switch is away: it keeps enforcing what it had.
+        assert outcomes(lab, probe) == ["timeout"]
+        before = lab.controller.installs(1)
+    finally:
+        subprocess.run(["ovs-vsctl", "set-controller", "s1", *target], check=True)
+    lab.controller.wait_installs({1: before + 1})
+    assert outcomes(lab, probe, Probe("h1", "outmx", 25)) == ["open", "timeout"]
+    assert api(lab, "DELETE", f"/smtp/v1/exceptions/{created['id']}")[0] == 204
+    assert outcomes(lab, probe) == ["timeout"]
+
+
+def wait_until(condition, timeout):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.2)
+    return False
