@@ -179,3 +179,32 @@ def test_metrics_follow_the_policy_and_real_traffic(lab):
     assert delta("smtp_border_blocked_bytes_total", switch=BORDER, direction="inbound") >= 60
     assert delta("smtp_border_policy_reloads_total") == 1
     assert delta("smtp_border_policy_reload_failures_total") == 1
+
+
+def test_a_syn_flood_does_not_slow_the_api_or_other_switches(lab):
+    """While h2 floods port 25 (bounded: 20,000 SYNs), the REST API keeps
+    answering changes and the internet switch keeps forwarding."""
+    flood = lab.host("h2").popen(
+        ["hping3", "-q", "-S", "-p", "25", "-c", "20000", "-i", "u100", lab.address("outmx", 4)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    ping = lab.host("outhost").popen(["ping", "-c", "20", "-i", "0.2", lab.address("outmx", 4)],
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    latencies, statuses = [], []
+    try:
+        while flood.poll() is None and len(latencies) < 200:
+            started = time.monotonic()
+            status, created = api(lab, "POST", "/smtp/v1/exceptions",
+                                  {"address": "10.20.100.1", "direction": "outbound", "reason": "flood test"})
+            statuses.append(status)
+            if status == 201:
+                statuses.append(api(lab, "DELETE", f"/smtp/v1/exceptions/{created['id']}")[0])
+            latencies.append(time.monotonic() - started)
+    finally:
+        flood.wait(timeout=120)
+    ping_out = ping.communicate(timeout=60)[0].decode()
+    latencies.sort()
+    print(f"during the flood: {len(latencies)} add+delete pairs, p50 {latencies[len(latencies) // 2] * 1000:.1f} ms, "
+          f"max {latencies[-1] * 1000:.1f} ms; internet switch ping: {ping_out.strip().splitlines()[-2]}")
+    assert latencies and set(statuses) == {201, 204}
+    assert " 0% packet loss" in ping_out
