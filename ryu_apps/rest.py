@@ -49,6 +49,7 @@ class HttpError(Exception):
 
 MAX_EVENTS = 10000
 WINDOW_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_WINDOW = 3650 * 86400
 
 
 def register(wsgi, app):
@@ -165,9 +166,11 @@ def query_time(req, name):
         return None
     try:
         moment = parse_time(text)
-    except ValueError:
+        moment = moment if moment.tzinfo else moment.replace(tzinfo=datetime.timezone.utc)
+        moment.astimezone(datetime.timezone.utc)  # an offset that pushes it past year 9999 fails here
+    except (ValueError, OverflowError):
         raise HttpError(400, f"{name}: {text!r} is not an ISO 8601 time", field=name) from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=datetime.timezone.utc)
+    return moment
 
 
 def query_window(req, name, default):
@@ -175,10 +178,13 @@ def query_window(req, name, default):
     text = req.GET.get(name)
     if text is None:
         return default
-    match = re.fullmatch(r"(\d+)([smhd]?)", text.strip())
+    match = re.fullmatch(r"(\d{1,12})([smhd]?)", text.strip())
     if not match or int(match.group(1)) == 0:
         raise HttpError(400, f"{name}: {text!r} is not a duration like 3600, 90m, 24h or 7d", field=name)
-    return int(match.group(1)) * WINDOW_UNITS[match.group(2) or "s"]
+    seconds = int(match.group(1)) * WINDOW_UNITS[match.group(2) or "s"]
+    if seconds > MAX_WINDOW:
+        raise HttpError(400, f"{name}: {text!r} is longer than {MAX_WINDOW // 86400} days", field=name)
+    return seconds
 
 
 def policy_document(store):
