@@ -176,6 +176,7 @@ def test_controller_restart_resyncs_stale_flows(lab):
         assert installed_differences(lab, dpid, policy) == ""
 
 
+@RESYNC_VARIANTS
 def test_restart_opens_no_window(lab):
     """Blocked stays blocked and allowed stays allowed, sampled continuously
     while the controller is killed, restarted and replaces every flow."""
