@@ -179,6 +179,7 @@ class SmtpPolicy(app_manager.RyuApp):
         same atomic bundle, so stale flows go and no packet sees a table
         without the policy. Returns {"added", "removed", "flows"} counts,
         None if there was nothing to send, or an error message."""
+        started = time.monotonic()
         rules = compile_switch(self.policy, dp.id)
         known = self.installed.get(dp.id)
         diff = None if known is None else diff_rules(known, rules)
@@ -200,15 +201,17 @@ class SmtpPolicy(app_manager.RyuApp):
             self.logger.error("smtp-border: switch %016x: policy NOT applied: %s", dp.id, err)
             return str(err)
         self.installed[dp.id] = rules
+        elapsed = (time.monotonic() - started) * 1000
         role = "enforcing" if self.policy.switch_spec(dp.id) else "inside (forwarding only)"
         if diff is None:
             self.logger.info(
-                "smtp-border: switch %016x %s: %d flows installed %s, confirmed by barrier", dp.id, role, len(rules), how
+                "smtp-border: switch %016x %s: %d flows installed %s, confirmed by barrier (%.1f ms)",
+                dp.id, role, len(rules), how, elapsed,
             )
         else:
             self.logger.info(
-                "smtp-border: switch %016x %s: %d flows added or changed, %d removed %s, confirmed by barrier",
-                dp.id, role, counts[0], counts[1], how,
+                "smtp-border: switch %016x %s: %d flows added or changed, %d removed %s, confirmed by barrier (%.1f ms)",
+                dp.id, role, counts[0], counts[1], how, elapsed,
             )
         return {"added": counts[0], "removed": counts[1], "flows": len(rules)}
 

@@ -31,6 +31,7 @@ def fuzz(controller, *extra):
         [SCHEMATHESIS, "run", str(ROOT / "docs" / "openapi.yaml"), "--url", f"http://127.0.0.1:{controller.api_port}",
          "--checks", "not_a_server_error", "--max-examples", "60", "--seed", "1", "--no-color", *extra],
         capture_output=True, text=True, timeout=600,
+        cwd=controller.log_file.parent,  # schemathesis keeps a cache in its working directory
     )
     summary = [line for line in result.stdout.splitlines() if "generated" in line]
     print(summary)

@@ -1,0 +1,391 @@
+#!/usr/bin/env python3
+"""Benchmarks: how fast policies reach the switch, what they cost, against the floor
+and against Ryu's own rest_firewall. Run as root after `make setup`:
+
+    .venv/bin/python mininet/bench.py [--quick] [--json results/bench.json]
+
+Prints one table per measurement and writes every figure to JSON.
+docs/performance.md explains each figure and what limits it. --quick runs
+every measurement at a small size (the test suite does that, to prove the
+script works; it asserts nothing about times).
+"""
+import argparse
+import json
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from functools import partial
+from pathlib import Path
+
+import netaddr
+import yaml
+
+import campus
+from lab import RYU_MANAGER, Controller, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from smtp_border.compiler import compile_switch  # noqa: E402
+from smtp_border.policy import load_policy  # noqa: E402
+from smtp_border.rules import sorted_rules, to_ofctl  # noqa: E402
+
+BRIDGE = "smtpbench"
+EXCEPTION_SPACE = netaddr.IPNetwork("10.20.128.0/17")  # room for 16,384 spaced exceptions
+
+
+# -- helpers ------------------------------------------------------------------
+
+def run(*command, check=True, **kwargs):
+    return subprocess.run(command, capture_output=True, text=True, check=check, **kwargs)
+
+
+def percentile(values, fraction):
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))]
+
+
+def policy_with(count, path, uplinks=(1,)):
+    """The shipped policy plus `count` exceptions, alternately inbound and
+    outbound, every other address so that none merge."""
+    document = yaml.safe_load((ROOT / "policy.yaml").read_text())
+    base = int(EXCEPTION_SPACE.first)
+    document["exceptions"] += [
+        {"address": str(netaddr.IPAddress(base + 2 * i)), "direction": "inbound" if i % 2 else "outbound", "reason": "bench"}
+        for i in range(count)
+    ]
+    document["switches"] = [{"dpid": 1, "name": "bench", "uplinks": list(uplinks)}]
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+class Bridge:
+    """A bare userspace OVS bridge (dpid 1), with no hosts: enough to install flows."""
+
+    def __init__(self, name=BRIDGE):
+        self.name = name
+
+    def __enter__(self):
+        run("ovs-vsctl", "--if-exists", "del-br", self.name)
+        run("ovs-vsctl", "add-br", self.name, "--", "set", "bridge", self.name, "datapath_type=netdev",
+            "protocols=OpenFlow13", "fail_mode=secure", "other-config:datapath-id=0000000000000001")
+        return self
+
+    def __exit__(self, *exc):
+        run("ovs-vsctl", "--if-exists", "del-br", self.name, check=False)
+
+    def connect(self, port):
+        run("ovs-vsctl", "set-controller", self.name, f"tcp:127.0.0.1:{port}")
+
+    def disconnect(self):
+        run("ovs-vsctl", "del-controller", self.name)
+
+    def flow_count(self):
+        return len(run("ovs-ofctl", "-O", "OpenFlow13", "dump-flows", self.name).stdout.splitlines()) - 1
+
+
+def installed_ms(controller, count):
+    """The app's own figure for its install number `count` (compile + bundle + barrier)."""
+    found = re.findall(r"flows installed in one bundle, confirmed by barrier \(([0-9.]+) ms\)", controller.log())
+    return float(found[count - 1])
+
+
+# -- 1. full install against the ovs-ofctl --bundle floor --------------------
+
+def bench_full_install(sizes, workdir):
+    rows = []
+    for size in sizes:
+        policy = policy_with(size, workdir / f"policy-{size}.yaml")
+        flows = [to_ofctl(r) for r in sorted_rules(compile_switch(load_policy(policy), 1))]
+        flow_file = workdir / f"flows-{size}.txt"
+        flow_file.write_text("\n".join(flows) + "\n")
+        with Bridge() as bridge:
+            controller = Controller(policy, workdir / f"install-{size}.txt", state_file=workdir / f"state-{size}.json").start()
+            try:
+                started = time.monotonic()
+                bridge.connect(controller.of_port)
+                controller.wait_installs({1: 1}, timeout=300)
+                wall = (time.monotonic() - started) * 1000
+                app = installed_ms(controller, 1)
+                assert bridge.flow_count() == len(flows)
+            finally:
+                controller.stop()
+            bridge.disconnect()
+            run("ovs-ofctl", "-O", "OpenFlow13", "del-flows", bridge.name)
+            run("ovs-ofctl", "-O", "OpenFlow13", "del-meters", bridge.name, check=False)
+            run("ovs-ofctl", "-O", "OpenFlow13", "add-meter", bridge.name, "meter=1,pktps,burst,band=type=drop,rate=10,burst_size=10")
+            started = time.monotonic()
+            run("ovs-ofctl", "-O", "OpenFlow13", "--bundle", "add-flows", bridge.name, str(flow_file))
+            floor = (time.monotonic() - started) * 1000
+            assert bridge.flow_count() == len(flows)
+        rows.append({"exceptions": size, "flows": len(flows), "connect_to_barrier_ms": round(wall, 1),
+                     "app_compile_bundle_barrier_ms": round(app, 1), "ovs_ofctl_bundle_ms": round(floor, 1),
+                     "ratio": round(wall / floor, 2)})
+    return rows
+
+
+# -- 2. one change, REST request to confirmed answer --------------------------
+
+def bench_one_change(sizes, changes, workdir):
+    rows = []
+    for size in sizes:
+        policy = policy_with(size, workdir / f"change-{size}.yaml")
+        with Bridge() as bridge:
+            controller = Controller(policy, workdir / f"change-{size}.txt", state_file=workdir / f"change-{size}.json").start()
+            try:
+                bridge.connect(controller.of_port)
+                controller.wait_installs({1: 1}, timeout=300)
+                add, delete = [], []
+                for i in range(changes):
+                    body = {"address": f"10.20.100.{i % 250 + 1}", "direction": "both", "reason": "bench"}
+                    started = time.monotonic()
+                    status, created = controller.api("POST", "/smtp/v1/exceptions", body)
+                    add.append((time.monotonic() - started) * 1000)
+                    assert status == 201, created
+                    started = time.monotonic()
+                    status, _ = controller.api("DELETE", f"/smtp/v1/exceptions/{created['id']}")
+                    delete.append((time.monotonic() - started) * 1000)
+                    assert status == 204
+            finally:
+                controller.stop()
+        rows.append({"exceptions": size, "changes": changes,
+                     "add_p50_ms": round(statistics.median(add), 1), "add_p99_ms": round(percentile(add, 0.99), 1),
+                     "delete_p50_ms": round(statistics.median(delete), 1), "delete_p99_ms": round(percentile(delete, 0.99), 1)})
+    return rows
+
+
+# -- 3. against ryu.app.rest_firewall ------------------------------------------
+
+def rest_call(port, method, path, body=None):
+    import http.client
+
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    connection.request(method, path, body=None if body is None else json.dumps(body),
+                       headers={"Content-Type": "application/json"})
+    response = connection.getresponse()
+    data = response.read()
+    connection.close()
+    return response.status, data
+
+
+def bench_rest_firewall(count, workdir):
+    """The same allow rules, one REST request each: smtp-border exceptions
+    (each answered after the barrier) against rest_firewall rules, until the
+    last one is on the switch."""
+    addresses = [str(netaddr.IPAddress(int(EXCEPTION_SPACE.first) + 2 * i)) for i in range(count)]
+    results = {}
+    policy = policy_with(0, workdir / "firewall-ours.yaml")
+    with Bridge() as bridge:
+        controller = Controller(policy, workdir / "firewall-ours.txt", state_file=workdir / "firewall-ours.json").start()
+        try:
+            bridge.connect(controller.of_port)
+            controller.wait_installs({1: 1})
+            before = bridge.flow_count()
+            started = time.monotonic()
+            for address in addresses:
+                status, _ = controller.api("POST", "/smtp/v1/exceptions",
+                                           {"address": address, "direction": "outbound", "reason": "bench"})
+                assert status == 201
+            results["smtp_border_s"] = time.monotonic() - started
+            assert bridge.flow_count() == before + count
+        finally:
+            controller.stop()
+
+    with Bridge() as bridge:
+        of_port, api_port = free_port(), free_port()
+        log = open(workdir / "rest_firewall.txt", "wb")
+        firewall = subprocess.Popen(
+            [str(RYU_MANAGER), "--ofp-tcp-listen-port", str(of_port), "--wsapi-host", "127.0.0.1",
+             "--wsapi-port", str(api_port), "ryu.app.rest_firewall"],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    if rest_call(api_port, "GET", "/firewall/module/status")[0] == 200:
+                        break
+                except OSError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise TimeoutError("rest_firewall did not start")
+                time.sleep(0.2)
+            bridge.connect(of_port)
+            deadline = time.monotonic() + 30
+            while b"0000000000000001" not in rest_call(api_port, "GET", "/firewall/module/status")[1]:
+                if time.monotonic() > deadline:
+                    raise TimeoutError("the switch did not connect to rest_firewall")
+                time.sleep(0.2)
+            rest_call(api_port, "PUT", "/firewall/module/enable/0000000000000001")
+            time.sleep(1)
+            before = bridge.flow_count()
+            started = time.monotonic()
+            for address in addresses:
+                status, data = rest_call(api_port, "POST", "/firewall/rules/0000000000000001", {
+                    "nw_src": f"{address}/32", "nw_proto": "TCP", "tp_dst": "25", "dl_type": "IPv4", "actions": "ALLOW",
+                })
+                assert status == 200, data
+            # rest_firewall answers before the switch has the flow: wait until it has them all.
+            deadline = time.monotonic() + 300
+            while bridge.flow_count() < before + count and time.monotonic() < deadline:
+                time.sleep(0.01)
+            results["rest_firewall_s"] = time.monotonic() - started
+            results["rest_firewall_flows_added"] = bridge.flow_count() - before
+        finally:
+            os.killpg(firewall.pid, signal.SIGTERM)
+            firewall.wait(timeout=10)
+            log.close()
+    results["rules"] = count
+    results["ratio"] = round(results["rest_firewall_s"] / results["smtp_border_s"], 2)
+    results["smtp_border_s"] = round(results["smtp_border_s"], 3)
+    results["rest_firewall_s"] = round(results["rest_firewall_s"], 3)
+    return results
+
+
+# -- 4 and 5. data-plane cost and controller cost, in Mininet ------------------
+
+def process_usage(pid, seconds):
+    """Resident memory (MiB) and CPU share (% of one core) of a process over `seconds`."""
+    def cpu():
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])
+
+    ticks = os.sysconf("SC_CLK_TCK")
+    start = cpu()
+    time.sleep(seconds)
+    used = (cpu() - start) / ticks / seconds * 100
+    rss = int(re.search(r"VmRSS:\s+(\d+)", Path(f"/proc/{pid}/status").read_text()).group(1)) / 1024
+    return round(rss, 1), round(used, 1)
+
+
+def bench_data_plane(size, seconds, workdir):
+    from mininet.log import setLogLevel
+    from mininet.net import Mininet
+    from mininet.node import OVSSwitch, RemoteController
+    from mininet.topo import Topo
+
+    class Pair(Topo):
+        def build(self):
+            switch = self.addSwitch("s1", dpid="0000000000000001")
+            inside = self.addHost("h1", cls=campus.CampusHost, ip="10.20.3.10/8", ip6=None)
+            outside = self.addHost("h9", cls=campus.CampusHost, ip="198.51.100.25/8", ip6=None)
+            self.addLink(outside, switch, port2=1)  # port 1: the uplink
+            self.addLink(inside, switch, port2=2)
+
+    setLogLevel("error")
+    results = {"exceptions": size, "seconds": seconds}
+    policy = policy_with(size, workdir / "dataplane.yaml")
+    for mode in ("normal_only", "policy"):
+        controller = None
+        if mode == "policy":
+            controller = Controller(policy, workdir / "dataplane.txt", state_file=workdir / "dataplane.json").start()
+        net = Mininet(topo=Pair(), switch=partial(OVSSwitch, datapath="user", protocols="OpenFlow13", failMode="secure"),
+                      controller=partial(RemoteController, ip="127.0.0.1", port=controller.of_port) if controller else None,
+                      build=False, waitConnected=False)
+        try:
+            net.build()
+            net.start()
+            if controller:
+                controller.wait_installs({1: 1}, timeout=300)
+            else:
+                run("ovs-ofctl", "-O", "OpenFlow13", "add-flow", "s1", "actions=NORMAL")
+            h1, h9 = net.get("h1"), net.get("h9")
+            server = h9.popen(["iperf3", "-s", "-p", "5201"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(1)
+            out = h1.cmd(f"iperf3 -c 198.51.100.25 -p 5201 -t {seconds} -J")
+            report = json.loads(out[out.index("{"):])
+            results[f"{mode}_gbit_s"] = round(report["end"]["sum_received"]["bits_per_second"] / 1e9, 3)
+            server.kill()
+            server.wait()
+            listener = h9.popen(["python3", str(Path(__file__).parent / "probe.py"), "listen", "--tcp", "2525"])
+            time.sleep(0.5)
+            rate = h1.cmd(
+                "python3 -c \"import socket,time\n"
+                f"end=time.time()+{seconds}; n=0\n"
+                "while time.time()<end:\n"
+                "    s=socket.create_connection(('198.51.100.25',2525),timeout=2); s.close(); n+=1\n"
+                f"print(n/{seconds})\""
+            )
+            results[f"{mode}_connections_s"] = round(float(rate.strip().splitlines()[-1]), 1)
+            listener.kill()
+            listener.wait()
+            if controller:
+                results["controller_idle_rss_mib"], results["controller_idle_cpu_pct"] = process_usage(controller.process.pid, seconds)
+                flood = h1.popen(["hping3", "-q", "-S", "-p", "25", "-c", str(int(seconds * 20000)), "-i", "u50",
+                                  "198.51.100.25"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                results["controller_flood_rss_mib"], results["controller_flood_cpu_pct"] = process_usage(
+                    controller.process.pid, seconds)
+                flood.wait(timeout=120)
+        finally:
+            net.stop()
+            if controller:
+                controller.stop()
+    results["throughput_ratio"] = round(results["policy_gbit_s"] / results["normal_only_gbit_s"], 3)
+    results["connection_rate_ratio"] = round(results["policy_connections_s"] / results["normal_only_connections_s"], 3)
+    return results
+
+
+# -- 6. scale of the policy itself ---------------------------------------------
+
+def bench_scale(workdir):
+    rows = []
+    for exceptions in (0, 10, 100, 1000, 10000):
+        for uplinks in ((), (1,), (1, 2, 3, 4)):
+            policy = load_policy(policy_with(exceptions, workdir / "scale.yaml", uplinks))
+            rows.append({"exceptions": exceptions, "uplinks": len(uplinks),
+                         "flows": len(compile_switch(policy, 1)), "inside_switch_flows": len(compile_switch(policy, 2))})
+    shipped = len(compile_switch(load_policy(ROOT / "policy.yaml"), 1))
+    return {"rows": rows, "shipped_policy_flows": shipped}
+
+
+# -- main ---------------------------------------------------------------------
+
+def table(title, rows):
+    print(f"\n{title}")
+    if not rows:
+        return
+    headers = list(rows[0])
+    widths = [max(len(h), *(len(str(r[h])) for r in rows)) for h in headers]
+    print("  " + "  ".join(h.rjust(w) for h, w in zip(headers, widths)))
+    for row in rows:
+        print("  " + "  ".join(str(row[h]).rjust(w) for h, w in zip(headers, widths)))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="every measurement at a small size (for the test suite)")
+    parser.add_argument("--json", default=str(ROOT / "results" / "bench.json"), help="where to write the figures")
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0:
+        parser.error("run as root (Open vSwitch and Mininet)")
+    sizes = (10, 100) if args.quick else (100, 1000, 10000)
+    change_sizes = (10, 100) if args.quick else (10, 1000, 10000)
+    changes = 5 if args.quick else 200
+    seconds = 1 if args.quick else 5
+    with tempfile.TemporaryDirectory(prefix="smtp-border-bench-") as tmp:
+        workdir = Path(tmp)
+        results = {"machine": {"cores": os.cpu_count(), "ovs": run("ovs-vsctl", "--version").stdout.splitlines()[0],
+                               "python": sys.version.split()[0]}}
+        results["full_install"] = bench_full_install(sizes, workdir)
+        table("1. Full install: switch connect to last barrier, against ovs-ofctl --bundle add-flows", results["full_install"])
+        results["one_change"] = bench_one_change(change_sizes, changes, workdir)
+        table("2. One change: REST request to barrier-confirmed answer", results["one_change"])
+        results["rest_firewall"] = bench_rest_firewall(20 if args.quick else 1000, workdir)
+        table("3. Against ryu.app.rest_firewall: the same allow rules, one REST request each", [results["rest_firewall"]])
+        results["data_plane"] = bench_data_plane(100 if args.quick else 10000, seconds, workdir)
+        table("4-5. Data plane (iperf3, TCP connects to port 2525) and controller cost", [results["data_plane"]])
+        results["scale"] = bench_scale(workdir)
+        table("6. Flows per switch", results["scale"]["rows"])
+        print(f"\n  shipped policy.yaml: {results['scale']['shipped_policy_flows']} flows on the border switch")
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nfigures written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
