@@ -207,8 +207,8 @@ def bench_rest_firewall(count, workdir):
             deadline = time.monotonic() + 30
             while True:
                 try:
-                    if rest_call(api_port, "GET", "/firewall/module/status")[0] == 200:
-                        break
+                    rest_call(api_port, "GET", "/firewall/module/status")  # 400 until a switch connects
+                    break
                 except OSError:
                     pass
                 if time.monotonic() > deadline:
@@ -303,13 +303,16 @@ def bench_data_plane(size, seconds, workdir):
             server.wait()
             listener = h9.popen(["python3", str(Path(__file__).parent / "probe.py"), "listen", "--tcp", "2525"])
             time.sleep(0.5)
-            rate = h1.cmd(
-                "python3 -c \"import socket,time\n"
-                f"end=time.time()+{seconds}; n=0\n"
-                "while time.time()<end:\n"
-                "    s=socket.create_connection(('198.51.100.25',2525),timeout=2); s.close(); n+=1\n"
-                f"print(n/{seconds})\""
+            script = workdir / "connect_rate.py"
+            script.write_text(
+                "import socket, sys, time\n"
+                "end, n = time.time() + float(sys.argv[1]), 0\n"
+                "while time.time() < end:\n"
+                "    socket.create_connection(('198.51.100.25', 2525), timeout=2).close()\n"
+                "    n += 1\n"
+                "print(n / float(sys.argv[1]))\n"
             )
+            rate = h1.cmd(f"python3 {script} {seconds}")
             results[f"{mode}_connections_s"] = round(float(rate.strip().splitlines()[-1]), 1)
             listener.kill()
             listener.wait()

@@ -1,0 +1,31 @@
+"""The benchmark script runs end to end at a small size. It measures; it does
+not judge: no assertion here is about time."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+pytestmark = [
+    pytest.mark.mininet,
+    pytest.mark.skipif(os.geteuid() != 0, reason="Open vSwitch and Mininet need root"),
+]
+
+
+def test_bench_quick(tmp_path):
+    out = tmp_path / "bench.json"
+    result = subprocess.run([sys.executable, str(ROOT / "mininet" / "bench.py"), "--quick", "--json", str(out)],
+                            capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    print(result.stdout)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    assert [r["exceptions"] for r in figures["full_install"]] == [10, 100]
+    assert all(r["flows"] > r["exceptions"] for r in figures["full_install"])
+    assert [r["exceptions"] for r in figures["one_change"]] == [10, 100]
+    assert figures["rest_firewall"]["rest_firewall_flows_added"] == figures["rest_firewall"]["rules"] == 20
+    assert figures["data_plane"]["policy_gbit_s"] > 0 and figures["data_plane"]["normal_only_gbit_s"] > 0
+    assert figures["scale"]["shipped_policy_flows"] == 23
+    assert subprocess.run(["ovs-vsctl", "list-br"], capture_output=True, text=True).stdout == ""
