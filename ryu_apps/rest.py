@@ -312,8 +312,7 @@ class SmtpRestController(ControllerBase):
     def _apply(self, change):
         """Commit a validated change and push it to every switch (lock held).
         The answer waits for every switch's barrier."""
-        self.app.store.commit(change)
-        done, failed = self.app.changed(self.app.push_policy())
+        done, failed = self.app.apply_change(change)
         LOG.info("smtp-border: change applied: +%d -%d exception(s); switches %s",
                  len(change.added), len(change.removed), sorted(f"{d:016x}" for d in done) or "unchanged")
         if failed:

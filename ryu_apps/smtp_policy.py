@@ -25,8 +25,8 @@ from ryu.ofproto import ofproto_v1_3
 
 from ryu_apps import openflow, rest
 from smtp_border.audit import AuditLog, attempt_from_sample, default_log_path
-from smtp_border.compiler import compile_switch
-from smtp_border.diff import diff_rules
+from smtp_border.compiler import ExceptionIndex, compile_switch
+from smtp_border.diff import RuleDiff, diff_rules
 from smtp_border.policy import PolicyError, utc_now
 from smtp_border.rules import AUDIT_METER_ID, cookie_clause
 from smtp_border.store import PolicyStore
@@ -104,6 +104,7 @@ class SmtpPolicy(app_manager.RyuApp):
         # One change at a time, across all switches: changes never interleave,
         # and concurrent REST requests are applied one after the other.
         self.change_lock = hub.Semaphore(1)
+        self.exception_index = ExceptionIndex(self.policy)
         rest.register(kwargs["wsgi"], self)
         self._active_exceptions = {e.id for e in self.policy.active_exceptions()}
         hub.spawn(self._expiry_loop)
@@ -156,11 +157,24 @@ class SmtpPolicy(app_manager.RyuApp):
             if self.datapaths.get(dp.id) is dp and dp.id not in self.installed:
                 self._push(dp)
 
-    def push_policy(self):
+    def apply_change(self, change):
+        """Commit a validated change and bring every switch to it (lock held).
+
+        A change of exceptions alone (REST) is worked out from the exception
+        index: the flows of the exceptions concerned, whatever the size of the
+        policy. Anything else (a reload) is compiled in full and diffed."""
+        incremental = change.file_policy is self.store.file_policy and self.exception_index is not None
+        self.store.commit(change)
+        if incremental:
+            return self.changed(self.push_policy(self.exception_index.update(change.added, change.removed)))
+        self.exception_index = None
+        return self.changed(self.push_policy())
+
+    def push_policy(self, exception_diff=None):
         """Bring every connected switch to the policy in force, in parallel;
         call with change_lock held. Returns ({dpid: what _push sent},
         {dpid: error}) once every switch has confirmed or failed."""
-        threads = {dpid: hub.spawn(self._push, dp) for dpid, dp in list(self.datapaths.items())}
+        threads = {dpid: hub.spawn(self._push, dp, exception_diff) for dpid, dp in list(self.datapaths.items())}
         done, failed = {}, {}
         for dpid, thread in threads.items():
             result = thread.wait()
@@ -170,7 +184,7 @@ class SmtpPolicy(app_manager.RyuApp):
                 done[dpid] = result
         return done, failed
 
-    def _push(self, dp):
+    def _push(self, dp, exception_diff=None):
         """Make the switch hold exactly the compiled rules.
 
         A switch we know the flows of gets only the difference. One we do not
@@ -180,9 +194,14 @@ class SmtpPolicy(app_manager.RyuApp):
         without the policy. Returns {"added", "removed", "flows"} counts,
         None if there was nothing to send, or an error message."""
         started = time.monotonic()
-        rules = compile_switch(self.policy, dp.id)
         known = self.installed.get(dp.id)
-        diff = None if known is None else diff_rules(known, rules)
+        if exception_diff is not None and known is not None:
+            # Exception flows are the same on every enforcing switch, and absent on inside ones.
+            diff = exception_diff if self.policy.switch_spec(dp.id) else RuleDiff((), ())
+            rules = (known - set(diff.delete)) | set(diff.add)
+        else:
+            rules = compile_switch(self.policy, dp.id)
+            diff = None if known is None else diff_rules(known, rules)
         if diff is not None and not diff:
             return None
         counts = (len(rules), None) if diff is None else (len(diff.add), len(diff.delete))
@@ -241,6 +260,7 @@ class SmtpPolicy(app_manager.RyuApp):
                         e.id, e.address, e.direction.value, e.reason, e.expires.isoformat(),
                     )
                 if expired:
+                    self.exception_index = None
                     self.changed(self.push_policy())
                 self._active_exceptions = active
 
@@ -250,6 +270,8 @@ class SmtpPolicy(app_manager.RyuApp):
         if not failed:
             self.last_change = time.time()
         self._active_exceptions = {e.id for e in self.policy.active_exceptions()}
+        if self.exception_index is None:
+            self.exception_index = ExceptionIndex(self.policy)
         return pushed
 
     # -- talking to switches --------------------------------------------------

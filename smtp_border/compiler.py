@@ -21,6 +21,8 @@ POLICY_TABLE, highest priority first:
 """
 import netaddr
 
+from .diff import RuleDiff
+from .merge import MergedNetworks
 from .policy import utc_now
 from .rules import (
     AUDIT_METER_ID,
@@ -39,6 +41,7 @@ from .rules import (
     Match,
     drop_and_sample,
     make_cookie,
+    sorted_rules,
 )
 
 # Priorities inside CLASSIFY_TABLE.
@@ -86,6 +89,52 @@ def merged_exception_networks(exceptions, inbound):
     return netaddr.cidr_merge(wanted)
 
 
+def exception_rule(network, inbound):
+    """The flow that lets SMTP through for one merged exception network:
+    to it from outside (inbound) or from it to outside (outbound)."""
+    eth_type = ETH_TYPE_IPV4 if network.version == 4 else ETH_TYPE_IPV6
+    if inbound:
+        match = Match(metadata=FROM_OUTSIDE, eth_type=eth_type, ip_dst=network)
+        return _allow(PRIO_EXCEPTION, match, Clause.EXCEPTION_INBOUND, network)
+    match = Match(metadata=FROM_CAMPUS, eth_type=eth_type, ip_src=network)
+    return _allow(PRIO_EXCEPTION, match, Clause.EXCEPTION_OUTBOUND, network)
+
+
+class ExceptionIndex:
+    """The merged exception networks of a policy, updated one exception at a
+    time, so that a REST change costs the flows it concerns and not a
+    recompilation of the whole policy (smtp_border/merge.py)."""
+
+    def __init__(self, policy, now=None):
+        active = policy.active_exceptions(now or utc_now())
+        self.members = {e.id for e in active}
+        self.merged = {
+            inbound: MergedNetworks([e.address for e in active if _allows(e, inbound)]) for inbound in (True, False)
+        }
+
+    def update(self, added=(), removed=()):
+        """Apply exceptions added and removed; returns the RuleDiff for every
+        enforcing switch (exception flows do not depend on the switch)."""
+        add, delete = set(), set()
+        for exception, adding in [(e, False) for e in removed] + [(e, True) for e in added]:
+            if adding == (exception.id in self.members):
+                continue  # removing one that was not in force (expired), or adding one twice
+            (self.members.add if adding else self.members.discard)(exception.id)
+            for inbound in (True, False):
+                if _allows(exception, inbound):
+                    merged = self.merged[inbound]
+                    gone, new = merged.add(exception.address) if adding else merged.remove(exception.address)
+                    gone_rules = {exception_rule(n, inbound) for n in gone}
+                    new_rules = {exception_rule(n, inbound) for n in new}
+                    add = (add - gone_rules) | new_rules
+                    delete = (delete - new_rules) | gone_rules
+        return RuleDiff(add=tuple(sorted_rules(add - delete)), delete=tuple(sorted_rules(delete - add)))
+
+
+def _allows(exception, inbound):
+    return exception.direction.allows_inbound if inbound else exception.direction.allows_outbound
+
+
 def _families(policy):
     """Only families with a campus prefix need rules: without one, no IPv6
     packet (say) is from or to campus, so every one of them is transit."""
@@ -130,10 +179,9 @@ def _policy_rules(policy, exceptions, eth_type):
         yield _allow(PRIO_GATEWAY, Match(ip_dst=network, **from_outside), Clause.GATEWAY_INBOUND, network)
         yield _allow(PRIO_GATEWAY, Match(ip_src=network, **from_campus), Clause.GATEWAY_OUTBOUND, network)
 
-    for network in _in_family(merged_exception_networks(exceptions, inbound=True), eth_type):
-        yield _allow(PRIO_EXCEPTION, Match(ip_dst=network, **from_outside), Clause.EXCEPTION_INBOUND, network)
-    for network in _in_family(merged_exception_networks(exceptions, inbound=False), eth_type):
-        yield _allow(PRIO_EXCEPTION, Match(ip_src=network, **from_campus), Clause.EXCEPTION_OUTBOUND, network)
+    for inbound in (True, False):
+        for network in _in_family(merged_exception_networks(exceptions, inbound), eth_type):
+            yield exception_rule(network, inbound)
 
     # Blocked packets are dropped; with auditing on, a metered sample of them
     # also goes to the controller, which logs who tried to reach whom.

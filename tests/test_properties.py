@@ -46,3 +46,37 @@ def test_applying_a_diff_gives_exactly_the_new_rules(old, new, dpid):
     for rule in diff.delete:
         del table[rule.key]
     assert frozenset(table.values()) == after
+
+
+@SETTINGS
+@given(data=st.data(), policy=policies())
+def test_incremental_exception_changes_equal_a_full_compile(data, policy):
+    """What a REST change sends (the exception index) leaves a switch exactly
+    where a full compilation of the new policy would."""
+    import dataclasses
+
+    from smtp_border.compiler import ExceptionIndex
+    from smtp_border.policy import Direction, MailException
+
+    from strategies import networks_in
+
+    dpid = data.draw(switch_of(policy))
+    index = ExceptionIndex(policy, NOW)
+    rules = set(compile_switch(policy, dpid, NOW))
+    enforcing = policy.switch_spec(dpid) is not None
+    for _ in range(data.draw(st.integers(1, 6))):
+        current = list(policy.exceptions)
+        if current and data.draw(st.booleans()):
+            gone = data.draw(st.sampled_from(current))
+            policy = dataclasses.replace(policy, exceptions=tuple(e for e in current if e is not gone))
+            diff = index.update(removed=[gone])
+        else:
+            address = data.draw(st.sampled_from(policy.campus).flatmap(networks_in))
+            if any(e.address == address for e in current):
+                continue
+            new = MailException(address=address, direction=data.draw(st.sampled_from(list(Direction))), reason="api")
+            policy = dataclasses.replace(policy, exceptions=tuple(current) + (new,))
+            diff = index.update(added=[new])
+        if enforcing:
+            rules = (rules - set(diff.delete)) | set(diff.add)
+        assert frozenset(rules) == compile_switch(policy, dpid, NOW)
