@@ -85,7 +85,8 @@ class Bridge:
         run("ovs-vsctl", "del-controller", self.name)
 
     def flow_count(self):
-        return len(run("ovs-ofctl", "-O", "OpenFlow13", "dump-flows", self.name).stdout.splitlines()) - 1
+        dump = run("ovs-ofctl", "-O", "OpenFlow13", "dump-flows", self.name).stdout
+        return sum(1 for line in dump.splitlines() if "cookie=" in line)  # long dumps come in several replies
 
 
 def installed_ms(controller, count):
