@@ -11,6 +11,7 @@ Policy or an error, so a bad reload can always keep the old policy in force.
 import datetime
 import difflib
 import enum
+import functools
 import hashlib
 from dataclasses import dataclass
 from typing import Optional, Tuple
@@ -71,7 +72,7 @@ class MailException:
     def is_active(self, now):
         return self.expires is None or now < self.expires
 
-    @property
+    @functools.cached_property  # a policy of 10,000 exceptions asks for every id at each change
     def id(self):
         """Stable and URL-safe: derived from the address, which is unique in a
         policy, so the same exception keeps its id across reloads and restarts."""

@@ -51,22 +51,34 @@ class PolicyStore:
 
     @property
     def policy(self):
-        return _effective(self.file_policy, self.api_exceptions)
+        return self._cache()[0]
+
+    def _cache(self):
+        """The policy in force and its exceptions by id and by address, built
+        once per change: with 10,000 exceptions a scan per request would cost
+        more than the change itself."""
+        cached_for = getattr(self, "_cached_for", (None, None))
+        # Identity, not equality: comparing two 10,000-exception policies is the cost we avoid.
+        if cached_for[0] is not self.file_policy or cached_for[1] is not self.api_exceptions:
+            policy = _effective(self.file_policy, self.api_exceptions)
+            self._cached = (policy, {e.id: e for e in policy.exceptions}, {e.address: e for e in policy.exceptions})
+            self._cached_for = (self.file_policy, self.api_exceptions)
+        return self._cached
 
     def exception(self, exception_id):
-        for exception in self.policy.exceptions:
-            if exception.id == exception_id:
-                return exception
-        raise NotFound(f"no exception with id {exception_id!r}")
+        found = self._cache()[1].get(exception_id)
+        if found is None:
+            raise NotFound(f"no exception with id {exception_id!r}")
+        return found
 
     def propose_add(self, data, now=None):
         """A new API exception from a request body (a mapping)."""
         exception = parse_exception(data, self.file_policy.campus, source="request")
         if exception.expires is not None and not exception.is_active(now or utc_now()):
             raise PolicyError("request", "expires", f"{exception.expires.isoformat()} is in the past")
-        for existing in self.policy.exceptions:
-            if existing.address == exception.address:
-                raise Conflict(f"an exception for {exception.address} already exists (id {existing.id})", existing)
+        existing = self._cache()[2].get(exception.address)
+        if existing is not None:
+            raise Conflict(f"an exception for {exception.address} already exists (id {existing.id})", existing)
         return Change(self.file_policy, self.api_exceptions + (exception,), added=(exception,))
 
     def propose_remove(self, exception_id):
