@@ -284,6 +284,7 @@ def bench_data_plane(size, seconds, workdir):
         controller = None
         if mode == "policy":
             controller = Controller(policy, workdir / "dataplane.txt", state_file=workdir / "dataplane.json").start()
+        started = []  # processes in the hosts, killed whatever happens
         net = Mininet(topo=Pair(), switch=partial(OVSSwitch, datapath="user", protocols="OpenFlow13", failMode="secure"),
                       controller=partial(RemoteController, ip="127.0.0.1", port=controller.of_port) if controller else None,
                       build=False, waitConnected=False)
@@ -296,6 +297,7 @@ def bench_data_plane(size, seconds, workdir):
                 run("ovs-ofctl", "-O", "OpenFlow13", "add-flow", "s1", "actions=NORMAL")
             h1, h9 = net.get("h1"), net.get("h9")
             server = h9.popen(["iperf3", "-s", "-p", "5201"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            started.append(server)
             time.sleep(1)
             out = h1.cmd(f"iperf3 -c 198.51.100.25 -p 5201 -t {seconds} -J")
             report = json.loads(out[out.index("{"):])
@@ -303,6 +305,7 @@ def bench_data_plane(size, seconds, workdir):
             server.kill()
             server.wait()
             listener = h9.popen(["python3", str(Path(__file__).parent / "probe.py"), "listen", "--tcp", "2525"])
+            started.append(listener)
             time.sleep(0.5)
             script = workdir / "connect_rate.py"
             script.write_text(
@@ -321,10 +324,15 @@ def bench_data_plane(size, seconds, workdir):
                 results["controller_idle_rss_mib"], results["controller_idle_cpu_pct"] = process_usage(controller.process.pid, seconds)
                 flood = h1.popen(["hping3", "-q", "-S", "-p", "25", "-c", str(int(seconds * 20000)), "-i", "u50",
                                   "198.51.100.25"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                started.append(flood)
                 results["controller_flood_rss_mib"], results["controller_flood_cpu_pct"] = process_usage(
                     controller.process.pid, seconds)
                 flood.wait(timeout=120)
         finally:
+            for process in started:
+                if process.poll() is None:
+                    process.kill()
+                    process.wait()
             net.stop()
             if controller:
                 controller.stop()
