@@ -4,6 +4,8 @@ Blocked packets and bytes are the flow counters of the drop flows, so they
 are exact; audit samples are what reached the controller through the meter,
 and samples dropped are the meter's own count of what it held back.
 """
+import collections
+
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
@@ -68,9 +70,7 @@ class PolicyCollector:
             "smtp_border_exceptions", "Exceptions in force, by direction and by where they come from.",
             labels=["direction", "source"],
         )
-        counts = {}
-        for e in app.policy.active_exceptions(utc_now()):
-            counts[(e.direction.value, e.source)] = counts.get((e.direction.value, e.source), 0) + 1
+        counts = collections.Counter((e.direction.value, e.source) for e in app.policy.active_exceptions(utc_now()))
         for (direction, source), count in sorted(counts.items()):
             exceptions.add_metric([direction, source], count)
         yield exceptions

@@ -194,7 +194,7 @@ def policy_document(store):
         "state_file": store.state_file,
         "campus": {"prefixes": [str(p) for p in policy.campus]},
         "smtp_ports": list(policy.smtp_ports),
-        "gateways": [{"name": g.name, "addresses": [str(a) for a in g.addresses]} for g in policy.gateways],
+        "gateways": [g.to_dict() for g in policy.gateways],
         "exceptions": [e.to_dict() for e in policy.exceptions],
         "switches": None if policy.switches is None else [
             {"dpid": f"{s.dpid:016x}", "name": s.name, "uplinks": list(s.uplinks)} for s in policy.switches

@@ -14,7 +14,7 @@ def inventory(policy, now, soon):
         entry["expiring_soon"] = remaining is not None and entry["active"] and remaining <= soon
         exceptions.append(entry)
     return {
-        "gateways": [{"name": g.name, "addresses": [str(a) for a in g.addresses]} for g in policy.gateways],
+        "gateways": [g.to_dict() for g in policy.gateways],
         "exceptions": exceptions,
         "summary": {
             "gateways": len(policy.gateways),

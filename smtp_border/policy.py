@@ -59,6 +59,9 @@ class Gateway:
     name: str
     addresses: Tuple[netaddr.IPNetwork, ...]
 
+    def to_dict(self):
+        return {"name": self.name, "addresses": [str(a) for a in self.addresses]}
+
 
 @dataclass(frozen=True)
 class MailException:

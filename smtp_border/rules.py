@@ -15,7 +15,7 @@ The pipeline the rules describe (docs/flow-tables.md has the picture):
 import enum
 import zlib
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Optional
 
 import netaddr
 

@@ -10,8 +10,8 @@ from typing import Optional
 import netaddr
 
 from .policy import utc_now
+from .rules import IP_PROTO_TCP
 
-IP_PROTO_TCP = 6
 IP_PROTO_UDP = 17
 
 

@@ -48,6 +48,7 @@ class PolicyStore:
         _check_no_overlap(file_policy, api, blame=self.state_file)
         self.file_policy = file_policy
         self.api_exceptions = api
+        self._cached_for = (None, None)  # (file policy, API exceptions) that _cached was built from
 
     @property
     def policy(self):
@@ -57,7 +58,7 @@ class PolicyStore:
         """The policy in force and its exceptions by id and by address, built
         once per change: with 10,000 exceptions a scan per request would cost
         more than the change itself."""
-        cached_for = getattr(self, "_cached_for", (None, None))
+        cached_for = self._cached_for
         # Identity, not equality: comparing two 10,000-exception policies is the cost we avoid.
         if cached_for[0] is not self.file_policy or cached_for[1] is not self.api_exceptions:
             policy = _effective(self.file_policy, self.api_exceptions)
@@ -105,7 +106,7 @@ class PolicyStore:
     def commit(self, change):
         if change.api_exceptions is not self.api_exceptions:
             write_state(self.state_file, [_saved_form(e) for e in change.api_exceptions])
-        cached_for = getattr(self, "_cached_for", (None, None))
+        cached_for = self._cached_for
         if change.file_policy is self.file_policy is cached_for[0] and cached_for[1] is self.api_exceptions:
             # Only API exceptions changed: update the indexes in place rather
             # than rebuild them (hashing 10,000 networks costs milliseconds).

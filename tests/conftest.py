@@ -1,4 +1,5 @@
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -6,3 +7,13 @@ ROOT = Path(__file__).resolve().parent.parent
 # that `import mininet` still finds the real Mininet library.
 sys.path.insert(0, str(ROOT / "mininet"))
 sys.path.insert(0, str(ROOT))
+
+
+def wait_for(condition, timeout, step=0.2):
+    """Poll `condition` until it is true or `timeout` seconds have passed (bounded)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(step)
+    return False

@@ -11,7 +11,7 @@ import time
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import ROOT
+from conftest import ROOT, wait_for
 from lab import Lab, Probe
 from smtp_border.policy import load_policy
 
@@ -57,15 +57,6 @@ def metrics(lab):
 
 def metric(values, name, **labels):
     return values.get((name, frozenset(labels.items())), 0.0)
-
-
-def wait_for(condition, timeout, step=0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(step)
-    return False
 
 
 def test_blocked_attempts_are_recorded_with_who_and_where(lab):
