@@ -10,6 +10,7 @@ import re
 import shutil
 import signal
 import subprocess
+import time
 
 import pytest
 
@@ -270,3 +271,49 @@ def test_a_change_made_while_a_switch_is_away_reaches_it_when_it_returns(lab):
     assert api(lab, "DELETE", f"/smtp/v1/exceptions/{created['id']}")[0] == 204
     assert outcomes(lab, probe) == ["timeout"]
 
+
+LOAD_SECONDS = float(os.environ.get("SMTP_BORDER_LOAD_SECONDS", "60"))
+
+
+def test_fifty_clients_for_a_minute(lab):
+    """50 clients add and remove exceptions for a minute (each bounded to 2,000
+    requests): every request answered, no update lost, switches end in sync."""
+    clients = 50
+    deadline = time.monotonic() + LOAD_SECONDS
+
+    def client(i):
+        body = {"address": f"10.20.101.{i + 1}", "direction": "both", "reason": f"load client {i}"}
+        latencies, failures, present, exception_id = [], [], False, None
+        while time.monotonic() < deadline and len(latencies) < 2000:
+            started = time.monotonic()
+            if present:
+                status, _ = api(lab, "DELETE", f"/smtp/v1/exceptions/{exception_id}")
+                present = status != 204
+                ok = status == 204
+            else:
+                status, created = api(lab, "POST", "/smtp/v1/exceptions", body)
+                present = status == 201
+                exception_id = created.get("id") if present else None
+                ok = status == 201
+            latencies.append(time.monotonic() - started)
+            if not ok:
+                failures.append(status)
+        return latencies, failures, present
+
+    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+        results = list(pool.map(client, range(clients)))
+    latencies = sorted(l for r in results for l in r[0])
+    failures = [f for r in results for f in r[1]]
+    expected = {f"10.20.101.{i + 1}/32" for i, r in enumerate(results) if r[2]}
+    print(f"load: {clients} clients, {LOAD_SECONDS:.0f} s, {len(latencies)} requests "
+          f"({len(latencies) / LOAD_SECONDS:.0f}/s), p50 {latencies[len(latencies) // 2] * 1000:.1f} ms, "
+          f"p99 {latencies[int(len(latencies) * 0.99)] * 1000:.1f} ms, failures {len(failures)}; "
+          f"{len(expected)} exceptions left")
+    assert failures == []
+    assert api_exceptions(lab) == expected
+    assert {e["address"] for e in read_state(lab.controller.state_file)} == expected
+    assert all(s["in_sync"] for s in api(lab, "GET", "/smtp/v1/switches")[1]["switches"])
+    leftover = [e["id"] for e in api(lab, "GET", "/smtp/v1/exceptions")[1]["exceptions"] if e["address"] in expected]
+    for leftover_id in leftover:
+        assert api(lab, "DELETE", f"/smtp/v1/exceptions/{leftover_id}")[0] == 204
+    assert api_exceptions(lab) == set()
