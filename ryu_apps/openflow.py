@@ -1,13 +1,15 @@
 """Translate abstract FlowRules into Ryu OpenFlow 1.3 messages.
 
-Nothing here decides policy; it only spells rules the way Ryu's parser wants
-them and wraps a change in an ONF bundle (the OpenFlow 1.3 extension that Open
+Nothing here decides policy; it only spells rules as OpenFlow (flow mods
+through ryu_apps.wire, everything else through Ryu's parser) and wraps a
+change in an ONF bundle (the OpenFlow 1.3 extension that Open
 vSwitch implements) so that a switch applies it all at once or not at all.
 """
 import netaddr
 from ryu.ofproto import ofproto_parser
 from ryu.ofproto.ofproto_v1_3 import OFPP_CONTROLLER
 
+from ryu_apps import wire
 from smtp_border.rules import METADATA_MASK, OWNED_TABLES, SAMPLE_BYTES
 
 
@@ -48,46 +50,6 @@ def instructions_of(datapath, instructions):
     return result
 
 
-def add_flow(datapath, rule):
-    # No idle or hard timeout: the policy must outlive the controller (the
-    # switches run in fail-mode secure and keep their flows while it is away).
-    parser = datapath.ofproto_parser
-    return parser.OFPFlowMod(
-        datapath,
-        cookie=rule.cookie,
-        table_id=rule.table,
-        command=datapath.ofproto.OFPFC_ADD,
-        priority=rule.priority,
-        match=match_of(parser, rule.match),
-        instructions=instructions_of(datapath, rule.instructions),
-    )
-
-
-def delete_table(datapath, table_id):
-    ofp, parser = datapath.ofproto, datapath.ofproto_parser
-    return parser.OFPFlowMod(
-        datapath,
-        table_id=table_id,
-        command=ofp.OFPFC_DELETE,
-        out_port=ofp.OFPP_ANY,
-        out_group=ofp.OFPG_ANY,
-        match=parser.OFPMatch(),
-    )
-
-
-def delete_flow(datapath, rule):
-    ofp, parser = datapath.ofproto, datapath.ofproto_parser
-    return parser.OFPFlowMod(
-        datapath,
-        table_id=rule.table,
-        command=ofp.OFPFC_DELETE_STRICT,
-        priority=rule.priority,
-        out_port=ofp.OFPP_ANY,
-        out_group=ofp.OFPG_ANY,
-        match=match_of(parser, rule.match),
-    )
-
-
 def set_meter(datapath, meter_id, rate, command):
     """A packets-per-second meter whose one band drops what exceeds `rate`."""
     ofp, parser = datapath.ofproto, datapath.ofproto_parser
@@ -107,31 +69,29 @@ def delete_reported_flow(datapath, stats):
     )
 
 
-def apply_diff(datapath, diff):
+def apply_diff(diff):
     """Flow mods for a RuleDiff, adds before deletes.
 
     Inside a bundle the order does not matter. Without one, this order passes
     through the union of old and new flows, which blocks whatever both block
     and allows whatever both allow: every allow flow sits above every drop
     flow in the policy table."""
-    return [add_flow(datapath, r) for r in diff.add] + [delete_flow(datapath, r) for r in diff.delete]
+    return [wire.add_flow(r) for r in diff.add] + [wire.delete_flow(r) for r in diff.delete]
 
 
-def replace_all(datapath, rules):
+def replace_all(rules):
     """Flow mods that leave the owned tables holding exactly `rules`.
 
     Deleting and re-adding is only safe inside an atomic bundle; see bundle()."""
-    mods = [delete_table(datapath, table) for table in OWNED_TABLES]
-    mods.extend(add_flow(datapath, rule) for rule in rules)
-    return mods
+    return [wire.delete_table(table) for table in OWNED_TABLES] + [wire.add_flow(rule) for rule in rules]
 
 
 def bundle(datapath, bundle_id, messages):
-    """Wrap messages in one atomic, ordered ONF bundle: open, add..., commit."""
+    """Wrap flow mods in one atomic, ordered ONF bundle: open, add..., commit."""
     ofp, parser = datapath.ofproto, datapath.ofproto_parser
     flags = ofp.ONF_BF_ATOMIC | ofp.ONF_BF_ORDERED
     wrapped = [parser.ONFBundleCtrlMsg(datapath, bundle_id, ofp.ONF_BCT_OPEN_REQUEST, flags, [])]
-    wrapped.extend(parser.ONFBundleAddMsg(datapath, bundle_id, flags, m, []) for m in messages)
+    wrapped.extend(wire.BundleAdd(bundle_id, flags, m) for m in messages)
     wrapped.append(parser.ONFBundleCtrlMsg(datapath, bundle_id, ofp.ONF_BCT_COMMIT_REQUEST, flags, []))
     return wrapped
 

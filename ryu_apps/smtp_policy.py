@@ -14,6 +14,7 @@ import itertools
 import os
 import sys
 import time
+import weakref
 
 from ryu.app.wsgi import WSGIApplication
 from ryu.base import app_manager
@@ -23,7 +24,7 @@ from ryu.lib import hub
 from ryu.lib.packet import ipv4, ipv6, packet, tcp
 from ryu.ofproto import ofproto_v1_3
 
-from ryu_apps import openflow, rest
+from ryu_apps import openflow, rest, wire
 from smtp_border.audit import AuditLog, attempt_from_sample, default_log_path
 from smtp_border.compiler import ExceptionIndex, compile_switch
 from smtp_border.diff import RuleDiff, diff_rules
@@ -95,6 +96,8 @@ class SmtpPolicy(app_manager.RyuApp):
         self.counters = collections.Counter()  # reloads, reload_failures, samples[dpid]
         self.last_change = time.time()
         self.datapaths = {}  # dpid -> connected Datapath
+        # Datapath -> when its hello arrived, to report install time from connect.
+        self._hello_at = weakref.WeakKeyDictionary()
         self.installed = {}  # dpid -> frozenset of FlowRule confirmed on the switch
         self._waiters = {}  # (dpid, xid) -> _Waiter
         self._bundle_ids = itertools.count(1)
@@ -134,6 +137,10 @@ class SmtpPolicy(app_manager.RyuApp):
             )
 
     # -- switch lifecycle -----------------------------------------------------
+
+    @set_ev_cls(ofp_event.EventOFPHello, HANDSHAKE_DISPATCHER)
+    def _hello(self, ev):
+        self._hello_at[ev.msg.datapath] = time.monotonic()
 
     @set_ev_cls(ofp_event.EventOFPStateChange, [MAIN_DISPATCHER, DEAD_DISPATCHER])
     def _state_change(self, ev):
@@ -222,10 +229,12 @@ class SmtpPolicy(app_manager.RyuApp):
         self.installed[dp.id] = rules
         elapsed = (time.monotonic() - started) * 1000
         role = "enforcing" if self.policy.switch_spec(dp.id) else "inside (forwarding only)"
+        hello_at = self._hello_at.pop(dp, None)
         if diff is None:
+            since_hello = "" if hello_at is None else f", {(time.monotonic() - hello_at) * 1000:.1f} ms after its hello"
             self.logger.info(
-                "smtp-border: switch %016x %s: %d flows installed %s, confirmed by barrier (%.1f ms)",
-                dp.id, role, len(rules), how, elapsed,
+                "smtp-border: switch %016x %s: %d flows installed %s, confirmed by barrier (%.1f ms%s)",
+                dp.id, role, len(rules), how, elapsed, since_hello,
             )
         else:
             self.logger.info(
@@ -281,18 +290,18 @@ class SmtpPolicy(app_manager.RyuApp):
         None) to `rules`, atomically where the switch takes bundles."""
         barrier = dp.ofproto_parser.OFPBarrierRequest
         if self.bundles.get(dp.id, self.bundles_wanted):
-            messages = openflow.replace_all(dp, rules) if diff is None else openflow.apply_diff(dp, diff)
+            messages = openflow.replace_all(rules) if diff is None else openflow.apply_diff(diff)
             self._request(dp, openflow.bundle(dp, next(self._bundle_ids), messages), barrier(dp))
             return "in one bundle"
         if diff is not None:
-            self._request(dp, openflow.apply_diff(dp, diff), barrier(dp))
+            self._request(dp, openflow.apply_diff(diff), barrier(dp))
             return "with ordered flow mods"
         # No bundle and unknown flows: add every flow first (an add replaces a
         # flow with the same key in place), then delete whatever else is
         # there. Meanwhile the switch holds the union of its old flows and the
         # policy: what both block stays blocked (unless a stale flow already
         # let it through) and what both allow stays allowed.
-        self._request(dp, [openflow.add_flow(dp, r) for r in rules], barrier(dp))
+        self._request(dp, [wire.add_flow(r) for r in rules], barrier(dp))
         wanted = {openflow.flow_key(r.table, r.priority, openflow.match_of(dp.ofproto_parser, r.match)) for r in rules}
         stale = [f for f in self.switch_flows(dp) if openflow.flow_key(f.table_id, f.priority, f.match) not in wanted]
         self._request(dp, [openflow.delete_reported_flow(dp, f) for f in stale], barrier(dp))
@@ -303,14 +312,17 @@ class SmtpPolicy(app_manager.RyuApp):
 
         Raises SwitchFailed if the switch reports an error for any of them or
         does not answer in time. Returns the reply bodies (multipart)."""
-        for msg in before + [request]:
+        messages = before + [request]
+        for msg in messages:
             dp.set_xid(msg)
+            msg.serialize()
         key = (dp.id, request.xid)
-        waiter = self._waiters[key] = _Waiter(dp.id, request.xid, (m.xid for m in before + [request]))
+        waiter = self._waiters[key] = _Waiter(dp.id, request.xid, (m.xid for m in messages))
         try:
-            for msg in before + [request]:
-                if not dp.send_msg(msg):
-                    raise SwitchFailed("connection to the switch closed while sending")
+            # One write for the lot: a full install is 20,000 messages, and
+            # one send-queue entry each would cost more than encoding them.
+            if not dp.send(b"".join(msg.buf for msg in messages)):
+                raise SwitchFailed("connection to the switch closed while sending")
             if not waiter.done.wait(timeout=REPLY_TIMEOUT):
                 raise SwitchFailed(f"no reply within {REPLY_TIMEOUT:.0f} s")
         finally:

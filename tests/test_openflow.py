@@ -1,8 +1,10 @@
 """The Ryu layer spells compiled rules as OpenFlow 1.3 messages faithfully."""
+import struct
+
 import netaddr
 from ryu.ofproto import ofproto_parser, ofproto_protocol, ofproto_v1_3
 
-from ryu_apps import openflow
+from ryu_apps import openflow, wire
 from smtp_border.compiler import compile_switch
 from smtp_border.policy import load_policy
 from smtp_border.rules import METADATA_MASK, OWNED_TABLES
@@ -13,6 +15,7 @@ DP = ofproto_protocol.ProtocolDesc(ofproto_v1_3.OFP_VERSION)
 
 
 def roundtrip(msg):
+    """What Ryu's parser (as a switch would) reads from the bytes we send."""
     msg.set_xid(7)
     msg.serialize()
     version, msg_type, msg_len, xid = ofproto_parser.header(msg.buf)
@@ -48,7 +51,7 @@ def normalise(fields):
 def test_every_rule_survives_serialisation():
     rules = compile_switch(load_policy(ROOT / "policy.yaml"), 1)
     for rule in rules:
-        parsed = roundtrip(openflow.add_flow(DP, rule))
+        parsed = roundtrip(wire.add_flow(rule))
         assert parsed.cookie == rule.cookie
         assert (parsed.table_id, parsed.priority) == (rule.table, rule.priority)
         assert (parsed.idle_timeout, parsed.hard_timeout) == (0, 0)
@@ -71,22 +74,30 @@ def test_every_rule_survives_serialisation():
 
 def test_replace_all_clears_owned_tables_first_inside_one_bundle():
     rules = compile_switch(load_policy(ROOT / "policy.yaml"), 1)
-    mods = openflow.replace_all(DP, rules)
-    deletes = mods[: len(OWNED_TABLES)]
+    mods = openflow.replace_all(rules)
+    parsed = [roundtrip(m) for m in mods]
+    deletes = parsed[: len(OWNED_TABLES)]
     assert [m.command for m in deletes] == [DP.ofproto.OFPFC_DELETE] * len(OWNED_TABLES)
     assert sorted(m.table_id for m in deletes) == sorted(OWNED_TABLES)
-    assert all(m.command == DP.ofproto.OFPFC_ADD for m in mods[len(OWNED_TABLES):])
-    wrapped = openflow.bundle(DP, 9, mods)
+    assert all(m.command == DP.ofproto.OFPFC_ADD for m in parsed[len(OWNED_TABLES):])
+    assert len(parsed) == len(OWNED_TABLES) + len(rules)
+    wrapped = [roundtrip(m) for m in openflow.bundle(DP, 9, mods)]
     ofp = DP.ofproto
+    # Ryu reads ONF bundle messages back only as experimenter messages.
+    assert {(m.experimenter, m.exp_type) for m in wrapped[1:-1]} == {(0x4F4E4600, ofp.ONF_ET_BUNDLE_ADD_MESSAGE)}
+    bodies = [struct.unpack("!IxxH", m.data[:8]) + (m.data[8:],) for m in wrapped[1:-1]]
     assert wrapped[0].type == ofp.ONF_BCT_OPEN_REQUEST and wrapped[-1].type == ofp.ONF_BCT_COMMIT_REQUEST
-    assert {m.bundle_id for m in wrapped} == {9}
-    assert all(m.flags == ofp.ONF_BF_ATOMIC | ofp.ONF_BF_ORDERED for m in wrapped)
-    assert [m.message for m in wrapped[1:-1]] == mods
+    assert {m.bundle_id for m in (wrapped[0], wrapped[-1])} | {b[0] for b in bodies} == {9}
+    flags = ofp.ONF_BF_ATOMIC | ofp.ONF_BF_ORDERED
+    assert {m.flags for m in (wrapped[0], wrapped[-1])} | {b[1] for b in bodies} == {flags}
+    inner = [ofproto_parser.msg(DP, *ofproto_parser.header(b[2]), b[2]) for b in bodies]
+    # Each flow mod rides in the bundle unchanged, with the outer message's xid.
+    assert [str(m) for m in inner] == [str(m) for m in parsed]
 
 
 def test_error_description_names_type_code_and_offending_message():
     rule = next(iter(compile_switch(load_policy(ROOT / "policy.yaml"), 1)))
-    flow_mod = openflow.add_flow(DP, rule)
+    flow_mod = wire.add_flow(rule)
     flow_mod.set_xid(42)
     flow_mod.serialize()
     ofp = DP.ofproto
