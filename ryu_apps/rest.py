@@ -3,6 +3,7 @@
     GET    /smtp/v1/policy            the policy in force
     GET    /smtp/v1/exceptions        every exception, from the file and the API
     POST   /smtp/v1/exceptions        add one (201 once every switch confirmed)
+    POST   /smtp/v1/exceptions/batch  remove and add many, as one change
     DELETE /smtp/v1/exceptions/<id>   remove one added over the API (204)
     POST   /smtp/v1/reload            re-read policy.yaml, apply the difference
     GET    /smtp/v1/switches          each switch: connected, in sync, flow count
@@ -36,6 +37,9 @@ LOG = logging.getLogger("smtp_border.rest")
 APP_KEY = "smtp_policy_app"
 TOKEN_ENV = "SMTP_POLICY_TOKEN"
 MAX_BODY = 64 * 1024
+# A batch carries up to MAX_BATCH exceptions (about 100 bytes each).
+MAX_BATCH = 10000
+MAX_BATCH_BODY = 4 * 1024 * 1024
 PREFIX = "/smtp/v1"
 
 
@@ -126,14 +130,14 @@ def authorise(req):
         raise HttpError(403, f"changes are accepted only from loopback clients unless {TOKEN_ENV} is set")
 
 
-def read_json(req):
-    if req.content_length and req.content_length > MAX_BODY:
-        raise HttpError(413, f"request body larger than {MAX_BODY} bytes")
+def read_json(req, max_body=MAX_BODY):
+    if req.content_length and req.content_length > max_body:
+        raise HttpError(413, f"request body larger than {max_body} bytes")
     if req.content_type and req.content_type != "application/json":
         raise HttpError(415, f"expected Content-Type application/json, got {req.content_type}")
-    body = req.body_file.read(MAX_BODY + 1)
-    if len(body) > MAX_BODY:
-        raise HttpError(413, f"request body larger than {MAX_BODY} bytes")
+    body = req.body_file.read(max_body + 1)
+    if len(body) > max_body:
+        raise HttpError(413, f"request body larger than {max_body} bytes")
     try:
         document = json.loads(body.decode("utf-8"))
     except UnicodeDecodeError:
@@ -202,6 +206,14 @@ def policy_document(store):
     }
 
 
+def change_document(change, switches):
+    return {
+        "added": [e.to_dict() for e in change.added],
+        "removed": [e.to_dict() for e in change.removed],
+        "switches": switches,
+    }
+
+
 def routes():
     """(path, method) of every route the API serves, as the @route decorators say."""
     for member in vars(SmtpRestController).values():
@@ -240,6 +252,24 @@ class SmtpRestController(ControllerBase):
             self._apply(change)
         return json_response(201, change.added[0].to_dict(), {"Location": f"{PREFIX}/exceptions/{change.added[0].id}"})
 
+    @route("smtp", PREFIX + "/exceptions/batch", methods=["POST"])
+    @api(changes_state=True)
+    def batch(self, req, **_):
+        data = read_json(req, MAX_BATCH_BODY)
+        unknown = sorted(set(data) - {"add", "remove"})
+        if unknown:
+            raise HttpError(400, f"unknown key {unknown[0]!r}; a batch has 'add' and 'remove'", field=unknown[0])
+        additions, removals = data.get("add", []), data.get("remove", [])
+        for name, items in (("add", additions), ("remove", removals)):
+            if not isinstance(items, list):
+                raise HttpError(400, f"{name}: expected a list", field=name)
+        if len(additions) + len(removals) > MAX_BATCH:
+            raise HttpError(413, f"a batch holds at most {MAX_BATCH} exceptions; split it")
+        with self.app.change_lock:
+            change = self.app.store.propose_batch(additions, removals)
+            switches = self._apply(change)
+        return json_response(200, change_document(change, switches))
+
     @route("smtp", PREFIX + "/exceptions/{exception_id}", methods=["DELETE"])
     @api(changes_state=True)
     def delete_exception(self, req, exception_id, **_):
@@ -258,11 +288,7 @@ class SmtpRestController(ControllerBase):
                 raise
             switches = self._apply(change)
             self.app.counters["reloads"] += 1
-        return json_response(200, {
-            "added": [e.to_dict() for e in change.added],
-            "removed": [e.to_dict() for e in change.removed],
-            "switches": switches,
-        })
+        return json_response(200, change_document(change, switches))
 
     @route("smtp", PREFIX + "/switches", methods=["GET"])
     @api()

@@ -173,7 +173,11 @@ class SmtpPolicy(app_manager.RyuApp):
         incremental = change.file_policy is self.store.file_policy and self.exception_index is not None
         self.store.commit(change)
         if incremental:
-            return self.changed(self.push_policy(self.exception_index.update(change.added, change.removed)))
+            diff = self.exception_index.update(change.added, change.removed)
+            # Added exceptions are active (expired ones are refused), removed ones no longer count.
+            self._active_exceptions.difference_update(e.id for e in change.removed)
+            self._active_exceptions.update(e.id for e in change.added)
+            return self.changed(self.push_policy(diff), recount=False)
         self.exception_index = None
         return self.changed(self.push_policy())
 
@@ -273,12 +277,14 @@ class SmtpPolicy(app_manager.RyuApp):
                     self.changed(self.push_policy())
                 self._active_exceptions = active
 
-    def changed(self, pushed):
-        """Note a change that reached the switches; returns what push_policy did."""
+    def changed(self, pushed, recount=True):
+        """Note a change that reached the switches; returns what push_policy did.
+        `recount`: find the active exceptions anew (a whole-policy scan)."""
         done, failed = pushed
         if not failed:
             self.last_change = time.time()
-        self._active_exceptions = {e.id for e in self.policy.active_exceptions()}
+        if recount:
+            self._active_exceptions = {e.id for e in self.policy.active_exceptions()}
         if self.exception_index is None:
             self.exception_index = ExceptionIndex(self.policy)
         return pushed

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Tuple
 
 from .policy import SOURCE_API, MailException, Policy, PolicyError, load_policy, parse_exception, utc_now
-from .state import default_state_path, read_state, write_state
+from .state import StateFile, default_state_path
 
 
 class NotFound(Exception):
@@ -41,10 +41,15 @@ class PolicyStore:
         self.policy_file = str(policy_file)
         self.state_file = str(state_file or default_state_path(policy_file))
         file_policy = load_policy(self.policy_file)
+        self._state = StateFile(self.state_file)
+        saved = self._state.load()
         api = tuple(
             parse_exception(item, file_policy.campus, source=self.state_file, path=f"exceptions[{i}]")
-            for i, item in enumerate(read_state(self.state_file))
+            for i, item in enumerate(saved)
         )
+        if any(item["address"] != str(e.address) for item, e in zip(saved, api)):
+            # Removals name addresses as we spell them: respell the file first.
+            self._state.rewrite_on_next_record()
         _check_no_overlap(file_policy, api, blame=self.state_file)
         self.file_policy = file_policy
         self.api_exceptions = api
@@ -74,24 +79,65 @@ class PolicyStore:
 
     def propose_add(self, data, now=None):
         """A new API exception from a request body (a mapping)."""
-        exception = parse_exception(data, self.file_policy.campus, source="request")
-        if exception.expires is not None and not exception.is_active(now or utc_now()):
-            raise PolicyError("request", "expires", f"{exception.expires.isoformat()} is in the past")
+        exception = self._parse_new(data, "", now)
         existing = self._cache()[2].get(exception.address)
         if existing is not None:
             raise Conflict(f"an exception for {exception.address} already exists (id {existing.id})", existing)
         return Change(self.file_policy, self.api_exceptions + (exception,), added=(exception,))
 
     def propose_remove(self, exception_id):
-        exception = self.exception(exception_id)
+        exception = self._removable(exception_id)
+        remaining = tuple(e for e in self.api_exceptions if e.id != exception_id)
+        return Change(self.file_policy, remaining, added=(), removed=(exception,))
+
+    def propose_batch(self, additions, removals, now=None):
+        """Remove the API exceptions with ids `removals`, then add `additions`
+        (request mappings), as one change: all of it or, on any error, none.
+        An address may be removed and added again (to change it)."""
+        removed = {}
+        for i, exception_id in enumerate(removals):
+            if not isinstance(exception_id, str):
+                raise PolicyError("request", f"remove[{i}]", f"expected an exception id (a string), got {exception_id!r}")
+            if exception_id in removed:
+                raise PolicyError("request", f"remove[{i}]", f"{exception_id} is removed twice")
+            removed[exception_id] = self._removable(exception_id, f"remove[{i}]: ")
+        freed = {e.address for e in removed.values()}
+        added = {}
+        for i, data in enumerate(additions):
+            exception = self._parse_new(data, f"add[{i}]", now)
+            existing = self._cache()[2].get(exception.address)
+            if existing is not None and exception.address not in freed:
+                raise Conflict(f"add[{i}]: an exception for {exception.address} already exists (id {existing.id})", existing)
+            if exception.address in added:
+                raise PolicyError("request", f"add[{i}].address", f"{exception.address} is added twice")
+            added[exception.address] = exception
+        remaining = self.api_exceptions
+        if removed:
+            remaining = tuple(e for e in remaining if e.id not in removed)
+        return Change(
+            self.file_policy, remaining + tuple(added.values()),
+            added=tuple(added.values()), removed=tuple(removed.values()),
+        )
+
+    def _parse_new(self, data, path, now):
+        exception = parse_exception(data, self.file_policy.campus, source="request", path=path)
+        if exception.expires is not None and not exception.is_active(now or utc_now()):
+            where = f"{path}.expires" if path else "expires"
+            raise PolicyError("request", where, f"{exception.expires.isoformat()} is in the past")
+        return exception
+
+    def _removable(self, exception_id, context=""):
+        try:
+            exception = self.exception(exception_id)
+        except NotFound as err:
+            raise NotFound(f"{context}{err}") from None
         if exception.source != SOURCE_API:
             raise Conflict(
-                f"exception {exception_id} ({exception.address}) comes from {self.policy_file};"
+                f"{context}exception {exception_id} ({exception.address}) comes from {self.policy_file};"
                 " remove it there and reload",
                 exception,
             )
-        remaining = tuple(e for e in self.api_exceptions if e.id != exception_id)
-        return Change(self.file_policy, remaining, removed=(exception,))
+        return exception
 
     def propose_reload(self):
         """policy.yaml as it is on disk now; PolicyError if it is invalid."""
@@ -105,7 +151,11 @@ class PolicyStore:
 
     def commit(self, change):
         if change.api_exceptions is not self.api_exceptions:
-            write_state(self.state_file, [_saved_form(e) for e in change.api_exceptions])
+            self._state.record(
+                removed=[str(e.address) for e in change.removed if e.source == SOURCE_API],
+                added=[_saved_form(e) for e in change.added if e.source == SOURCE_API],
+                everything=lambda: [_saved_form(e) for e in change.api_exceptions],
+            )
         cached_for = self._cached_for
         if change.file_policy is self.file_policy is cached_for[0] and cached_for[1] is self.api_exceptions:
             # Only API exceptions changed: update the indexes in place rather

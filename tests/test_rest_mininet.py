@@ -99,6 +99,10 @@ def test_errors_are_json_with_the_right_status(lab):
         (("POST", "/smtp/v1/exceptions", dict(H1_OUTBOUND, address="192.0.2.7")), {}, 400, "192.0.2.7/32 is not inside the campus prefixes"),
         (("POST", "/smtp/v1/exceptions", dict(H1_OUTBOUND, address="10.20.1.5")), {}, 409, "an exception for 10.20.1.5/32 already exists"),
         (("DELETE", "/smtp/v1/exceptions/000000000000", None), {}, 404, "no exception with id '000000000000'"),
+        (("POST", "/smtp/v1/exceptions/batch", {"add": [], "delete": []}), {}, 400, "unknown key 'delete'; a batch has 'add' and 'remove'"),
+        (("POST", "/smtp/v1/exceptions/batch", {"add": {}}), {}, 400, "add: expected a list"),
+        (("POST", "/smtp/v1/exceptions/batch", {"remove": ["000000000000"]}), {}, 404, "remove[0]: no exception with id '000000000000'"),
+        (("POST", "/smtp/v1/exceptions/batch", {"remove": ["x"] * 10001}), {}, 413, "a batch holds at most 10000 exceptions"),
         (("GET", "/smtp/v1/nowhere", None), {}, 404, "no such resource: /smtp/v1/nowhere"),
         (("PUT", "/smtp/v1/policy", None), {}, 405, "PUT is not allowed here; use GET"),
     ]
@@ -137,6 +141,46 @@ def test_exception_is_enforced_when_the_answer_comes_and_only_its_flows_change(l
     assert outcomes(lab, blocked, twin, other, relay) == ["timeout", "open", "timeout", "open"]
     assert set(flow_durations(lab)) == set(before)
     assert api(lab, "DELETE", f"/smtp/v1/exceptions/{created['id']}")[0] == 404
+
+
+def test_a_batch_is_one_change_in_force_when_the_answer_comes(lab):
+    h1_out, h1_twin, h2_v6, h1_in = (
+        Probe("h1", "outmx", 25), Probe("h1", "outmx", 2525), Probe("h2", "outmx", 25, family=6), Probe("outhost", "h1", 25)
+    )
+    h2_v4 = Probe("h2", "outmx", 25)
+    assert outcomes(lab, h1_out, h1_twin, h2_v6, h2_v4, h1_in) == ["timeout", "open", "timeout", "timeout", "timeout"]
+    # 200 inbound exceptions in unused campus space, spaced so that none merge.
+    filler = [{"address": f"10.20.{110 + i // 250}.{i % 250 + 1}", "direction": "inbound", "reason": "batch"}
+              for i in range(0, 400, 2)]
+    h2_outbound_v6 = {"address": "fd00:20:0:3::11", "direction": "outbound", "reason": "batch: IPv6 only"}
+    before = flow_durations(lab)
+
+    # One bad item refuses the whole batch, naming the item; nothing changes.
+    status, answer = api(lab, "POST", "/smtp/v1/exceptions/batch",
+                         {"add": filler + [H1_OUTBOUND, dict(h2_outbound_v6, direction="sideways")]})
+    assert (status, answer["field"]) == (400, f"add[{len(filler) + 1}].direction"), answer
+    assert set(flow_durations(lab)) == set(before) and api_exceptions(lab) == set()
+
+    status, answer = api(lab, "POST", "/smtp/v1/exceptions/batch", {"add": filler + [H1_OUTBOUND, h2_outbound_v6]})
+    assert status == 200, answer
+    assert answer["switches"]["0000000000000001"] == {"added": len(filler) + 2, "removed": 0, "flows": len(before) + len(filler) + 2}
+    # In force when the answer came, on both sides of each check.
+    assert outcomes(lab, h1_out, h1_twin, h2_v6, h2_v4, h1_in) == ["open", "open", "open", "timeout", "timeout"]
+    assert len(flow_durations(lab)) == len(before) + len(filler) + 2
+
+    # Change h1 to inbound and remove everything else, in one batch.
+    ids = [e["id"] for e in api(lab, "GET", "/smtp/v1/exceptions")[1]["exceptions"] if e["source"] == "api"]
+    status, answer = api(lab, "POST", "/smtp/v1/exceptions/batch",
+                         {"remove": ids, "add": [dict(H1_OUTBOUND, direction="inbound", reason="now a mail server")]})
+    assert status == 200, answer
+    assert (len(answer["removed"]), [e["direction"] for e in answer["added"]]) == (len(filler) + 2, ["inbound"])
+    assert outcomes(lab, h1_out, h1_twin, h2_v6, h2_v4, h1_in) == ["timeout", "open", "timeout", "timeout", "open"]
+    assert api_exceptions(lab) == {"10.20.3.10/32"}
+    assert all(s["in_sync"] for s in api(lab, "GET", "/smtp/v1/switches")[1]["switches"])
+
+    assert api(lab, "DELETE", f"/smtp/v1/exceptions/{answer['added'][0]['id']}")[0] == 204
+    assert outcomes(lab, h1_in, h1_twin) == ["timeout", "open"]
+    assert set(flow_durations(lab)) == set(before)
 
 
 def test_switches_report_connection_flows_and_sync(lab):

@@ -1,5 +1,6 @@
 """Incremental diffs, the policy store (file + API exceptions) and its
 crash-safe persistence."""
+import collections
 import datetime
 import json
 import os
@@ -7,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import netaddr
 import pytest
@@ -115,6 +117,46 @@ def test_rejections_leave_the_store_unchanged(store):
     assert (store.policy, state.read_state(store.state_file)) == before
 
 
+def test_a_batch_removes_and_adds_as_one_change(store):
+    old = [add(store, f"10.20.3.{i}") for i in range(1, 4)]
+    lines = Path(store.state_file).read_text().count("\n")
+    change = store.propose_batch(
+        [{"address": "10.20.3.1", "direction": "both", "reason": "changed"},  # removed below, so it may come back
+         {"address": "10.20.6.0/24", "direction": "inbound", "reason": "new lab"}],
+        [old[0].id, old[1].id],
+    )
+    assert change.removed == (old[0], old[1])
+    assert [(str(e.address), e.direction.value) for e in change.added] == [("10.20.3.1/32", "both"), ("10.20.6.0/24", "inbound")]
+    store.commit(change)
+    assert [str(e.address) for e in store.api_exceptions] == ["10.20.3.3/32", "10.20.3.1/32", "10.20.6.0/24"]
+    assert Path(store.state_file).read_text().count("\n") == lines + 1  # saved as one line
+    assert PolicyStore(store.policy_file, store.state_file).api_exceptions == store.api_exceptions
+
+
+def test_a_bad_batch_changes_nothing_and_names_the_item(store):
+    kept = add(store, "10.20.3.1")
+    before = (store.policy, state.read_state(store.state_file))
+    good = {"address": "10.20.7.1", "direction": "outbound", "reason": "ok"}
+    with pytest.raises(PolicyError) as caught:
+        store.propose_batch([good, {"address": "10.20.7.2", "direction": "sideways", "reason": "x"}], [])
+    assert (caught.value.source, caught.value.path) == ("request", "add[1].direction")
+    with pytest.raises(PolicyError, match=r"add\[1\]\.address: 10.20.7.1/32 is added twice"):
+        store.propose_batch([good, good], [])
+    with pytest.raises(Conflict, match=r"^add\[1\]: an exception for 10.20.3.1/32 already exists"):
+        store.propose_batch([good, {"address": "10.20.3.1", "direction": "both", "reason": "x"}], [])
+    with pytest.raises(PolicyError, match=r"add\[0\]\.expires: 2020-01-01T00:00:00\+00:00 is in the past"):
+        store.propose_batch([dict(good, expires="2020-01-01T00:00:00Z")], [])
+    with pytest.raises(NotFound, match=r"^remove\[1\]: no exception with id 'nope'"):
+        store.propose_batch([good], [kept.id, "nope"])
+    with pytest.raises(PolicyError, match=r"remove\[1\]: .* is removed twice"):
+        store.propose_batch([], [kept.id, kept.id])
+    with pytest.raises(PolicyError, match=r"remove\[0\]: expected an exception id \(a string\), got 7"):
+        store.propose_batch([], [7])
+    with pytest.raises(Conflict, match=r"^remove\[0\]: exception .* comes from .*policy.yaml"):
+        store.propose_batch([], [store.policy.exceptions[0].id])
+    assert (store.policy, state.read_state(store.state_file)) == before
+
+
 def test_api_exceptions_survive_a_restart(store, tmp_path):
     expires = "2031-01-01T00:00:00Z"
     first = add(store, "10.20.3.10", contact="ops@example.edu", expires=expires)
@@ -174,43 +216,121 @@ def test_a_bad_state_file_is_a_clear_start_up_error(tmp_path):
 
 # -- crash safety -------------------------------------------------------------
 
-def test_failed_write_leaves_the_old_state_and_no_temporary(tmp_path, monkeypatch):
+def test_failed_rewrite_leaves_the_old_state_and_no_temporary(tmp_path, monkeypatch):
     path = tmp_path / "state.json"
-    state.write_state(path, [{"address": "10.20.3.10"}])
+    state.StateFile(path).rewrite([{"address": "10.20.3.10/32"}])
 
     def crash(*args):
         raise OSError("disk on fire")
 
     monkeypatch.setattr(os, "replace", crash)
     with pytest.raises(OSError):
-        state.write_state(path, [{"address": "10.20.3.11"}])
-    assert state.read_state(path) == [{"address": "10.20.3.10"}]
+        state.StateFile(path).rewrite([{"address": "10.20.3.11/32"}])
+    assert state.read_state(path) == [{"address": "10.20.3.10/32"}]
     assert [p.name for p in tmp_path.iterdir()] == ["state.json"]
+
+
+def test_a_change_is_one_appended_line(store):
+    for i in range(1, 21):
+        add(store, f"10.20.3.{i}")
+    path = Path(store.state_file)
+    inode = path.stat().st_ino
+    lines = path.read_text().count("\n")
+    exception = add(store, "10.20.3.100")
+    store.commit(store.propose_remove(exception.id))
+    # Appended in place, not rewritten: same file, two more lines.
+    assert path.stat().st_ino == inode
+    assert path.read_text().count("\n") == lines + 2
+    assert [e["address"] for e in state.read_state(path)] == [f"10.20.3.{i}/32" for i in range(1, 21)]
+
+
+def test_the_journal_is_compacted_and_replays_the_same(store, monkeypatch):
+    monkeypatch.setattr(state, "COMPACT_SLACK", 10)
+    kept = [add(store, f"10.20.4.{i}") for i in range(1, 6)]
+    path = Path(store.state_file)
+    longest = 0
+    for round in range(40):
+        exception = add(store, f"10.20.5.{round + 1}", direction="both")
+        store.commit(store.propose_remove(exception.id))
+        longest = max(longest, path.read_text().count("\n"))
+    # Never more than the slack plus twice the exceptions (at most one more
+    # than kept at any time) and the header.
+    assert longest <= 2 * (len(kept) + 1) + 10 + 1
+    assert PolicyStore(store.policy_file, store.state_file).api_exceptions == tuple(kept)
+
+
+def test_a_version_1_file_is_read_and_rewritten_as_a_journal(tmp_path):
+    (tmp_path / "policy.yaml").write_text(textwrap.dedent(POLICY))
+    path = tmp_path / "policy.api-exceptions.json"
+    items = [{"address": "10.20.3.10", "direction": "both", "reason": "old"}, {"address": "10.20.3.11", "direction": "inbound", "reason": "old"}]
+    path.write_text(json.dumps({"format": state.FORMAT, "version": 1, "exceptions": items}, indent=2))
+    store = PolicyStore(tmp_path / "policy.yaml")
+    assert [str(e.address) for e in store.api_exceptions] == ["10.20.3.10/32", "10.20.3.11/32"]
+    store.commit(store.propose_remove(store.api_exceptions[0].id))
+    assert json.loads(path.read_text().splitlines()[0]) == {"format": state.FORMAT, "version": state.VERSION}
+    again = PolicyStore(tmp_path / "policy.yaml")
+    assert again.api_exceptions == store.api_exceptions and len(again.api_exceptions) == 1
+
+
+def test_a_torn_last_line_is_ignored_and_then_replaced(store):
+    first = add(store, "10.20.3.10")
+    path = Path(store.state_file)
+    with open(path, "ab") as stream:
+        stream.write(b'{"add":[{"address":"10.20.3.11/32","direction":"bo')  # the crash came mid-write
+    again = PolicyStore(store.policy_file, store.state_file)
+    assert again.api_exceptions == (first,)
+    second = add(again, "10.20.3.12")
+    assert PolicyStore(store.policy_file, store.state_file).api_exceptions == (first, second)
+
+
+def test_a_corrupt_journal_line_is_a_clear_start_up_error(store):
+    add(store, "10.20.3.10")
+    path = Path(store.state_file)
+    path.write_text(path.read_text() + "{oops\n" + path.read_text().splitlines()[1] + "\n")
+    with pytest.raises(PolicyError, match=r"api-exceptions.json: line 3, column 2: not valid JSON"):
+        PolicyStore(store.policy_file, store.state_file)
+    path.write_text(path.read_text().splitlines()[0] + '\n{"add": 5, "remove": []}\n')
+    with pytest.raises(PolicyError, match=r'line 2: expected \{"remove": \[...\], "add": \[...\]\}'):
+        PolicyStore(store.policy_file, store.state_file)
+    path.write_text(json.dumps({"format": state.FORMAT, "version": 7}) + "\n")
+    with pytest.raises(PolicyError, match=r"version: unsupported version 7"):
+        PolicyStore(store.policy_file, store.state_file)
 
 
 WRITER = """
 import sys
 from smtp_border import state
-big = [{"address": f"10.20.{i // 250}.{i % 250}", "reason": "x" * 200} for i in range(2000)]
-n = 0
+state.COMPACT_SLACK = 5  # compact often, so that kills land in rewrites too
+journal = state.StateFile(sys.argv[1])
+live = {item["address"]: item for item in journal.load()}
+batch = int(sys.argv[2])
 print("ready", flush=True)
 while True:
-    state.write_state(sys.argv[1], big[: 1000 + n % 2] )
-    n += 1
+    # Each change removes the oldest batch of ten (if there are three) and adds one.
+    removed = list(live)[:10] if len(live) >= 30 else []
+    for address in removed:
+        del live[address]
+    added = [{"address": f"10.{batch // 256 % 256}.{batch % 256}.{i}/32", "reason": "x" * 100} for i in range(10)]
+    live.update((item["address"], item) for item in added)
+    journal.record(removed, added, lambda: list(live.values()))
+    batch += 1
 """
 
 
-def test_killed_writer_leaves_old_or_new_state(tmp_path):
-    """SIGKILL a process that rewrites the state file as fast as it can: every
-    time, what is left is one whole state, never a torn file."""
+def test_killed_writer_leaves_whole_changes(tmp_path):
+    """SIGKILL a process that saves changes as fast as it can, again and
+    again on the same file: every time, the file holds whole changes only
+    (batches of ten), and the next writer carries on from there."""
     path = tmp_path / "state.json"
-    seen = set()
+    seen = []
     for attempt in range(10):
-        writer = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE)
+        writer = subprocess.Popen([sys.executable, "-c", WRITER, str(path), str(attempt * 100000)], stdout=subprocess.PIPE)
         assert writer.stdout.readline().strip() == b"ready"
         subprocess.run(["sleep", f"0.{attempt + 1}"])
         writer.send_signal(signal.SIGKILL)
         writer.wait()
-        if path.exists():
-            seen.add(len(state.read_state(path)))
-    assert seen <= {1000, 1001} and seen
+        items = state.read_state(path)
+        batches = collections.Counter(item["address"].rsplit(".", 1)[0] for item in items)
+        assert set(batches.values()) <= {10}, batches
+        seen.append(len(items))
+    assert all(n % 10 == 0 and 0 < n <= 30 for n in seen), seen
