@@ -43,7 +43,10 @@ class MergedNetworks:
     def remove(self, network):
         """Remove a member (it must be one); returns (blocks removed, blocks added)."""
         key = _key(network)
-        self._members.remove(key)
+        index = bisect.bisect_left(self._members, key)
+        if self._members[index:index + 1] != [key]:
+            raise ValueError(f"{network} is not a member")
+        del self._members[index]
         block = self._covering_block(key)
         inside = [_network(m) for m in _within(self._members, block)]
         merged = {_key(n) for n in netaddr.cidr_merge(inside)}
@@ -73,22 +76,26 @@ class MergedNetworks:
 
 def _within(ordered, outer):
     """The keys of a sorted list that lie inside `outer`."""
-    start = bisect.bisect_left(ordered, (outer[0], -1, -1))
-    for key in ordered[start:]:
-        if key[0] > _last(outer):
+    last = _last(outer)
+    # By index, not a slice: slicing would copy the rest of a 10,000-key list.
+    for index in range(bisect.bisect_left(ordered, (outer[0], -1, -1)), len(ordered)):
+        key = ordered[index]
+        if key[0] > last:
             break
         if _inside(outer, key):
             yield key
 
 
 def _key(network):
-    network = netaddr.IPNetwork(network)
+    if not isinstance(network, netaddr.IPNetwork):
+        network = netaddr.IPNetwork(network)
     return (network.first, network.prefixlen, network.version)
 
 
 def _network(key):
     first, length, version = key
-    return netaddr.IPNetwork(f"{netaddr.IPAddress(first, version)}/{length}")
+    # From integers, not text: a tenth of the cost, and batches build thousands.
+    return netaddr.IPNetwork((first, length), version=version)
 
 
 def _width(version):

@@ -349,7 +349,11 @@ class _PolicyReader:
             ip = netaddr.IPAddress(address, flags=netaddr.INET_PTON)
             if slash and not length.isdigit():
                 raise ValueError(length)
-            network = netaddr.IPNetwork(f"{ip}/{length if slash else (32 if ip.version == 4 else 128)}")
+            width = 32 if ip.version == 4 else 128
+            prefixlen = int(length) if slash else width
+            if prefixlen > width:
+                raise ValueError(length)
+            network = netaddr.IPNetwork((ip.value, prefixlen), version=ip.version)
         except (netaddr.AddrFormatError, ValueError, TypeError):
             self.fail(path, f"{text!r} is not an IP address or network")
         if network.ip != network.network:
