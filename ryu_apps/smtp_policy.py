@@ -272,17 +272,25 @@ class SmtpPolicy(app_manager.RyuApp):
         while True:
             hub.sleep(EXPIRY_CHECK_SECONDS)
             with self.change_lock:
-                active = {e.id for e in self.policy.active_exceptions()}
-                expired = [e for e in self.policy.exceptions if e.id in self._active_exceptions - active]
-                for e in expired:
-                    self.logger.warning(
-                        "smtp-border: exception %s %s (%s, %s) expired at %s; no longer enforced",
-                        e.id, e.address, e.direction.value, e.reason, e.expires.isoformat(),
-                    )
-                if expired:
-                    self.exception_index = None
-                    self.changed(self.push_policy())
-                self._active_exceptions = active
+                self.expire(utc_now())
+
+    def expire(self, now):
+        """Withdraw the exceptions whose time has come, as one incremental change."""
+        # Only exceptions with an expiry time are looked at: this runs every
+        # few seconds, and (once, by mistake) a whole-policy set difference
+        # per exception cost 2 s of CPU every 10 s at 10,000 exceptions.
+        expired = [
+            e for e in self.policy.exceptions
+            if e.expires is not None and not e.is_active(now) and e.id in self._active_exceptions
+        ]
+        for e in expired:
+            self.logger.warning(
+                "smtp-border: exception %s %s (%s, %s) expired at %s; no longer enforced",
+                e.id, e.address, e.direction.value, e.reason, e.expires.isoformat(),
+            )
+        if expired:
+            self._active_exceptions.difference_update(e.id for e in expired)
+            self.changed(self.push_policy(self.exception_index.update(removed=expired)), recount=False)
 
     def changed(self, pushed, recount=True):
         """Note a change that reached the switches; returns what push_policy did.
