@@ -211,6 +211,11 @@ def bench_rest_firewall(count, workdir):
                 assert status == 201
             results["smtp_border_s"] = time.monotonic() - started
             assert bridge.flow_count() == before + count
+            # The floor of one request each: as many reads that do nothing, on the same Ryu web server.
+            started = time.monotonic()
+            for _ in addresses:
+                assert controller.api("GET", "/smtp/v1/exceptions/000000000000")[0] == 404
+            results["http_request_floor_s"] = time.monotonic() - started
             # The same rules again, as one batch request (one bundle, one barrier, one record).
             ids = [e["id"] for e in controller.api("GET", "/smtp/v1/exceptions")[1]["exceptions"] if e["source"] == "api"]
             assert controller.api("POST", "/smtp/v1/exceptions/batch", {"remove": ids})[0] == 200
@@ -272,7 +277,7 @@ def bench_rest_firewall(count, workdir):
     # How many times faster smtp-border enforces the same rules (below 1: slower).
     results["speedup_one_by_one"] = round(results["rest_firewall_s"] / results["smtp_border_s"], 2)
     results["speedup_batch"] = round(results["rest_firewall_s"] / results["smtp_border_batch_s"], 2)
-    for key in ("smtp_border_s", "smtp_border_batch_s", "rest_firewall_s"):
+    for key in ("smtp_border_s", "smtp_border_batch_s", "rest_firewall_s", "http_request_floor_s"):
         results[key] = round(results[key], 3)
     return results
 
