@@ -17,7 +17,7 @@ import struct
 from ryu.ofproto import ofproto_common
 from ryu.ofproto import ofproto_v1_3 as ofp
 
-from smtp_border.rules import METADATA_MASK, SAMPLE_BYTES
+from smtp_border.rules import ETH_TYPE_IPV6, METADATA_MASK, SAMPLE_BYTES
 
 _HEADER = struct.Struct(ofp.OFP_HEADER_PACK_STR)  # version, type, length, xid
 _FLOW_MOD = struct.Struct(ofp.OFP_FLOW_MOD_PACK_STR0)  # cookie ... flags, without the match
@@ -47,10 +47,10 @@ _METADATA_VALUE = struct.Struct("!QQ")  # value, mask
 
 
 def _address_fields(version, source, field, width):
-    return (version, source), (field, _oxm(field, width), _oxm(field, width, masked=True), width)
+    return (version, source), (_oxm(field, width), _oxm(field, width, masked=True), width)
 
 
-# (IP version, source?) -> (OXM field, exact header, masked header, address width)
+# (IP version, source?) -> (exact header, masked header, address width in bytes)
 _ADDRESS = dict((
     _address_fields(4, True, ofp.OFPXMT_OFB_IPV4_SRC, 4),
     _address_fields(4, False, ofp.OFPXMT_OFB_IPV4_DST, 4),
@@ -61,34 +61,37 @@ _ADDRESS = dict((
 
 def match_bytes(match):
     """An OXM ofp_match, padded to 8, its fields in OXM field order as Ryu
-    sends them (so tcp_dst comes before IPv6 addresses, after IPv4 ones)."""
+    sends them: tcp_dst (field 14) comes after IPv4 addresses (11, 12) and
+    before IPv6 ones (26, 27)."""
     fields = []
     if match.in_port is not None:
-        fields.append((ofp.OFPXMT_OFB_IN_PORT, _IN_PORT + match.in_port.to_bytes(4, "big")))
+        fields.append(_IN_PORT + match.in_port.to_bytes(4, "big"))
     if match.metadata is not None:
-        fields.append((ofp.OFPXMT_OFB_METADATA, _METADATA + _METADATA_VALUE.pack(match.metadata, METADATA_MASK)))
+        fields.append(_METADATA + _METADATA_VALUE.pack(match.metadata, METADATA_MASK))
     if match.eth_type is not None:
-        fields.append((ofp.OFPXMT_OFB_ETH_TYPE, _ETH_TYPE + match.eth_type.to_bytes(2, "big")))
+        fields.append(_ETH_TYPE + match.eth_type.to_bytes(2, "big"))
     if match.ip_proto is not None:
-        fields.append((ofp.OFPXMT_OFB_IP_PROTO, _IP_PROTO + match.ip_proto.to_bytes(1, "big")))
-    if match.tcp_dst is not None:
-        fields.append((ofp.OFPXMT_OFB_TCP_DST, _TCP_DST + match.tcp_dst.to_bytes(2, "big")))
-    for network, source in ((match.ip_src, True), (match.ip_dst, False)):
-        if network is not None:
-            fields.append(_address(network, source))
-    fields.sort(key=lambda field: field[0])
-    body = b"".join(tlv for _, tlv in fields)
+        fields.append(_IP_PROTO + match.ip_proto.to_bytes(1, "big"))
+    addresses = []
+    if match.ip_src is not None:
+        addresses.append(_address(match.ip_src, True))
+    if match.ip_dst is not None:
+        addresses.append(_address(match.ip_dst, False))
+    tcp_dst = [] if match.tcp_dst is None else [_TCP_DST + match.tcp_dst.to_bytes(2, "big")]
+    ipv6 = match.eth_type == ETH_TYPE_IPV6
+    fields.extend(tcp_dst + addresses if ipv6 else addresses + tcp_dst)
+    body = b"".join(fields)
     length = _MATCH_HEADER.size + len(body)
     return _MATCH_HEADER.pack(ofp.OFPMT_OXM, length) + body + bytes(-length % 8)
 
 
 def _address(network, source):
-    field, exact, masked, width = _ADDRESS[network.version, source]
+    exact, masked, width = _ADDRESS[network.version, source]
     address = network.value.to_bytes(width, "big")
     # A host is an exact match; only a real network needs a mask.
-    if network.size == 1:
-        return field, exact + address
-    return field, masked + address + network.netmask.value.to_bytes(width, "big")
+    if network.prefixlen == 8 * width:
+        return exact + address
+    return masked + address + network.netmask.value.to_bytes(width, "big")
 
 
 def instructions_bytes(instructions):

@@ -72,9 +72,11 @@ def compile_switch(policy, dpid, now=None):
     spec = policy.switch_spec(dpid)
     if spec is not None:
         exceptions = policy.active_exceptions(now or utc_now())
+        # Merged once for both families (cidr_merge is most of the compile time).
+        merged = {inbound: merged_exception_networks(exceptions, inbound) for inbound in (True, False)}
         for eth_type in _families(policy):
             rules.update(_classify_rules(policy, spec.uplinks, eth_type))
-            rules.update(_policy_rules(policy, exceptions, eth_type))
+            rules.update(_policy_rules(policy, merged, eth_type))
         rules.add(_allow(PRIO_DEFAULT, Match(), Clause.TRANSIT))
     return frozenset(rules)
 
@@ -171,7 +173,7 @@ def _classify_rules(policy, uplinks, eth_type):
         )
 
 
-def _policy_rules(policy, exceptions, eth_type):
+def _policy_rules(policy, merged_exceptions, eth_type):
     campus = _in_family(policy.campus, eth_type)
     from_campus = dict(metadata=FROM_CAMPUS, eth_type=eth_type)
     from_outside = dict(metadata=FROM_OUTSIDE, eth_type=eth_type)
@@ -185,7 +187,7 @@ def _policy_rules(policy, exceptions, eth_type):
         yield _allow(PRIO_GATEWAY, Match(ip_src=network, **from_campus), Clause.GATEWAY_OUTBOUND, network)
 
     for inbound in (True, False):
-        for network in _in_family(merged_exception_networks(exceptions, inbound), eth_type):
+        for network in _in_family(merged_exceptions[inbound], eth_type):
             yield exception_rule(network, inbound)
 
     # Blocked packets are dropped; with auditing on, a metered sample of them
