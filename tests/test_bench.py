@@ -25,7 +25,12 @@ def test_bench_quick(tmp_path):
     assert [r["exceptions"] for r in figures["full_install"]] == [10, 100]
     assert all(r["flows"] > r["exceptions"] for r in figures["full_install"])
     assert [r["exceptions"] for r in figures["one_change"]] == [10, 100]
-    assert figures["rest_firewall"]["rest_firewall_flows_added"] == figures["rest_firewall"]["rules"] == 20
-    assert figures["data_plane"]["policy_gbit_s"] > 0 and figures["data_plane"]["normal_only_gbit_s"] > 0
+    assert all(len(r["hello_to_barrier_all_ms"]) == len(r["ovs_ofctl_bundle_all_ms"]) == 3 for r in figures["full_install"])
+    firewall = figures["rest_firewall"]
+    assert firewall["rest_firewall_flows_added"] == firewall["rules"] == 20
+    assert min(firewall["smtp_border_s"], firewall["smtp_border_batch_s"], firewall["http_request_floor_s"]) > 0
+    data_plane = figures["data_plane"]
+    assert data_plane["policy_gbit_s"] > 0 and data_plane["normal_only_gbit_s"] > 0
+    assert len(data_plane["throughput_ratio_by_round"]) == len(data_plane["policy_gbit_s_all"]) == data_plane["rounds"] == 2
     assert figures["scale"]["shipped_policy_flows"] == 23
     assert subprocess.run(["ovs-vsctl", "list-br"], capture_output=True, text=True).stdout == ""
