@@ -216,16 +216,21 @@ def bench_rest_firewall(count, workdir):
             for _ in addresses:
                 assert controller.api("GET", "/smtp/v1/exceptions/000000000000")[0] == 404
             results["http_request_floor_s"] = time.monotonic() - started
-            # The same rules again, as one batch request (one bundle, one barrier, one record).
-            ids = [e["id"] for e in controller.api("GET", "/smtp/v1/exceptions")[1]["exceptions"] if e["source"] == "api"]
-            assert controller.api("POST", "/smtp/v1/exceptions/batch", {"remove": ids})[0] == 200
-            assert bridge.flow_count() == before
+            # The same rules again, as one batch request (one bundle, one barrier, one
+            # record); the median of three.
             batch = [{"address": address, "direction": "outbound", "reason": "bench"} for address in addresses]
-            started = time.monotonic()
-            status, answer = controller.api("POST", "/smtp/v1/exceptions/batch", {"add": batch})
-            results["smtp_border_batch_s"] = time.monotonic() - started
-            assert status == 200, answer
-            assert bridge.flow_count() == before + count
+            batches = []
+            for _ in range(3):
+                ids = [e["id"] for e in controller.api("GET", "/smtp/v1/exceptions")[1]["exceptions"] if e["source"] == "api"]
+                assert controller.api("POST", "/smtp/v1/exceptions/batch", {"remove": ids})[0] == 200
+                assert bridge.flow_count() == before
+                started = time.monotonic()
+                status, answer = controller.api("POST", "/smtp/v1/exceptions/batch", {"add": batch})
+                batches.append(time.monotonic() - started)
+                assert status == 200, answer
+                assert bridge.flow_count() == before + count
+            results["smtp_border_batch_s"] = statistics.median(batches)
+            results["smtp_border_batch_all_s"] = [round(b, 3) for b in batches]
         finally:
             controller.stop()
 
