@@ -372,11 +372,14 @@ def bench_data_plane(size, seconds, workdir, rounds=5, controller_seconds=None):
         )
         time.sleep(1)
         figures = {"normal_only": {"gbit_s": [], "connections_s": []}, "policy": {"gbit_s": [], "connections_s": []}}
+        datapath = {"normal_only": [], "policy": []}  # what Open vSwitch's datapath did per iperf3 run
         for round_number in range(rounds):
             order = ("normal_only", "policy") if round_number % 2 == 0 else ("policy", "normal_only")
             for mode in order:
                 enforce(mode)
+                run("ovs-appctl", "dpif-netdev/pmd-stats-clear")
                 out = h1.cmd(f"iperf3 -c 198.51.100.25 -p 5201 -t {seconds} -J")
+                datapath[mode].append(datapath_stats())
                 report = json.loads(out[out.index("{"):])
                 figures[mode]["gbit_s"].append(round(report["end"]["sum_received"]["bits_per_second"] / 1e9, 3))
                 rate = h1.cmd(f"python3 {script} {seconds}")
@@ -385,6 +388,19 @@ def bench_data_plane(size, seconds, workdir, rounds=5, controller_seconds=None):
             for measure, values in by_measure.items():
                 results[f"{mode}_{measure}"] = statistics.median(values)
                 results[f"{mode}_{measure}_all"] = values
+        # Work per packet in the datapath, a figure that does not depend on
+        # how busy the machine is: the share of packets served from the flow
+        # caches without the slow path, and classifier subtables searched.
+        for mode, runs in datapath.items():
+            packets = sum(r["packets received"] for r in runs)
+            cached = sum(r["emc hits"] + r["smc hits"] + r["simple match hits"] + r["megaflow hits"] for r in runs)
+            upcalls = sum(r["miss with success upcall"] + r["miss with failed upcall"] for r in runs)
+            hits = sum(r["megaflow hits"] for r in runs)
+            lookups = sum(r["megaflow hits"] * r["avg. subtable lookups per megaflow hit"] for r in runs)
+            results[f"{mode}_datapath_packets"] = packets
+            results[f"{mode}_cache_hit_pct"] = round(100 * cached / packets, 3) if packets else None
+            results[f"{mode}_upcalls"] = upcalls
+            results[f"{mode}_subtable_lookups_per_megaflow_hit"] = round(lookups / hits, 2) if hits else None
         # Each round's two measurements are neighbours in time, so their ratio
         # cancels most of the machine's drift; the figure is the median ratio.
         for measure, name in (("gbit_s", "throughput_ratio"), ("connections_s", "connection_rate_ratio")):
@@ -408,6 +424,19 @@ def bench_data_plane(size, seconds, workdir, rounds=5, controller_seconds=None):
         net.stop()
         controller.stop()
     return results
+
+
+def datapath_stats():
+    """The userspace datapath's counters (main thread, all bridges: only the benchmark's carries traffic)."""
+    stats = {}
+    for line in run("ovs-appctl", "dpif-netdev/pmd-stats-show").stdout.splitlines():
+        name, colon, value = line.strip().partition(":")
+        if colon and value.strip():
+            try:
+                stats[name] = float(value)
+            except ValueError:
+                pass
+    return stats
 
 
 def bridge_flows(bridge):
