@@ -4,8 +4,8 @@ Why: a switch that connects gets every flow of the policy, 10,000 and more.
 Ryu spells each flow as an OFPFlowMod holding an OFPMatch, instruction and
 action objects, then serialises them: about 0.15 ms a flow in pure Python,
 most of a full install (docs/performance.md). The compiler emits only a few
-shapes of flow, so they are packed here with precompiled `struct`s: about
-6 us a flow.
+shapes of flow, so they are packed here with precompiled `struct`s: a few
+microseconds a flow.
 
 The bytes are exactly those Ryu would send for the same flow
 (tests/test_wire.py compares them over random policies), so this module is a
