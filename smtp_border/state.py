@@ -83,10 +83,16 @@ class StateFile:
             self.rewrite(everything())
             return
         line = json.dumps({"remove": list(removed), "add": list(added)}, sort_keys=True, separators=(",", ":"))
-        with open(self.path, "ab") as stream:
-            stream.write(line.encode() + b"\n")
-            stream.flush()
-            os.fsync(stream.fileno())
+        try:
+            with open(self.path, "ab") as stream:
+                stream.write(line.encode() + b"\n")
+                stream.flush()
+                os.fsync(stream.fileno())
+        except BaseException:
+            # Part of the line may be on disk (a full disk, say): the next
+            # change rewrites the file rather than append after it.
+            self._journal = False
+            raise
         self._lines += 1
         self._live += len(added) - len(removed)
 

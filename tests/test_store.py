@@ -283,6 +283,25 @@ def test_a_torn_last_line_is_ignored_and_then_replaced(store):
     assert PolicyStore(store.policy_file, store.state_file).api_exceptions == (first, second)
 
 
+def test_a_failed_append_changes_nothing_and_the_next_change_rewrites(store, monkeypatch):
+    first = add(store, "10.20.3.10")
+    path = Path(store.state_file)
+    real_fsync = os.fsync
+
+    def disk_full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(OSError):
+        add(store, "10.20.3.11")
+    assert store.api_exceptions == (first,)
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    with open(path, "ab") as stream:
+        stream.write(b'{"add":[{"addre')  # what the failed write may have left
+    second = add(store, "10.20.3.12")
+    assert PolicyStore(store.policy_file, store.state_file).api_exceptions == (first, second)
+
+
 def test_a_corrupt_journal_line_is_a_clear_start_up_error(store):
     add(store, "10.20.3.10")
     path = Path(store.state_file)
