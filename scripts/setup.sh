@@ -13,6 +13,7 @@ APT_PACKAGES=(
     python3 python3-venv python3-pip                # the virtualenv
     iproute2 ethtool iputils-ping netcat-openbsd    # host set-up and probes
     hping3                                          # SYN floods in the audit tests
+    iperf3                                          # throughput in mininet/bench.py
     procps psmisc                                   # pkill/fuser for clean-up
 )
 
