@@ -138,7 +138,7 @@ class Encodable:
         self.buf = self.encode(self.xid)
 
     def encode(self, xid):
-        return _HEADER.pack(ofp.OFP_VERSION, self.msg_type, _HEADER.size + len(self.body), xid) + self.body
+        return _message(self.msg_type, xid, self.body)
 
 
 class BundleAdd(Encodable):
@@ -153,9 +153,11 @@ class BundleAdd(Encodable):
         self.message = message
 
     def encode(self, xid):
-        inner = self.message.encode(xid)
-        length = _HEADER.size + len(self.body) + len(inner)
-        return _HEADER.pack(ofp.OFP_VERSION, self.msg_type, length, xid) + self.body + inner
+        return _message(self.msg_type, xid, self.body + self.message.encode(xid))
+
+
+def _message(msg_type, xid, body):
+    return _HEADER.pack(ofp.OFP_VERSION, msg_type, _HEADER.size + len(body), xid) + body
 
 
 def add_flow(rule):
