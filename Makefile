@@ -16,9 +16,9 @@ demo: setup
 test: setup
 	$(PYTHON) -m pytest -v -rs $(PYTEST_ARGS) tests
 
-# Fast tests only (no root, no network): policy parsing and compilation.
+# Fast tests only (no root, no network, no ryu-manager): the core, delivery against a fake switch.
 unit:
-	$(PYTHON) -m pytest -q -m "not mininet" tests
+	$(PYTHON) -m pytest -q tests/unit
 
 # Last resort after an interrupted run: what `mn -c` does, plus our controllers.
 clean:

@@ -77,7 +77,10 @@ def compile_switch(policy, dpid, now=None):
         for eth_type in _families(policy):
             rules.update(_classify_rules(policy, spec.uplinks, eth_type))
             rules.update(_policy_rules(policy, merged, eth_type))
-        rules.add(_allow(PRIO_DEFAULT, Match(), Clause.TRANSIT))
+        # Only SMTP packets reach the policy table, each marked campus or
+        # outside; campus ones all meet a Part 2 block or an allow above, so
+        # what falls through is from outside: transit.
+        rules.add(_allow(PRIO_DEFAULT, Match(metadata=FROM_OUTSIDE), Clause.TRANSIT))
     return frozenset(rules)
 
 

@@ -12,6 +12,7 @@ The pipeline the rules describe (docs/flow-tables.md has the picture):
 * POLICY_TABLE allows (goto FORWARD_TABLE) or drops (no instructions).
 * FORWARD_TABLE forwards what was allowed, with the NORMAL action by default.
 """
+import dataclasses
 import enum
 import zlib
 from dataclasses import dataclass
@@ -33,11 +34,17 @@ AUDIT_METER_ID = 1
 # Enough of a sampled packet for its Ethernet, IP (v4 or v6) and TCP headers.
 SAMPLE_BYTES = 128
 
-# Two metadata bits say where an SMTP packet came from. The mask leaves the
-# other 62 bits to whatever runs in the forwarding table.
-METADATA_MASK = 0x3
+# Two metadata bits say where an SMTP packet came from, and a third which
+# version of the policy table judges it. The mask leaves the other 61 bits to
+# whatever runs in the forwarding table.
+METADATA_MASK = 0x7
 FROM_CAMPUS = 0x1
 FROM_OUTSIDE = 0x2
+# Version 0 is what the compiler emits and what a switch with bundles always
+# holds. A switch without bundles alternates between 0 and 1 when a change
+# touches the classification: the new version's policy table is installed
+# beside the old one, then table 0 is switched over (smtp_border/ordering.py).
+VERSION_BIT = 0x4
 
 # Cookie layout: 16-bit application tag | 8-bit clause | 40-bit item id.
 # The tag marks flows as ours; the clause says which part of the policy a flow
@@ -62,6 +69,25 @@ class Clause(enum.IntEnum):
     PART2_BLOCK = 0x21  # table 1: dropped, campus to outside
     TRANSIT = 0x22  # table 1 default: neither end on campus, not ours to judge
     FORWARD = 0x30  # table 2: NORMAL forwarding
+
+
+def rule_version(rule):
+    """The policy-table version a rule belongs to (0 or 1), or None for a
+    rule that neither writes nor matches the version (table 0's pass-through,
+    table 2)."""
+    value = rule.match.metadata if rule.table == POLICY_TABLE else rule.instructions.write_metadata
+    return None if value is None else int(bool(value & VERSION_BIT))
+
+
+def with_version(rule, version):
+    """The rule as it reads in policy-table version `version`."""
+    if rule_version(rule) in (None, version):
+        return rule
+    if rule.table == POLICY_TABLE:
+        match = dataclasses.replace(rule.match, metadata=rule.match.metadata ^ VERSION_BIT)
+        return dataclasses.replace(rule, match=match)
+    ins = dataclasses.replace(rule.instructions, write_metadata=rule.instructions.write_metadata ^ VERSION_BIT)
+    return dataclasses.replace(rule, instructions=ins)
 
 
 def make_cookie(clause, item=""):

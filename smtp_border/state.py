@@ -12,6 +12,14 @@ exceptions go to a temporary file in the same directory, which is fsync'ed
 and renamed over the journal, and the directory is fsync'ed; after a crash
 the file holds the old journal or the new one, whole.
 
+A change the caller is told failed never comes back after a restart: if
+appending its line fails at any point (the write, or the fsync after it,
+when the line may already be in the page cache and reach the disk later),
+the file is cut back to its length before the change and fsync'ed; if even
+that fails, it is rewritten whole, atomically, with the exceptions as they
+were. Only when both fail is the file in doubt, and then StateUnavailable
+says so and every later change is refused until the file is writable again.
+
 Version 1 files (one JSON document, written by earlier releases) are still
 read; the first change rewrites them as a journal.
 """
@@ -26,6 +34,10 @@ FORMAT = "smtp-border-api-exceptions"
 VERSION = 2
 # Compact once the journal holds this many more change lines than exceptions.
 COMPACT_SLACK = 1000
+
+
+class StateUnavailable(Exception):
+    """A change could not be saved; the exceptions in force are those before it."""
 
 
 def default_state_path(policy_path):
@@ -45,6 +57,7 @@ class StateFile:
         self._lines = 0  # change lines in the journal on disk
         self._live = 0  # exceptions the journal holds
         self._journal = False  # the file on disk is a journal that can be appended to
+        self._replaced = False  # the last rewrite got as far as the rename
 
     def load(self):
         """Read the file; PolicyError (naming the file and line) if it is not a state file."""
@@ -76,25 +89,53 @@ class StateFile:
         self._journal = not torn
         return list(exceptions.values())
 
-    def record(self, removed, added, everything):
+    def record(self, removed, added, everything, before):
         """Save one change durably: `removed` addresses, `added` mappings.
-        `everything()` gives all exceptions after the change, for compaction."""
+        `everything()` gives all exceptions after the change, for compaction;
+        `before()` those before it, to put back if the change cannot be saved.
+        Raises StateUnavailable, and then the file holds the state before."""
         if not self._journal or self._lines >= 2 * self._live + COMPACT_SLACK:
-            self.rewrite(everything())
+            self._replaced = False
+            try:
+                self.rewrite(everything())
+            except OSError as err:
+                if self._replaced:  # only the directory fsync failed: put the old state back
+                    self._restore(before, err)
+                # The temporary file never replaced the journal: nothing to undo.
+                raise StateUnavailable(f"cannot save the change in {self.path}: {_reason(err)}") from None
             return
         line = json.dumps({"remove": list(removed), "add": list(added)}, sort_keys=True, separators=(",", ":"))
         try:
             with open(self.path, "ab") as stream:
-                stream.write(line.encode() + b"\n")
-                stream.flush()
-                os.fsync(stream.fileno())
-        except BaseException:
-            # Part of the line may be on disk (a full disk, say): the next
-            # change rewrites the file rather than append after it.
-            self._journal = False
-            raise
+                length = stream.tell()
+                try:
+                    stream.write(line.encode() + b"\n")
+                    stream.flush()
+                    os.fsync(stream.fileno())
+                except OSError as err:
+                    # The line may be in the page cache and reach the disk
+                    # later: cut it off, durably, before saying it failed.
+                    try:
+                        _cut(stream, length)
+                    except OSError:
+                        self._restore(before, err)
+                    raise StateUnavailable(f"cannot save the change in {self.path}: {_reason(err)}") from None
+        except OSError as err:  # could not even open it
+            raise StateUnavailable(f"cannot save the change in {self.path}: {_reason(err)}") from None
         self._lines += 1
         self._live += len(added) - len(removed)
+
+    def _restore(self, before, err):
+        """After a failed save: rewrite the file with the state before the change."""
+        try:
+            self.rewrite(before())
+        except OSError as again:
+            self._journal = False
+            raise StateUnavailable(
+                f"cannot save the change in {self.path} ({_reason(err)}), nor restore it ({_reason(again)}):"
+                " the file may hold the refused change; fix the disk, then restart"
+            ) from None
+        raise StateUnavailable(f"cannot save the change in {self.path}: {_reason(err)}") from None
 
     def rewrite_on_next_record(self):
         """Have the next change rewrite the whole file (say, to normalise it)."""
@@ -114,6 +155,7 @@ class StateFile:
                 stream.flush()
                 os.fsync(stream.fileno())
             os.replace(temporary, self.path)
+            self._replaced = True
         except BaseException:
             try:
                 os.unlink(temporary)
@@ -158,6 +200,16 @@ class StateFile:
 
     def _error(self, where, problem):
         return PolicyError(str(self.path), where, problem)
+
+
+def _cut(stream, length):
+    """Cut the file back to `length` bytes, durably."""
+    stream.truncate(length)
+    os.fsync(stream.fileno())
+
+
+def _reason(err):
+    return err.strerror or str(err)
 
 
 def _fsync_directory(directory):

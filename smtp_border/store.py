@@ -7,9 +7,11 @@ proposal leaves the policy in force exactly as it was.
 """
 import dataclasses
 from dataclasses import dataclass
-from typing import Tuple
+from typing import Optional, Tuple
 
-from .policy import SOURCE_API, MailException, Policy, PolicyError, load_policy, parse_exception, utc_now
+from .policy import (
+    SOURCE_API, MailException, Policy, PolicyError, exception_id, load_policy, parse_exception, utc_now,
+)
 from .state import StateFile, default_state_path
 
 
@@ -24,11 +26,43 @@ class Conflict(Exception):
 
 
 @dataclass(frozen=True)
+class Quarantined:
+    """An API exception kept in the state file but not enforced, because the
+    policy file in force contradicts it (or it does not parse at all).
+
+    Refusing to start over it would leave the border unenforced until someone
+    edited the state file by hand; enforcing it would override the operator's
+    file. It is reported instead (start-up log, GET /exceptions, a metric),
+    judged again at every reload (it is enforced again once the file allows
+    it), and can be removed over the API."""
+
+    address: str  # as saved: the key of its journal lines
+    item: dict  # the saved mapping
+    reason: str
+    exception: Optional[MailException] = None  # None when it does not parse
+
+    @property
+    def id(self):
+        return self.exception.id if self.exception else exception_id(self.address)
+
+    def to_dict(self):
+        document = dict(self.exception.to_dict()) if self.exception else {"id": self.id, **self.item, "source": SOURCE_API}
+        document.update(state="quarantined", quarantine_reason=self.reason)
+        return document
+
+
+@dataclass(frozen=True)
 class Change:
     file_policy: Policy  # policy.yaml as it will be in force
     api_exceptions: Tuple[MailException, ...]
     added: Tuple[MailException, ...] = ()
     removed: Tuple[MailException, ...] = ()
+    quarantined: Tuple[Quarantined, ...] = ()  # every quarantined exception after the change
+    dropped: Tuple[Quarantined, ...] = ()  # quarantined ones removed over the API
+    # What the state file records: addresses removed, API exceptions added.
+    save_removed: Tuple[str, ...] = ()
+    save_added: Tuple[MailException, ...] = ()
+    subject: Optional[MailException] = None  # the one exception a POST names, new or already in force
 
     @property
     def policy(self):
@@ -37,22 +71,30 @@ class Change:
 
 class PolicyStore:
     def __init__(self, policy_file, state_file=None):
-        """Load policy.yaml and the saved API exceptions; PolicyError if either is bad."""
+        """Load policy.yaml and the saved API exceptions.
+
+        PolicyError if policy.yaml is invalid or the state file is unreadable;
+        an API exception that the file contradicts is quarantined, not fatal."""
         self.policy_file = str(policy_file)
         self.state_file = str(state_file or default_state_path(policy_file))
         file_policy = load_policy(self.policy_file)
         self._state = StateFile(self.state_file)
         saved = self._state.load()
-        api = tuple(
-            parse_exception(item, file_policy.campus, source=self.state_file, path=f"exceptions[{i}]")
-            for i, item in enumerate(saved)
-        )
-        if any(item["address"] != str(e.address) for item, e in zip(saved, api)):
-            # Removals name addresses as we spell them: respell the file first.
-            self._state.rewrite_on_next_record()
-        _check_no_overlap(file_policy, api, blame=self.state_file)
+        candidates = []
+        for i, item in enumerate(saved):
+            try:
+                exception = parse_exception(item, None, source=self.state_file, path=f"exceptions[{i}]")
+            except PolicyError as err:
+                candidates.append(Quarantined(str(item.get("address")), item, f"invalid: {err.path}: {err.problem}"))
+                continue
+            if item["address"] != str(exception.address):
+                # Removals name addresses as we spell them: respell the file first.
+                self._state.rewrite_on_next_record()
+            candidates.append(exception)
         self.file_policy = file_policy
-        self.api_exceptions = api
+        self.api_exceptions, self.quarantined = _partition(file_policy, candidates)
+        # id -> position in the state file, to keep that order across reloads.
+        self._saved_at = {c.id: i for i, c in enumerate(candidates)}
         self._cached_for = (None, None)  # (file policy, API exceptions) that _cached was built from
 
     @property
@@ -78,17 +120,28 @@ class PolicyStore:
         return found
 
     def propose_add(self, data, now=None):
-        """A new API exception from a request body (a mapping)."""
+        """A new API exception from a request body (a mapping).
+
+        The same exception again (every field equal) is no change: a client
+        that retries after a failed answer gets the exception in force."""
         exception = self._parse_new(data, "", now)
         existing = self._cache()[2].get(exception.address)
+        if existing == exception:
+            return Change(self.file_policy, self.api_exceptions, quarantined=self.quarantined, subject=existing)
         if existing is not None:
             raise Conflict(f"an exception for {exception.address} already exists (id {existing.id})", existing)
-        return Change(self.file_policy, self.api_exceptions + (exception,), added=(exception,))
+        return Change(self.file_policy, self.api_exceptions + (exception,), added=(exception,),
+                      quarantined=self.quarantined, save_added=(exception,), subject=exception)
 
     def propose_remove(self, exception_id):
+        for q in self.quarantined:
+            if q.id == exception_id:
+                return Change(self.file_policy, self.api_exceptions, dropped=(q,),
+                              quarantined=tuple(x for x in self.quarantined if x is not q), save_removed=(q.address,))
         exception = self._removable(exception_id)
         remaining = tuple(e for e in self.api_exceptions if e.id != exception_id)
-        return Change(self.file_policy, remaining, added=(), removed=(exception,))
+        return Change(self.file_policy, remaining, added=(), removed=(exception,), quarantined=self.quarantined,
+                      save_removed=(str(exception.address),))
 
     def propose_batch(self, additions, removals, now=None):
         """Remove the API exceptions with ids `removals`, then add `additions`
@@ -116,7 +169,8 @@ class PolicyStore:
             remaining = tuple(e for e in remaining if e.id not in removed)
         return Change(
             self.file_policy, remaining + tuple(added.values()),
-            added=tuple(added.values()), removed=tuple(removed.values()),
+            added=tuple(added.values()), removed=tuple(removed.values()), quarantined=self.quarantined,
+            save_removed=tuple(str(e.address) for e in removed.values()), save_added=tuple(added.values()),
         )
 
     def _parse_new(self, data, path, now):
@@ -140,21 +194,31 @@ class PolicyStore:
         return exception
 
     def propose_reload(self):
-        """policy.yaml as it is on disk now; PolicyError if it is invalid."""
+        """policy.yaml as it is on disk now; PolicyError if it is invalid.
+
+        The API exceptions are judged again against the new file: those it
+        contradicts are quarantined (Change.quarantined), those it allows
+        again are enforced again. So a reload that is accepted is exactly
+        what a restart with the same files would enforce."""
         file_policy = load_policy(self.policy_file)
-        _check_no_overlap(file_policy, self.api_exceptions, blame=self.policy_file)
-        old = {e.id: e for e in self.file_policy.exceptions}
-        new = {e.id: e for e in file_policy.exceptions}
+        candidates = list(self.api_exceptions) + [q.exception or q for q in self.quarantined]
+        # In the order they were saved, as a restart would read them.
+        candidates.sort(key=lambda c: self._saved_at.get(c.id, 0))
+        api, quarantined = _partition(file_policy, candidates)
+        old = {e.id: e for e in self.policy.exceptions}
+        new = {e.id: e for e in _effective(file_policy, api).exceptions}
         added = tuple(e for i, e in new.items() if old.get(i) != e)
         removed = tuple(e for i, e in old.items() if new.get(i) != e)
-        return Change(file_policy, self.api_exceptions, added=added, removed=removed)
+        return Change(file_policy, api, added=added, removed=removed, quarantined=quarantined)
 
     def commit(self, change):
-        if change.api_exceptions is not self.api_exceptions:
+        """Save the change (StateUnavailable if it cannot be: nothing changes) and make it current."""
+        if change.save_added or change.save_removed:
             self._state.record(
-                removed=[str(e.address) for e in change.removed if e.source == SOURCE_API],
-                added=[_saved_form(e) for e in change.added if e.source == SOURCE_API],
-                everything=lambda: [_saved_form(e) for e in change.api_exceptions],
+                removed=list(change.save_removed),
+                added=[_saved_form(e) for e in change.save_added],
+                everything=lambda: [_saved_form(e) for e in change.api_exceptions] + [q.item for q in change.quarantined],
+                before=lambda: [_saved_form(e) for e in self.api_exceptions] + [q.item for q in self.quarantined],
             )
         cached_for = self._cached_for
         if change.file_policy is self.file_policy is cached_for[0] and cached_for[1] is self.api_exceptions:
@@ -169,24 +233,38 @@ class PolicyStore:
             self._cached_for = (change.file_policy, change.api_exceptions)
         self.file_policy = change.file_policy
         self.api_exceptions = change.api_exceptions
+        self.quarantined = change.quarantined
+        for e in change.save_added:
+            self._saved_at.pop(e.id, None)  # a re-added address moves to the end, as in the journal
+            self._saved_at[e.id] = len(self._saved_at) + len(change.save_added)
+
+
+def _partition(file_policy, candidates):
+    """Split saved API exceptions into those the file allows and those it
+    contradicts (Quarantined, with the reason). A Quarantined candidate that
+    never parsed stays quarantined."""
+    in_file = {e.address: i for i, e in enumerate(file_policy.exceptions)}
+    good, bad = [], []
+    for candidate in candidates:
+        if isinstance(candidate, Quarantined):
+            bad.append(candidate)
+            continue
+        address = candidate.address
+        reason = None
+        if not file_policy.is_campus(address):
+            reason = f"{address} is not inside the campus prefixes of {file_policy.source}"
+        elif address in in_file:
+            reason = (f"{address} is also in {file_policy.source} (exceptions[{in_file[address]}]),"
+                      " whose entry is in force")
+        if reason is None:
+            good.append(candidate)
+        else:
+            bad.append(Quarantined(str(address), _saved_form(candidate), reason, candidate))
+    return tuple(good), tuple(bad)
 
 
 def _effective(file_policy, api_exceptions):
     return dataclasses.replace(file_policy, exceptions=file_policy.exceptions + tuple(api_exceptions))
-
-
-def _check_no_overlap(file_policy, api_exceptions, blame):
-    """The same address may not be both in the file and an API exception: which
-    one is in force would depend on the order they were loaded."""
-    in_file = {e.address: i for i, e in enumerate(file_policy.exceptions)}
-    for i, exception in enumerate(api_exceptions):
-        if exception.address in in_file:
-            where = f"exceptions[{in_file[exception.address]}]" if blame == file_policy.source else f"exceptions[{i}]"
-            raise PolicyError(
-                blame, f"{where}.address",
-                f"{exception.address} is both in {file_policy.source} and an API exception (id {exception.id});"
-                " keep only one",
-            )
 
 
 def _saved_form(exception):

@@ -7,6 +7,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # that `import mininet` still finds the real Mininet library.
 sys.path.insert(0, str(ROOT / "mininet"))
 sys.path.insert(0, str(ROOT))
+# Shared helpers (flowsim, strategies, fakeswitch) for tests/unit and tests/integration.
+sys.path.insert(0, str(ROOT / "tests"))
 
 
 def wait_for(condition, timeout, step=0.2):

@@ -28,26 +28,37 @@ def _matches(match, packet, metadata):
 
 def forwards(rules, packet):
     """True if the rules hand the packet to NORMAL forwarding, False if dropped."""
+    possible = outcomes(rules, packet)
+    if len(possible) > 1:
+        raise AssertionError(f"overlapping rules at one priority disagree on {packet}")
+    return possible.pop()
+
+
+def outcomes(rules, packet):
+    """Every verdict a switch may reach: where flows of equal priority overlap
+    with different instructions, OpenFlow leaves the choice to the switch
+    (mid-change tables have such pairs), so each choice is followed."""
     by_table = {}
     for rule in rules:
         by_table.setdefault(rule.table, []).append(rule)
-    table, metadata = CLASSIFY_TABLE, 0
-    for _ in range(len(by_table) + 1):
-        candidates = [r for r in by_table.get(table, []) if _matches(r.match, packet, metadata)]
-        if not candidates:
-            return False
-        best = max(r.priority for r in candidates)
-        winners = [r for r in candidates if r.priority == best]
-        if len({r.instructions for r in winners}) > 1:
-            raise AssertionError(f"overlapping rules at priority {best} disagree: {winners}")
-        ins = winners[0].instructions
+    return _walk(by_table, CLASSIFY_TABLE, 0, packet)
+
+
+def _walk(by_table, table, metadata, packet):
+    candidates = [r for r in by_table.get(table, []) if _matches(r.match, packet, metadata)]
+    if not candidates:
+        return {False}  # table miss: OpenFlow 1.3 drops
+    best = max(r.priority for r in candidates)
+    found = set()
+    for ins in {r.instructions for r in candidates if r.priority == best}:
         if ins.output_normal:
-            return True
-        if ins.write_metadata is not None:
-            metadata = (metadata & ~METADATA_MASK) | ins.write_metadata
+            found.add(True)
+            continue
         if ins.goto_table is None:
-            return False
+            found.add(False)
+            continue
         if ins.goto_table <= table:
             raise AssertionError("goto_table must move forward")
-        table = ins.goto_table
-    raise AssertionError("pipeline did not end")
+        written = metadata if ins.write_metadata is None else (metadata & ~METADATA_MASK) | ins.write_metadata
+        found |= _walk(by_table, ins.goto_table, written, packet)
+    return found

@@ -194,24 +194,78 @@ def test_invalid_reload_keeps_the_policy_in_force(store, tmp_path):
     assert store.policy == before
 
 
-def test_reload_refuses_a_file_that_repeats_an_api_exception(store, tmp_path):
-    add(store, "10.20.3.10")
-    (tmp_path / "policy.yaml").write_text(textwrap.dedent(POLICY).replace(
-        "switches:", "  - {address: 10.20.3.10, direction: inbound, reason: now in the file}\nswitches:"
-    ))
-    with pytest.raises(PolicyError, match=r"exceptions\[1\]\.address: 10.20.3.10/32 is both in .* and an API exception"):
-        store.propose_reload()
+def test_a_reload_quarantines_what_the_new_file_contradicts_and_a_restart_agrees(store, tmp_path):
+    """Moving an API exception into the file, or shrinking the campus under
+    one, is accepted: the API copy is quarantined (kept, not enforced,
+    reported), exactly as a restart with the same files would do; a later
+    file that allows it again enforces it again."""
+    moved = add(store, "10.20.3.10")
+    outside = add(store, "fd00:20::99", direction="both")
+    kept = add(store, "10.20.3.11")
+    edited = textwrap.dedent(POLICY).replace(
+        '"fd00:20::/48"', '"fd00:30::/48"'
+    ).replace("switches:", "  - {address: 10.20.3.10, direction: inbound, reason: now in the file}\nswitches:")
+    (tmp_path / "policy.yaml").write_text(edited)
+    change = store.propose_reload()
+    assert [(q.exception, q.reason) for q in change.quarantined] == [
+        (moved, f"10.20.3.10/32 is also in {tmp_path / 'policy.yaml'} (exceptions[1]), whose entry is in force"),
+        (outside, f"fd00:20::99/128 is not inside the campus prefixes of {tmp_path / 'policy.yaml'}"),
+    ]
+    store.commit(change)
+    in_force = {(str(e.address), e.source) for e in store.policy.exceptions}
+    assert in_force == {("10.20.1.5/32", "file"), ("10.20.3.10/32", "file"), ("10.20.3.11/32", "api")}
+    again = PolicyStore(store.policy_file, store.state_file)
+    assert again.policy == store.policy
+    assert [q.to_dict() for q in again.quarantined] == [q.to_dict() for q in store.quarantined]
+    assert again.api_exceptions == (kept,)
+
+    # A quarantined exception is removed by its id, like any API exception.
+    assert store.quarantined[1].to_dict()["id"] == outside.id
+    store.commit(store.propose_remove(outside.id))
+    assert [q.exception for q in PolicyStore(store.policy_file, store.state_file).quarantined] == [moved]
+
+    # The original file allows it again: enforced again, from the API.
+    (tmp_path / "policy.yaml").write_text(textwrap.dedent(POLICY))
+    change = store.propose_reload()
+    assert change.quarantined == () and moved in change.added
+    store.commit(change)
+    assert set(store.api_exceptions) == {kept, moved}
+    assert PolicyStore(store.policy_file, store.state_file).api_exceptions == store.api_exceptions
 
 
-def test_a_bad_state_file_is_a_clear_start_up_error(tmp_path):
+def test_a_state_file_the_policy_contradicts_starts_with_it_quarantined(tmp_path):
     (tmp_path / "policy.yaml").write_text(textwrap.dedent(POLICY))
     path = tmp_path / "policy.api-exceptions.json"
     path.write_text("{not json")
     with pytest.raises(PolicyError, match=r"policy.api-exceptions.json: line 1, column 2: not valid JSON"):
         PolicyStore(tmp_path / "policy.yaml")
-    path.write_text(json.dumps({"format": state.FORMAT, "version": 1, "exceptions": [{"address": "10.99.0.1", "direction": "both", "reason": "x"}]}))
-    with pytest.raises(PolicyError, match=r"exceptions\[0\]\.address: 10.99.0.1/32 is not inside the campus"):
-        PolicyStore(tmp_path / "policy.yaml")
+    items = [{"address": "10.99.0.1", "direction": "both", "reason": "x"},
+             {"address": "10.20.1.5", "direction": "both", "reason": "also in the file"},
+             {"address": "10.20.9.9", "direction": "sideways", "reason": "x"},
+             {"address": "10.20.9.10", "direction": "inbound", "reason": "fine"}]
+    path.write_text(json.dumps({"format": state.FORMAT, "version": 1, "exceptions": items}))
+    store = PolicyStore(tmp_path / "policy.yaml")
+    assert [str(e.address) for e in store.api_exceptions] == ["10.20.9.10/32"]
+    reasons = [q.reason for q in store.quarantined]
+    assert reasons[0].startswith("10.99.0.1/32 is not inside the campus prefixes")
+    assert reasons[1].startswith("10.20.1.5/32 is also in")
+    assert reasons[2].startswith("invalid: exceptions[2].direction: 'sideways' is not a direction")
+    # Even the one that does not parse can be removed.
+    store.commit(store.propose_remove(store.quarantined[2].id))
+    assert [q.address for q in PolicyStore(tmp_path / "policy.yaml").quarantined] == ["10.99.0.1/32", "10.20.1.5/32"]
+
+
+def test_adding_the_same_exception_again_is_no_change(store):
+    """A client that retries a POST after a failed answer gets the exception
+    in force, not a conflict."""
+    first = add(store, "10.20.3.10", contact="a@example.edu")
+    lines = Path(store.state_file).read_text()
+    change = store.propose_add({"address": "10.20.3.10", "direction": "outbound", "reason": "test", "contact": "a@example.edu"})
+    assert change.subject == first and change.added == () and not change.save_added
+    store.commit(change)
+    assert Path(store.state_file).read_text() == lines
+    with pytest.raises(Conflict):
+        store.propose_add({"address": "10.20.3.10", "direction": "inbound", "reason": "test"})
 
 
 # -- crash safety -------------------------------------------------------------
@@ -283,23 +337,85 @@ def test_a_torn_last_line_is_ignored_and_then_replaced(store):
     assert PolicyStore(store.policy_file, store.state_file).api_exceptions == (first, second)
 
 
-def test_a_failed_append_changes_nothing_and_the_next_change_rewrites(store, monkeypatch):
+def test_a_change_whose_fsync_fails_never_comes_back(store, monkeypatch):
+    """The line of a change that could not be fsync'ed may already be in the
+    page cache and reach the disk later: it is cut off, durably, before the
+    client is told the change failed, so a restart cannot resurrect it."""
     first = add(store, "10.20.3.10")
     path = Path(store.state_file)
+    on_disk = path.read_bytes()
+    real_fsync = os.fsync
+    calls = []
+
+    def fail_once(fd):
+        calls.append(fd)
+        if len(calls) == 1:
+            raise OSError(5, "Input/output error")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fail_once)
+    with pytest.raises(state.StateUnavailable, match="cannot save the change in .*: Input/output error"):
+        add(store, "10.20.3.11")
+    assert store.api_exceptions == (first,)
+    assert path.read_bytes() == on_disk
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert PolicyStore(store.policy_file, store.state_file).api_exceptions == (first,)
+    second = add(store, "10.20.3.12")  # and the journal goes on as before
+    assert PolicyStore(store.policy_file, store.state_file).api_exceptions == (first, second)
+
+
+def test_when_the_line_cannot_be_cut_off_the_file_is_rewritten_as_it_was(store, monkeypatch):
+    first = add(store, "10.20.3.10")
     real_fsync = os.fsync
 
     def disk_full(fd):
         raise OSError(28, "No space left on device")
 
+    def no_truncate(*args):
+        raise OSError(5, "Input/output error")
+
     monkeypatch.setattr(os, "fsync", disk_full)
-    with pytest.raises(OSError):
+    monkeypatch.setattr(state, "_cut", no_truncate)
+    # Neither cut off nor rewritten (fsync fails for the temporary file too):
+    # the error says the file is in doubt.
+    with pytest.raises(state.StateUnavailable, match="nor restore it .* the file may hold the refused change"):
         add(store, "10.20.3.11")
     assert store.api_exceptions == (first,)
+    # Only the append's fsync fails: the rewrite puts the old state back.
+    calls = []
+
+    def fail_first(fd):
+        calls.append(fd)
+        if len(calls) == 1:
+            raise OSError(28, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fail_first)
+    store._state.load()  # a journal again
+    with pytest.raises(state.StateUnavailable, match="No space left on device"):
+        add(store, "10.20.3.11")
     monkeypatch.setattr(os, "fsync", real_fsync)
-    with open(path, "ab") as stream:
-        stream.write(b'{"add":[{"addre')  # what the failed write may have left
-    second = add(store, "10.20.3.12")
-    assert PolicyStore(store.policy_file, store.state_file).api_exceptions == (first, second)
+    assert PolicyStore(store.policy_file, store.state_file).api_exceptions == (first,)
+
+
+def test_a_compaction_that_fails_changes_nothing(store, monkeypatch):
+    first = add(store, "10.20.3.10")
+    store._state.rewrite_on_next_record()
+    real_fsync = os.fsync
+    calls = []
+
+    def fail_directory_sync(fd):
+        calls.append(fd)
+        if len(calls) == 2:  # the temporary file synced and renamed; the directory fails
+            raise OSError(5, "Input/output error")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fail_directory_sync)
+    with pytest.raises(state.StateUnavailable):
+        add(store, "10.20.3.11")
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert store.api_exceptions == (first,)
+    assert PolicyStore(store.policy_file, store.state_file).api_exceptions == (first,)
 
 
 def test_a_corrupt_journal_line_is_a_clear_start_up_error(store):
@@ -326,12 +442,13 @@ batch = int(sys.argv[2])
 print("ready", flush=True)
 while True:
     # Each change removes the oldest batch of ten (if there are three) and adds one.
+    before = list(live.values())
     removed = list(live)[:10] if len(live) >= 30 else []
     for address in removed:
         del live[address]
     added = [{"address": f"10.{batch // 256 % 256}.{batch % 256}.{i}/32", "reason": "x" * 100} for i in range(10)]
     live.update((item["address"], item) for item in added)
-    journal.record(removed, added, lambda: list(live.values()))
+    journal.record(removed, added, lambda: list(live.values()), lambda: before)
     batch += 1
 """
 

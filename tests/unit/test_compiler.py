@@ -12,10 +12,12 @@ from smtp_border.compiler import compile_switch, merged_exception_networks
 from smtp_border.policy import load_policy, parse_policy
 from smtp_border.rules import (
     CLASSIFY_TABLE,
+    Clause,
     FORWARD_TABLE,
+    FROM_OUTSIDE,
+    Match,
     OWNED_TABLES,
     POLICY_TABLE,
-    Clause,
     cookie_clause,
     sorted_rules,
     to_ofctl,
@@ -195,19 +197,21 @@ def test_rules_are_well_formed():
             assert rule.instructions.goto_table == POLICY_TABLE
         if rule.table == FORWARD_TABLE:
             assert rule.instructions.output_normal
-    # every table has a lowest-priority catch-all, so no packet hits a table miss
+    # every table has a lowest-priority catch-all, so no packet hits a table
+    # miss; the policy table's catches what reaches it unjudged: outside to outside
+    catch_all = {CLASSIFY_TABLE: Match(), POLICY_TABLE: Match(metadata=FROM_OUTSIDE), FORWARD_TABLE: Match()}
     for table in OWNED_TABLES:
-        assert any(r.table == table and r.priority == 0 and r.match == type(r.match)() for r in rules)
+        assert any(r.table == table and r.priority == 0 and r.match == catch_all[table] for r in rules)
 
 
 def test_ofctl_rendering():
     rules = sorted_rules(compile_switch(load_policy(ROOT / "policy.yaml"), 1, NOW))
     lines = [to_ofctl(r) for r in rules]
     assert lines[0].startswith("cookie=0x534d02")
-    assert "table=0,priority=300,in_port=1,dl_type=0x0800,nw_proto=6,tp_dst=25 actions=write_metadata:0x2/0x3,goto_table:1" in lines[0] + lines[1]
+    assert "table=0,priority=300,in_port=1,dl_type=0x0800,nw_proto=6,tp_dst=25 actions=write_metadata:0x2/0x7,goto_table:1" in lines[0] + lines[1]
     assert any(l.endswith("table=2,priority=0 actions=NORMAL") for l in lines)
     assert any("ipv6_dst=fd00:20:0:1::5 actions=goto_table:2" in l for l in lines)
-    assert any("metadata=0x1/0x3,dl_type=0x0800 actions=meter:1,CONTROLLER:128" in l for l in lines)
+    assert any("metadata=0x1/0x7,dl_type=0x0800 actions=meter:1,CONTROLLER:128" in l for l in lines)
 
 
 def test_blocked_flows_are_sampled_unless_sampling_is_off():
