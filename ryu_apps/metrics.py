@@ -1,17 +1,17 @@
-"""Prometheus metrics, gathered from the switches when Prometheus scrapes.
+"""Prometheus metrics, gathered when Prometheus scrapes.
 
-Blocked packets and bytes are the flow counters of the drop flows, so they
-are exact; audit samples are what reached the controller through the meter,
-and samples dropped are the meter's own count of what it held back.
+Blocked packets and bytes come from the flow counters of the drop flows, so
+they are exact, and they never decrease: what flows that were replaced or
+removed had counted is kept (smtp_border/counters.py). Audit samples are what
+reached the controller through the meter, and samples dropped are the
+meter's own count of what it held back.
 """
 import collections
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from smtp_border.audit import DIRECTIONS
 from smtp_border.policy import utc_now
-from smtp_border.rules import cookie_clause
 
 
 class PolicyCollector:
@@ -20,6 +20,21 @@ class PolicyCollector:
 
     def collect(self):
         app = self.app
+        dropped = CounterMetricFamily(
+            "smtp_border_audit_samples_dropped", "Blocked-packet samples held back by the audit meter.",
+            labels=["switch"],
+        )
+        for dpid, switch in sorted(app.switches.items()):
+            if not app.policy.switch_spec(dpid):
+                continue  # an inside switch blocks nothing
+            try:
+                app.read_block_counters(switch)
+                meters = app.meter_stats(switch.dp) if app.policy.audit.sample_rate else []
+            except Exception as err:  # a switch that does not answer keeps its last reading
+                app.logger.warning("smtp-border: metrics: switch %016x did not answer: %s", dpid, err)
+                continue
+            for meter in meters:
+                dropped.add_metric([f"{dpid:016x}"], sum(band.packet_band_count for band in meter.band_stats))
         packets = CounterMetricFamily(
             "smtp_border_blocked_packets", "Packets to an SMTP port dropped by the policy (switch flow counters).",
             labels=["switch", "direction"],
@@ -28,43 +43,34 @@ class PolicyCollector:
             "smtp_border_blocked_bytes", "Bytes to an SMTP port dropped by the policy (switch flow counters).",
             labels=["switch", "direction"],
         )
-        dropped = CounterMetricFamily(
-            "smtp_border_audit_samples_dropped", "Blocked-packet samples held back by the audit meter.",
-            labels=["switch"],
-        )
-        for dpid, dp in sorted(app.datapaths.items()):
-            if not app.policy.switch_spec(dpid):
-                continue  # an inside switch blocks nothing
-            switch = f"{dpid:016x}"
-            totals = {direction: [0, 0] for direction, _ in DIRECTIONS.values()}
-            try:
-                flows = app.switch_flows(dp)
-                meters = app.meter_stats(dp) if app.policy.audit.sample_rate else []
-            except Exception as err:  # a switch that does not answer is left out of this scrape
-                app.logger.warning("smtp-border: metrics: switch %s did not answer: %s", switch, err)
-                continue
-            for flow in flows:
-                clause = cookie_clause(flow.cookie)
-                if clause in DIRECTIONS:
-                    total = totals[DIRECTIONS[clause][0]]
-                    total[0] += flow.packet_count
-                    total[1] += flow.byte_count
-            for direction, (n_packets, n_bytes) in totals.items():
-                packets.add_metric([switch, direction], n_packets)
-                octets.add_metric([switch, direction], n_bytes)
-            for meter in meters:
-                dropped.add_metric([switch], sum(band.packet_band_count for band in meter.band_stats))
+        for (dpid, direction), (n_packets, n_bytes) in sorted(app.block_counters.totals().items()):
+            packets.add_metric([f"{dpid:016x}", direction], n_packets)
+            octets.add_metric([f"{dpid:016x}", direction], n_bytes)
         yield packets
         yield octets
         yield dropped
 
-        samples = CounterMetricFamily(
-            "smtp_border_audit_samples", "Blocked-packet samples received by the controller.", labels=["switch"]
+        by_switch = {
+            "samples": CounterMetricFamily(
+                "smtp_border_audit_samples", "Blocked-packet samples received by the controller.", labels=["switch"]),
+            "repairs": CounterMetricFamily(
+                "smtp_border_drift_repairs", "Times an audit found a switch's flows changed behind the controller's"
+                " back and repaired them.", labels=["switch"]),
+            "push_failures": CounterMetricFamily(
+                "smtp_border_push_failures", "Changes a connected switch did not confirm (then retried).",
+                labels=["switch"]),
+        }
+        drift = CounterMetricFamily(
+            "smtp_border_drift_flows", "Flows found missing, extra or changed by audits (then repaired).",
+            labels=["kind"],
         )
         for key, count in sorted(app.counters.items(), key=str):
-            if isinstance(key, tuple) and key[0] == "samples":
-                samples.add_metric([f"{key[1]:016x}"], count)
-        yield samples
+            if isinstance(key, tuple) and key[0] in by_switch:
+                by_switch[key[0]].add_metric([f"{key[1]:016x}"], count)
+            elif isinstance(key, tuple) and key[0] == "drift":
+                drift.add_metric([key[1]], count)
+        yield from by_switch.values()
+        yield drift
 
         exceptions = GaugeMetricFamily(
             "smtp_border_exceptions", "Exceptions in force, by direction and by where they come from.",
@@ -74,15 +80,30 @@ class PolicyCollector:
         for (direction, source), count in sorted(counts.items()):
             exceptions.add_metric([direction, source], count)
         yield exceptions
+        yield GaugeMetricFamily("smtp_border_exceptions_quarantined",
+                                "API exceptions kept but not enforced because policy.yaml contradicts them.",
+                                value=len(app.store.quarantined))
 
+        in_sync = GaugeMetricFamily(
+            "smtp_border_switch_in_sync", "1 if the switch is connected and holds exactly the policy in force.",
+            labels=["switch"],
+        )
+        report = app.enforcement()
+        for dpid in report["enforced"]:
+            in_sync.add_metric([dpid], 1)
+        for pending in report["pending"]:
+            in_sync.add_metric([pending["dpid"]], 0)
+        yield in_sync
         yield GaugeMetricFamily("smtp_border_switches_connected", "Switches connected to the controller.",
-                                value=len(app.datapaths))
+                                value=len(app.switches))
         yield CounterMetricFamily("smtp_border_policy_reloads", "Successful policy reloads.",
                                   value=app.counters["reloads"])
         yield CounterMetricFamily("smtp_border_policy_reload_failures", "Reloads refused because the file was invalid.",
                                   value=app.counters["reload_failures"])
+        yield CounterMetricFamily("smtp_border_exceptions_expired", "Exceptions withdrawn because their time came.",
+                                  value=app.counters["expired"])
         yield GaugeMetricFamily("smtp_border_last_change_timestamp_seconds",
-                                "When the policy in force last reached every switch (Unix time).",
+                                "When the policy in force last reached every listed switch (Unix time).",
                                 value=app.last_change)
 
 

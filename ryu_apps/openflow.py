@@ -6,31 +6,103 @@ change in an ONF bundle (the OpenFlow 1.3 extension that Open
 vSwitch implements) so that a switch applies it all at once or not at all.
 """
 import netaddr
-from ryu.ofproto import ofproto_parser
+from ryu.ofproto import ofproto_parser, ofproto_v1_3_parser
+from ryu.ofproto import ofproto_v1_3 as ofp
 from ryu.ofproto.ofproto_v1_3 import OFPP_CONTROLLER
 
 from ryu_apps import wire
-from smtp_border.rules import METADATA_MASK, OWNED_TABLES, SAMPLE_BYTES
+from smtp_border.rules import METADATA_MASK, SAMPLE_BYTES, FlowRule, Instructions, Match
+
+# Match attributes that are plain OXM fields of the same name and meaning.
+_PLAIN_FIELDS = ("in_port", "eth_type", "ip_proto", "tcp_dst")
+# (attribute, IP version) -> OXM field name
+_ADDRESS_FIELDS = {
+    ("ip_src", 4): "ipv4_src", ("ip_dst", 4): "ipv4_dst",
+    ("ip_src", 6): "ipv6_src", ("ip_dst", 6): "ipv6_dst",
+}
 
 
 def match_of(parser, match):
-    fields = {}
-    if match.in_port is not None:
-        fields["in_port"] = match.in_port
+    fields = {name: getattr(match, name) for name in _PLAIN_FIELDS if getattr(match, name) is not None}
     if match.metadata is not None:
         fields["metadata"] = (match.metadata, METADATA_MASK)
-    if match.eth_type is not None:
-        fields["eth_type"] = match.eth_type
-    if match.ip_proto is not None:
-        fields["ip_proto"] = match.ip_proto
-    if match.tcp_dst is not None:
-        fields["tcp_dst"] = match.tcp_dst
-    for name, network in (("src", match.ip_src), ("dst", match.ip_dst)):
+    for name in ("ip_src", "ip_dst"):
+        network = getattr(match, name)
         if network is not None:
-            family = "ipv4" if network.version == 4 else "ipv6"
             # A host is an exact match; only a real network needs a mask.
-            fields[f"{family}_{name}"] = str(network.ip) if network.size == 1 else (str(network.ip), str(network.netmask))
+            value = str(network.ip) if network.size == 1 else (str(network.ip), str(network.netmask))
+            fields[_ADDRESS_FIELDS[name, network.version]] = value
     return parser.OFPMatch(**fields)
+
+
+def rule_from_flow(stats):
+    """The FlowRule a switch reports (OFPFlowStats), or None for a flow this
+    app would never install: another field, mask, action or instruction."""
+    match = _match_from(stats.match)
+    instructions = _instructions_from(stats.instructions)
+    if match is None or instructions is None:
+        return None
+    try:
+        return FlowRule(stats.table_id, stats.priority, match, instructions, stats.cookie)
+    except ValueError:
+        return None
+
+
+def _match_from(ofp_match):
+    attributes = {}
+    by_oxm = {oxm: attribute for (attribute, _), oxm in _ADDRESS_FIELDS.items()}
+    for name, value in ofp_match.items():
+        if name in _PLAIN_FIELDS:
+            attributes[name] = value
+        elif name == "metadata":
+            value, mask = value if isinstance(value, tuple) else (value, 2**64 - 1)
+            if mask != METADATA_MASK:
+                return None
+            attributes["metadata"] = value
+        elif name in by_oxm:
+            address, mask = value if isinstance(value, tuple) else (value, None)
+            address = netaddr.IPAddress(address)
+            length = 32 if address.version == 4 else 128
+            if mask is not None:
+                mask = netaddr.IPAddress(mask)
+                if not mask.is_netmask():
+                    return None  # not a prefix
+                length = mask.netmask_bits()
+            network = netaddr.IPNetwork((address.value, length), version=address.version)
+            if network.ip != network.network:
+                return None  # host bits set: the compiler never sends that
+            attributes[by_oxm[name]] = network
+        else:
+            return None
+    try:
+        return Match(**attributes)
+    except ValueError:
+        return None
+
+
+def _instructions_from(instructions):
+    found = {}
+    for instruction in instructions:
+        if isinstance(instruction, ofproto_v1_3_parser.OFPInstructionGotoTable):
+            found["goto_table"] = instruction.table_id
+        elif isinstance(instruction, ofproto_v1_3_parser.OFPInstructionWriteMetadata):
+            if instruction.metadata_mask != METADATA_MASK:
+                return None
+            found["write_metadata"] = instruction.metadata
+        elif isinstance(instruction, ofproto_v1_3_parser.OFPInstructionMeter):
+            found["sample_meter"] = instruction.meter_id
+        elif isinstance(instruction, ofproto_v1_3_parser.OFPInstructionActions) and instruction.type == ofp.OFPIT_APPLY_ACTIONS:
+            ports = [(a.port, a.max_len) for a in instruction.actions if isinstance(a, ofproto_v1_3_parser.OFPActionOutput)]
+            if len(ports) != len(instruction.actions) or len(ports) != 1:
+                return None
+            port, max_len = ports[0]
+            if port == ofp.OFPP_NORMAL:
+                found["output_normal"] = True
+            elif not (port == ofp.OFPP_CONTROLLER and max_len == SAMPLE_BYTES and "sample_meter" in found):
+                return None
+        else:
+            return None
+    return Instructions(**found)
 
 
 def instructions_of(datapath, instructions):
@@ -60,30 +132,57 @@ def set_meter(datapath, meter_id, rate, command):
     )
 
 
-def delete_reported_flow(datapath, stats):
-    """Delete exactly the flow a switch reported in an OFPFlowStats."""
+class Foreign:
+    """A flow in the owned tables that this app would never install (added
+    by hand, or by another release): deleted by its own match."""
+
+    def __init__(self, stats):
+        self.stats = stats
+        self.table = stats.table_id
+        self.priority = stats.priority
+        self.key = ("foreign", stats.table_id, stats.priority, str(stats.match))
+
+
+def delete_foreign(datapath, foreign):
+    """Delete exactly the flow a switch reported (table, priority, match)."""
     ofp, parser = datapath.ofproto, datapath.ofproto_parser
-    return parser.OFPFlowMod(
+    stats = foreign.stats
+    msg = parser.OFPFlowMod(
         datapath, table_id=stats.table_id, command=ofp.OFPFC_DELETE_STRICT, priority=stats.priority,
         out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY, match=stats.match,
+    )
+    msg.serialize()
+    return wire.Encodable(ofp.OFPT_FLOW_MOD, bytes(msg.buf[8:]))
+
+
+def add(datapath, rule):
+    return wire.add_flow(rule)
+
+
+def delete(datapath, rule):
+    return wire.delete_flow(rule)
+
+
+def flow_mod(datapath, op, item):
+    """The flow mod of one step of an ordering plan (smtp_border/ordering.py)."""
+    if op == "add":
+        return wire.add_flow(item)
+    return delete_foreign(datapath, item) if isinstance(item, Foreign) else wire.delete_flow(item)
+
+
+def flow_stats_request(datapath, cookie=0, cookie_mask=0):
+    """Every flow of the switch, or those whose cookie matches under the mask."""
+    ofp, parser = datapath.ofproto, datapath.ofproto_parser
+    return parser.OFPFlowStatsRequest(
+        datapath, 0, ofp.OFPTT_ALL, ofp.OFPP_ANY, ofp.OFPG_ANY, cookie, cookie_mask, parser.OFPMatch()
     )
 
 
 def apply_diff(diff):
-    """Flow mods for a RuleDiff, adds before deletes.
-
-    Inside a bundle the order does not matter. Without one, this order passes
-    through the union of old and new flows, which blocks whatever both block
-    and allows whatever both allow: every allow flow sits above every drop
-    flow in the policy table."""
+    """Flow mods for a RuleDiff, adds before deletes, for a bundle (where
+    the order does not matter). Without bundles, smtp_border/ordering.py
+    decides the order."""
     return [wire.add_flow(r) for r in diff.add] + [wire.delete_flow(r) for r in diff.delete]
-
-
-def replace_all(rules):
-    """Flow mods that leave the owned tables holding exactly `rules`.
-
-    Deleting and re-adding is only safe inside an atomic bundle; see bundle()."""
-    return [wire.delete_table(table) for table in OWNED_TABLES] + [wire.add_flow(rule) for rule in rules]
 
 
 def bundle(datapath, bundle_id, messages):
@@ -94,54 +193,6 @@ def bundle(datapath, bundle_id, messages):
     wrapped.extend(wire.BundleAdd(bundle_id, flags, m) for m in messages)
     wrapped.append(parser.ONFBundleCtrlMsg(datapath, bundle_id, ofp.ONF_BCT_COMMIT_REQUEST, flags, []))
     return wrapped
-
-
-def flow_key(table_id, priority, match):
-    """What identifies a flow entry on a switch, comparable between what a
-    switch reports (OFPFlowStats) and what we send."""
-    return (table_id, priority, _match_signature(match))
-
-
-def flow_signature(table_id, priority, cookie, match, instructions):
-    """A flow's key, cookie and instructions, comparable the same way."""
-    return flow_key(table_id, priority, match) + (cookie, tuple(_instruction_signature(i) for i in instructions))
-
-
-def expected_signature(datapath, rule):
-    return flow_signature(
-        rule.table, rule.priority, rule.cookie,
-        match_of(datapath.ofproto_parser, rule.match), instructions_of(datapath, rule.instructions),
-    )
-
-
-def _match_signature(match):
-    fields = []
-    for name, value in match.items():
-        if name.startswith(("ipv4_", "ipv6_")):
-            address, mask = value if isinstance(value, tuple) else (value, None)
-            address = str(netaddr.IPAddress(address))
-            # An all-ones mask is an exact match however a switch spells it.
-            if mask is not None and netaddr.IPAddress(mask).bits().count("0") == 0:
-                mask = None
-            value = (address, None if mask is None else str(netaddr.IPAddress(mask)))
-        fields.append((name, value))
-    return tuple(sorted(fields, key=repr))
-
-
-def _instruction_signature(instruction):
-    kind = type(instruction).__name__
-    if hasattr(instruction, "table_id"):
-        return (kind, instruction.table_id)
-    if hasattr(instruction, "metadata"):
-        return (kind, instruction.metadata, instruction.metadata_mask)
-    if hasattr(instruction, "meter_id"):
-        return (kind, instruction.meter_id)
-    # max_len only means something for output to the controller.
-    actions = tuple(
-        (type(a).__name__, getattr(a, "port", None), a.max_len if getattr(a, "port", None) == OFPP_CONTROLLER else None)
-        for a in getattr(instruction, "actions", [])
-    )
-    return (kind, actions)
 
 
 def describe_error(datapath, error):

@@ -2,11 +2,11 @@
 
     GET    /smtp/v1/policy            the policy in force
     GET    /smtp/v1/exceptions        every exception, from the file and the API
-    POST   /smtp/v1/exceptions        add one (201 once every switch confirmed)
+    POST   /smtp/v1/exceptions        add one (201 once every listed switch confirmed)
     POST   /smtp/v1/exceptions/batch  remove and add many, as one change
-    DELETE /smtp/v1/exceptions/<id>   remove one added over the API (204)
+    DELETE /smtp/v1/exceptions/<id>   remove one added over the API, or a quarantined one
     POST   /smtp/v1/reload            re-read policy.yaml, apply the difference
-    GET    /smtp/v1/switches          each switch: connected, in sync, flow count
+    GET    /smtp/v1/switches          each switch: connected, in sync, pending, audits
     GET    /smtp/v1/blocked           recent blocked attempts (sampled)
     GET    /smtp/v1/blocked/top       hosts ranked by blocked attempts
     GET    /smtp/v1/mailservers       the inventory: relays and every exception
@@ -14,6 +14,20 @@
 
 docs/openapi.yaml describes it. Every answer is JSON, errors too:
 {"error": "..."} (plus "field" when one field of the request is at fault).
+
+A change answers with "switches": {"enforced": [...], "pending": [...]},
+the listed switches that confirmed it and those that did not, with why:
+
+    200/201  in force on every listed switch
+    202      saved and in force on every connected switch; listed switches
+             that are not connected are pending and get it on connection
+    502      saved, but a connected switch did not confirm it; the controller
+             retries by itself (GET /switches shows progress)
+    500      saved, but delivering it crashed (a bug; the log has it); retried
+    503      not saved (the state file cannot be written): nothing changed
+
+Sending the same request again is always safe: an exception already in
+force is answered 200, one already removed 404.
 """
 import datetime
 import functools
@@ -31,6 +45,7 @@ from ryu_apps.metrics import registry_for
 from smtp_border.audit import format_time, parse_time
 from smtp_border.inventory import inventory
 from smtp_border.policy import PolicyError, utc_now
+from smtp_border.state import StateUnavailable
 from smtp_border.store import Conflict, NotFound
 
 LOG = logging.getLogger("smtp_border.rest")
@@ -104,6 +119,9 @@ def api(changes_state=False):
                 return json_response(409, document)
             except NotFound as err:
                 return json_response(404, {"error": str(err)})
+            except StateUnavailable as err:
+                LOG.error("smtp-border: REST %s %s: %s", req.method, req.path, err)
+                return json_response(503, {"error": f"not saved, nothing changed: {err}"}, {"Retry-After": "30"})
             except Exception:  # never a traceback to the client; the log has it
                 LOG.exception("smtp-border: REST %s %s failed", req.method, req.path)
                 return json_response(500, {"error": "internal error; see the controller log"})
@@ -208,12 +226,31 @@ def policy_document(store):
     }
 
 
-def change_document(change, switches):
+def change_document(change, report):
     return {
         "added": [e.to_dict() for e in change.added],
-        "removed": [e.to_dict() for e in change.removed],
-        "switches": switches,
+        "removed": [e.to_dict() for e in change.removed] + [q.to_dict() for q in change.dropped],
+        "switches": report,
     }
+
+
+def change_response(status, document, report, headers=None):
+    """The answer to a change: `status` when every listed switch enforces it,
+    otherwise what the report says (see the module's docstring)."""
+    crashed = report.pop("crashed", None)
+    if crashed:
+        status = 500
+        document["error"] = ("the change is saved, but delivering it crashed on switch(es) "
+                             + ", ".join(f"{d:016x} ({e})" for d, e in sorted(crashed.items()))
+                             + "; the controller retries; see its log")
+    elif any(p["connected"] for p in report["pending"]):
+        status = 502
+        document["error"] = ("the change is saved, but switch(es) "
+                             + ", ".join(f"{p['dpid']} ({p['reason']})" for p in report["pending"] if p["connected"])
+                             + " did not confirm it; the controller retries by itself")
+    elif report["pending"]:
+        status = 202
+    return json_response(status, document, headers)
 
 
 def routes():
@@ -238,21 +275,29 @@ class SmtpRestController(ControllerBase):
     @route("smtp", PREFIX + "/exceptions", methods=["GET"])
     @api()
     def list_exceptions(self, req, **_):
-        return json_response(200, {"exceptions": [e.to_dict() for e in self.app.policy.exceptions]})
+        active = self.app.border.active_ids
+        exceptions = [dict(e.to_dict(), state="active" if e.id in active else "expired") for e in self.app.policy.exceptions]
+        quarantined = [q.to_dict() for q in self.app.store.quarantined]
+        return json_response(200, {"exceptions": exceptions + quarantined})
 
     @route("smtp", PREFIX + "/exceptions/{exception_id}", methods=["GET"])
     @api()
     def get_exception(self, req, exception_id, **_):
-        return json_response(200, self.app.store.exception(exception_id).to_dict())
+        for q in self.app.store.quarantined:
+            if q.id == exception_id:
+                return json_response(200, q.to_dict())
+        exception = self.app.store.exception(exception_id)
+        state = "active" if exception.id in self.app.border.active_ids else "expired"
+        return json_response(200, dict(exception.to_dict(), state=state))
 
     @route("smtp", PREFIX + "/exceptions", methods=["POST"])
     @api(changes_state=True)
     def add_exception(self, req, **_):
         data = read_json(req)
-        with self.app.change_lock:
-            change = self.app.store.propose_add(data)
-            self._apply(change)
-        return json_response(201, change.added[0].to_dict(), {"Location": f"{PREFIX}/exceptions/{change.added[0].id}"})
+        outcome, report = self._change(lambda border: border.add(data))
+        exception = outcome.subject
+        return change_response(201 if outcome.change.added else 200, {**exception.to_dict(), "switches": report},
+                               report, {"Location": f"{PREFIX}/exceptions/{exception.id}"})
 
     @route("smtp", PREFIX + "/exceptions/batch", methods=["POST"])
     @api(changes_state=True)
@@ -267,38 +312,45 @@ class SmtpRestController(ControllerBase):
                 raise HttpError(400, f"{name}: expected a list", field=name)
         if len(additions) + len(removals) > MAX_BATCH:
             raise HttpError(413, f"a batch holds at most {MAX_BATCH} exceptions; split it")
-        with self.app.change_lock:
-            change = self.app.store.propose_batch(additions, removals)
-            switches = self._apply(change)
-        return json_response(200, change_document(change, switches))
+        outcome, report = self._change(lambda border: border.batch(additions, removals))
+        return change_response(200, change_document(outcome.change, report), report)
 
     @route("smtp", PREFIX + "/exceptions/{exception_id}", methods=["DELETE"])
     @api(changes_state=True)
     def delete_exception(self, req, exception_id, **_):
-        with self.app.change_lock:
-            self._apply(self.app.store.propose_remove(exception_id))
-        return Response(status=204)
+        outcome, report = self._change(lambda border: border.remove(exception_id))
+        return change_response(200, change_document(outcome.change, report), report)
 
     @route("smtp", PREFIX + "/reload", methods=["POST"])
     @api(changes_state=True)
     def reload(self, req, **_):
-        with self.app.change_lock:
+        def reload(border):
             try:
-                change = self.app.store.propose_reload()
+                return border.reload()
             except PolicyError:
                 self.app.counters["reload_failures"] += 1
                 raise
-            switches = self._apply(change)
-            self.app.counters["reloads"] += 1
-        return json_response(200, change_document(change, switches))
+
+        before = {q.id for q in self.app.store.quarantined}
+        outcome, report = self._change(reload)
+        self.app.counters["reloads"] += 1
+        newly = [q for q in outcome.change.quarantined if q.id not in before]
+        self.app.log_quarantine(newly)
+        document = change_document(outcome.change, report)
+        document["quarantined"] = [q.to_dict() for q in outcome.change.quarantined]
+        return change_response(200, document, report)
 
     @route("smtp", PREFIX + "/switches", methods=["GET"])
     @api()
     def switches(self, req, **_):
-        # Behind the change lock, so that a switch is never compared with a
-        # policy whose change it has not received yet.
-        with self.app.change_lock:
-            statuses = [self.app.switch_status(dpid) for dpid in self.app.known_dpids()]
+        # What the controller knows (kept up to date by pushes and audits):
+        # no switch is asked and nothing compiled, so this is cheap. With
+        # ?verify=1 every connected switch is compared in full first.
+        if req.GET.get("verify") not in (None, "0", "false"):
+            with self.app.change_lock:
+                for dpid in list(self.app.switches):
+                    self.app.verify(dpid)
+        statuses = [self.app.switch_status(dpid) for dpid in self.app.known_dpids()]
         return json_response(200, {"switches": statuses})
 
     @route("smtp", PREFIX + "/blocked", methods=["GET"])
@@ -337,14 +389,11 @@ class SmtpRestController(ControllerBase):
                                  {"Allow": ", ".join(methods)})
         return json_response(404, {"error": f"no such resource: {req.path}"})
 
-    def _apply(self, change):
-        """Commit a validated change and push it to every switch (lock held).
-        The answer waits for every switch's barrier."""
-        done, failed = self.app.apply_change(change)
-        LOG.info("smtp-border: change applied: +%d -%d exception(s); switches %s",
-                 len(change.added), len(change.removed), sorted(f"{d:016x}" for d in done) or "unchanged")
-        if failed:
-            raise HttpError(502, "the change is saved and in force on the controller, but switch(es) "
-                            + ", ".join(f"{d:016x} ({e})" for d, e in sorted(failed.items()))
-                            + " did not confirm it; the next change or reconnection replaces their flows in full")
-        return {f"{dpid:016x}": result for dpid, result in done.items()}
+    def _change(self, make):
+        """Apply one change through the app; logged with what it reached."""
+        outcome, report = self.app.change(make)
+        change = outcome.change
+        LOG.info("smtp-border: change applied: +%d -%d exception(s); enforced on %s; pending on %s",
+                 len(change.added), len(change.removed) + len(change.dropped), report["enforced"] or "none",
+                 [f"{p['dpid']} ({p['reason']})" for p in report["pending"]] or "none")
+        return outcome, report

@@ -2,12 +2,27 @@
 
     SMTP_POLICY_FILE=/etc/smtp-border/policy.yaml ryu-manager ryu_apps.smtp_policy
 
-The policy is compiled (smtp_border.compiler) and installed proactively when a
-switch connects, replacing whatever the switch had in the tables the app owns
-in one atomic bundle, then confirmed with a barrier. Later changes (REST calls,
-reloads) send each switch only the difference, again in one bundle. No flow
-sends packets to the controller, and no flow times out, so the switch keeps
-enforcing while the controller is away.
+What every switch should hold is decided by the core (smtp_border.border:
+the policy, the exception index, expiry, the desired flows of each switch);
+this module only delivers it and reports back. For each connected switch it
+keeps whether the switch is known to hold exactly its desired flows, and a
+worker green thread that makes it so:
+
+* on connection, after a failed push (retried with exponential backoff up to
+  RETRY_MAX seconds) and when an audit finds drift, it *reconciles*: reads
+  the switch's flows, diffs them with the desired ones and sends the
+  difference, in one atomic bundle (or, without bundles, in the order
+  smtp_border/ordering.py proves safe), then a barrier. It never flushes: a
+  switch that already holds the policy gets nothing and keeps its counters.
+* every AUDIT_SECONDS it *audits* an in-sync switch: the flow count of each
+  owned table (three small aggregate requests) and, every FULL_AUDIT_EVERY
+  audits, a full comparison; drift (flows deleted, added or changed behind
+  the controller's back) is logged, counted and repaired.
+
+A change (REST, reload, expiry) is sent as a diff to every in-sync switch at
+once and answered with which listed switches enforce it and which are
+pending, and why. No flow times out, so a switch keeps enforcing while the
+controller is away.
 """
 import collections
 import contextlib
@@ -26,13 +41,14 @@ from ryu.lib import hub
 from ryu.lib.packet import ipv4, ipv6, packet, tcp
 from ryu.ofproto import ofproto_v1_3
 
-from ryu_apps import openflow, rest, wire
-from smtp_border.audit import AuditLog, attempt_from_sample, default_log_path
-from smtp_border.compiler import ExceptionIndex, compile_switch
-from smtp_border.diff import RuleDiff, diff_rules
+from ryu_apps import openflow, rest
+from smtp_border import ordering
+from smtp_border.audit import DIRECTIONS, AuditLog, attempt_from_sample, default_log_path
+from smtp_border.border import Border
+from smtp_border.counters import BlockCounters
+from smtp_border.diff import diff_rules
 from smtp_border.policy import PolicyError, utc_now
-from smtp_border.rules import AUDIT_METER_ID, cookie_clause
-from smtp_border.store import PolicyStore
+from smtp_border.rules import AUDIT_METER_ID, OWNED_TABLES, cookie_clause, with_version
 
 POLICY_FILE_ENV = "SMTP_POLICY_FILE"
 STATE_FILE_ENV = "SMTP_POLICY_STATE"
@@ -40,13 +56,25 @@ STATE_FILE_ENV = "SMTP_POLICY_STATE"
 # switch that refuses them. "off": never use bundles.
 BUNDLES_ENV = "SMTP_POLICY_BUNDLES"
 AUDIT_LOG_ENV = "SMTP_POLICY_AUDIT_LOG"  # overrides audit.log of the policy
+AUDIT_SECONDS_ENV = "SMTP_POLICY_AUDIT_SECONDS"
 DEFAULT_POLICY_FILE = "policy.yaml"
 # How long a switch may take to answer before we call the request failed.
 REPLY_TIMEOUT = 30.0
 # How often expiry times are checked: an expired exception stops being
 # enforced within this many seconds.
 EXPIRY_CHECK_SECONDS = 10.0
-
+# How often an in-sync switch is audited (flow counts per owned table: three
+# aggregate requests, answered in well under a millisecond by Open vSwitch
+# even at 10,000 flows; docs/performance.md), and how many audits apart a
+# full comparison is made, which also catches a flow changed in place.
+AUDIT_SECONDS = 5.0
+FULL_AUDIT_EVERY = 12
+# Retries of a switch that failed: 0.5 s, 1 s, 2 s, ... up to this.
+RETRY_MIN = 0.5
+RETRY_MAX = 30.0
+# The block flows, both clauses (0x20, 0x21): cookie and mask for reading them alone.
+BLOCK_COOKIE = (0x534D << 48) | (0x20 << 40)
+BLOCK_COOKIE_MASK = (0xFFFF << 48) | (0xFE << 40)
 
 _gc_pauses = 0  # pushes under way that hold the cyclic garbage collector off
 
@@ -81,20 +109,50 @@ def _refuses_bundles(ofp, codes):
 
 
 class _Waiter:
-    """A request to one switch, waiting for its reply (barrier or multipart)."""
+    """Requests to one switch, waiting for their replies (barrier or multipart)."""
 
-    def __init__(self, dpid, request_xid, xids=()):
+    def __init__(self, dpid, requests, xids):
         self.dpid = dpid
-        self.request_xid = request_xid
-        self.xids = set(xids)  # messages whose errors count against this request
+        self.waiting = {r.xid for r in requests}  # replies still to come
+        self.replies = {r.xid: [] for r in requests}
+        self.xids = set(xids)  # messages whose errors count against this exchange
         self.errors = []
         self.codes = []
-        self.replies = []
         self.done = hub.Event()
+
+    def answered(self, xid):
+        self.waiting.discard(xid)
+        if not self.waiting:
+            self.done.set()
 
     def fail(self, reason):
         self.errors.append(reason)
         self.done.set()
+
+
+class Switch:
+    """What the controller knows of one connected switch."""
+
+    def __init__(self, dp, bundles):
+        self.dp = dp
+        self.dpid = dp.id
+        self.in_sync = False  # holds exactly Border.flows(dpid), in `version`
+        self.version = 0  # policy-table version (alternates on switches without bundles)
+        self.bundles = bundles  # False once it refused one
+        self.pending = "connected; reading its flows"  # why it is not in sync, None when it is
+        self.failures = 0  # consecutive failed reconciliations
+        self.audits = 0
+        self.last_audit = None  # Unix time
+        self.last_repair = None
+        self.repairs = 0  # reconciliations that found drift on a switch believed in sync
+        self.flow_count = None  # flows in the owned tables at the last reading
+        self.meter_rate = None  # audit meter rate set on the switch
+        self.wake = hub.Event()
+
+    def unsynced(self, reason):
+        self.in_sync = False
+        self.pending = reason
+        self.wake.set()
 
 
 class SmtpPolicy(app_manager.RyuApp):
@@ -104,40 +162,43 @@ class SmtpPolicy(app_manager.RyuApp):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         try:
-            self.store = PolicyStore(
+            self.border = Border(
                 os.environ.get(POLICY_FILE_ENV, DEFAULT_POLICY_FILE), os.environ.get(STATE_FILE_ENV) or None
             )
         except PolicyError as err:
             # One line and a non-zero exit, not a traceback: this is the
             # operator's file, not our bug.
             sys.exit(f"smtp-border: {err}")
+        self.store = self.border.store
         self._log_policy()
         self.audit = AuditLog(
             os.environ.get(AUDIT_LOG_ENV) or default_log_path(self.store.policy_file, self.policy.audit.log)
         )
         self.logger.info("smtp-border: blocked attempts are logged to %s", self.audit.path)
-        self.counters = collections.Counter()  # reloads, reload_failures, samples[dpid]
+        # reloads, reload_failures, samples[dpid], repairs[dpid], drift[kind], push_failures[dpid]
+        self.counters = collections.Counter()
+        self.block_counters = BlockCounters()
         self.last_change = time.time()
-        self.datapaths = {}  # dpid -> connected Datapath
+        self.switches = {}  # dpid -> Switch, for the live connection of each dpid
         # Datapath -> when its hello arrived, to report install time from connect.
         self._hello_at = weakref.WeakKeyDictionary()
-        self.installed = {}  # dpid -> set of FlowRule confirmed on the switch
         self._waiters = {}  # (dpid, xid) -> _Waiter
         self._bundle_ids = itertools.count(1)
-        self.bundles = {}  # dpid -> False once a switch refused a bundle
-        self.meter_rates = {}  # dpid -> audit meter rate set on the switch
         self.bundles_wanted = os.environ.get(BUNDLES_ENV, "auto").lower() != "off"
+        self.audit_seconds = float(os.environ.get(AUDIT_SECONDS_ENV) or AUDIT_SECONDS)
         # One change at a time, across all switches: changes never interleave,
         # and concurrent REST requests are applied one after the other.
         self.change_lock = hub.Semaphore(1)
-        self.exception_index = ExceptionIndex(self.policy)
         rest.register(kwargs["wsgi"], self)
-        self._active_exceptions = {e.id for e in self.policy.active_exceptions()}
         hub.spawn(self._expiry_loop)
 
     @property
     def policy(self):
-        return self.store.policy
+        return self.border.policy
+
+    @property
+    def datapaths(self):
+        return {dpid: s.dp for dpid, s in self.switches.items()}
 
     def _log_policy(self):
         p = self.policy
@@ -158,8 +219,115 @@ class SmtpPolicy(app_manager.RyuApp):
                 "smtp-border: exception %s (%s) expired at %s and is not enforced",
                 e.address, e.direction.value, e.expires.isoformat(),
             )
+        self.log_quarantine(self.store.quarantined)
 
-    # -- switch lifecycle -----------------------------------------------------
+    def log_quarantine(self, quarantined):
+        for q in quarantined:
+            self.logger.warning(
+                "smtp-border: API exception %s (%s) is QUARANTINED, not enforced: %s;"
+                " remove it with DELETE /smtp/v1/exceptions/%s, or change %s",
+                q.id, q.address, q.reason, q.id, self.store.policy_file,
+            )
+
+    # -- changes ----------------------------------------------------------------
+
+    def change(self, make):
+        """Apply one change: `make(border)` validates and saves it and returns
+        an Outcome (or raises, and nothing changed); then every switch is
+        brought to it. Returns (outcome, report) where report says which
+        listed switches enforce it and which are pending."""
+        with self.change_lock:
+            outcome = make(self.border)
+            report = self.deliver(outcome)
+        if not report["pending"]:
+            self.last_change = time.time()
+        return outcome, report
+
+    def deliver(self, outcome):
+        """Send each in-sync switch its diff, in parallel; wake the worker of
+        any other (it reconciles against the new desired flows). Lock held."""
+        threads = {}
+        for dpid, switch in list(self.switches.items()):
+            diff = outcome.diffs.get(dpid) if outcome is not None else None
+            if not switch.in_sync:
+                switch.wake.set()
+            elif diff:
+                threads[dpid] = hub.spawn(self._push_diff, switch, diff, raise_error=True)
+        crashed = {}
+        for dpid, thread in threads.items():
+            switch = self.switches.get(dpid)
+            try:
+                thread.wait()
+            except SwitchFailed as err:
+                self.counters[("push_failures", dpid)] += 1
+                self.logger.error("smtp-border: switch %016x: change NOT applied, retrying: %s", dpid, err)
+                if switch is not None:
+                    switch.unsynced(f"change not confirmed: {err}; retrying")
+            except Exception as err:  # our bug: say so, never report it as done
+                self.logger.exception("smtp-border: switch %016x: delivering a change crashed", dpid)
+                crashed[dpid] = f"{type(err).__name__}: {err}"
+                if switch is not None:
+                    switch.unsynced(f"delivery crashed ({type(err).__name__}); retrying")
+        return self.enforcement(crashed)
+
+    def enforcement(self, crashed=None):
+        """Which switches enforce the policy in force and which are pending."""
+        listed = self.border.listed()
+        dpids = sorted(self.switches) if listed is None else listed
+        enforced, pending = [], []
+        for dpid in dpids:
+            switch = self.switches.get(dpid)
+            spec = self.policy.switch_spec(dpid)
+            name = spec.name if spec else None
+            if switch is None:
+                pending.append({"dpid": f"{dpid:016x}", "name": name, "reason": "not connected", "connected": False})
+            elif switch.in_sync:
+                enforced.append(f"{dpid:016x}")
+            else:
+                pending.append({"dpid": f"{dpid:016x}", "name": name, "connected": True,
+                                "reason": switch.pending or "not yet confirmed"})
+        return {"enforced": enforced, "pending": pending, "crashed": crashed or {}}
+
+    def _push_diff(self, switch, diff):
+        """Send an in-sync switch the diff of one change."""
+        dp = switch.dp
+        started = time.monotonic()
+        with contextlib.nullcontext() if len(diff) < 1000 else gc_paused():
+            self._read_counters_before(switch, diff)
+            self._ensure_meter(switch)
+            if switch.bundles:
+                try:
+                    self._exchange(dp, openflow.bundle(dp, next(self._bundle_ids), openflow.apply_diff(diff)),
+                                   [self._barrier(dp)])
+                    how = "in one bundle"
+                except SwitchFailed as err:
+                    if not _refuses_bundles(dp.ofproto, err.codes):
+                        raise
+                    self._no_bundles(switch)
+                    return self._reconcile(switch)
+            elif ordering.is_allow_only(diff):
+                version = switch.version
+                adds = [openflow.add(dp, with_version(r, version)) for r in diff.add]
+                deletes = [openflow.delete(dp, with_version(r, version)) for r in diff.delete]
+                for phase in (adds, deletes):
+                    if phase:
+                        self._exchange(dp, phase, [self._barrier(dp)])
+                how = "with ordered flow mods"
+            else:
+                # Not just allows: the classification changes. Read the switch
+                # and take it there in the two-phase order.
+                return self._reconcile(switch)
+        self.logger.info(
+            "smtp-border: switch %016x %s: %d flows added or changed, %d removed %s, confirmed by barrier (%.1f ms)",
+            switch.dpid, self._role(switch.dpid), len(diff.add), len(diff.delete), how,
+            (time.monotonic() - started) * 1000,
+        )
+
+    def _no_bundles(self, switch):
+        self.logger.warning("smtp-border: switch %016x refuses bundles; using ordered flow mods", switch.dpid)
+        switch.bundles = False
+
+    # -- each switch's worker ---------------------------------------------------
 
     @set_ev_cls(ofp_event.EventOFPHello, HANDSHAKE_DISPATCHER)
     def _hello(self, ev):
@@ -169,218 +337,250 @@ class SmtpPolicy(app_manager.RyuApp):
     def _state_change(self, ev):
         dp = ev.datapath
         if ev.state == MAIN_DISPATCHER:
-            self.datapaths[dp.id] = dp
-            self.installed.pop(dp.id, None)
-            self.meter_rates.pop(dp.id, None)
-            # Waiting for the barrier needs this handler's thread free to
-            # deliver the reply, so the sync runs in its own green thread.
-            hub.spawn(self._sync_switch, dp)
-        elif dp.id is not None and self.datapaths.get(dp.id) is dp:
-            del self.datapaths[dp.id]
-            self.installed.pop(dp.id, None)
+            switch = Switch(dp, self.bundles_wanted)
+            self.switches[dp.id] = switch
+            hub.spawn(self._worker, switch)
+        elif dp.id is not None and dp.id in self.switches and self.switches[dp.id].dp is dp:
+            del self.switches[dp.id]
+            self.border.forget(dp.id)
             for waiter in self._waiters_for(dp.id):
                 waiter.fail("switch disconnected before answering")
             self.logger.info("smtp-border: switch %016x disconnected; its flows stay in force", dp.id)
 
-    def _sync_switch(self, dp):
-        with self.change_lock:
-            if self.datapaths.get(dp.id) is dp and dp.id not in self.installed:
-                self._push(dp)
+    def _current(self, switch):
+        return self.switches.get(switch.dpid) is switch
 
-    def apply_change(self, change):
-        """Commit a validated change and bring every switch to it (lock held).
-
-        A change of exceptions alone (REST) is worked out from the exception
-        index: the flows of the exceptions concerned, whatever the size of the
-        policy. Anything else (a reload) is compiled in full and diffed."""
-        incremental = change.file_policy is self.store.file_policy and self.exception_index is not None
-        self.store.commit(change)
-        if incremental:
-            diff = self.exception_index.update(change.added, change.removed)
-            # Added exceptions are active (expired ones are refused), removed ones no longer count.
-            self._active_exceptions.difference_update(e.id for e in change.removed)
-            self._active_exceptions.update(e.id for e in change.added)
-            return self.changed(self.push_policy(diff), recount=False)
-        self.exception_index = None
-        return self.changed(self.push_policy())
-
-    def push_policy(self, exception_diff=None):
-        """Bring every connected switch to the policy in force, in parallel;
-        call with change_lock held. Returns ({dpid: what _push sent},
-        {dpid: error}) once every switch has confirmed or failed."""
-        threads = {dpid: hub.spawn(self._push, dp, exception_diff) for dpid, dp in list(self.datapaths.items())}
-        done, failed = {}, {}
-        for dpid, thread in threads.items():
-            result = thread.wait()
-            if isinstance(result, str):
-                failed[dpid] = result
-            elif result is not None:
-                done[dpid] = result
-        return done, failed
-
-    def _push(self, dp, exception_diff=None):
-        incremental = exception_diff is not None and dp.id in self.installed
-        with contextlib.nullcontext() if incremental else gc_paused():
-            return self._push_now(dp, exception_diff)
-
-    def _push_now(self, dp, exception_diff):
-        """Make the switch hold exactly the compiled rules.
-
-        A switch we know the flows of gets only the difference. One we do not
-        (it just connected, or the controller restarted, or a change failed)
-        gets a delete of everything in the owned tables and every flow, in the
-        same atomic bundle, so stale flows go and no packet sees a table
-        without the policy. Returns {"added", "removed", "flows"} counts,
-        None if there was nothing to send, or an error message."""
-        started = time.monotonic()
-        known = self.installed.get(dp.id)
-        if exception_diff is not None and known is not None:
-            # Exception flows are the same on every enforcing switch, and absent on inside ones.
-            diff = exception_diff if self.policy.switch_spec(dp.id) else RuleDiff((), ())
-            rules = None  # `known` with the diff applied, once the switch confirms it
-        else:
-            rules = compile_switch(self.policy, dp.id)
-            diff = None if known is None else diff_rules(known, rules)
-        if diff is not None and not diff:
-            return None
-        counts = (len(rules), None) if diff is None else (len(diff.add), len(diff.delete))
-        try:
-            self._ensure_meter(dp)
+    def _worker(self, switch):
+        """Keep one connection's switch at its desired flows until it goes.
+        Nothing ends this loop but the switch leaving: every failure, ours
+        included, is logged and retried."""
+        delay = 0.0
+        while self._current(switch):
+            if switch.in_sync:
+                switch.wake.wait(timeout=self.audit_seconds)
+            elif delay:
+                switch.wake.wait(timeout=delay)
+            switch.wake.clear()
             try:
-                how = self._send(dp, rules, diff)
-            except SwitchFailed as err:
-                if not (self.bundles.get(dp.id, self.bundles_wanted) and _refuses_bundles(dp.ofproto, err.codes)):
-                    raise
-                self.logger.warning("smtp-border: switch %016x refuses bundles; using ordered flow mods", dp.id)
-                self.bundles[dp.id] = False
-                if rules is None:
-                    rules = (known - set(diff.delete)) | set(diff.add)
-                how = self._send(dp, rules, None)  # a refused bundle applied nothing: start over
-        except SwitchFailed as err:
-            self.installed.pop(dp.id, None)  # unknown now: the next push replaces everything
-            self.logger.error("smtp-border: switch %016x: policy NOT applied: %s", dp.id, err)
-            return str(err)
-        connected = self.datapaths.get(dp.id) is dp
-        if rules is None and connected:
-            # In place: copying 10,000 rules per change would cost more than the change.
-            known.difference_update(diff.delete)
-            known.update(diff.add)
-            rules = known
-        elif rules is None:
-            rules = (known - set(diff.delete)) | set(diff.add)
-        elif connected:
-            self.installed[dp.id] = set(rules)
-        # A switch that went away after confirming stays unknown: its next
-        # connection gets a full install.
+                with self.change_lock:
+                    if not self._current(switch):
+                        return
+                    if switch.in_sync:
+                        self._audit(switch)
+                    if not switch.in_sync:
+                        self._reconcile(switch)
+                switch.failures, delay = 0, 0.0
+            except Exception as err:
+                switch.failures += 1
+                delay = min(RETRY_MAX, RETRY_MIN * 2 ** (switch.failures - 1))
+                if isinstance(err, SwitchFailed):
+                    self.logger.error("smtp-border: switch %016x: policy NOT applied (attempt %d, retrying in %.1f s): %s",
+                                      switch.dpid, switch.failures, delay, err)
+                else:
+                    self.logger.exception("smtp-border: switch %016x: reconciling crashed (attempt %d, retrying in %.1f s)",
+                                          switch.dpid, switch.failures, delay)
+                switch.in_sync = False
+                switch.pending = f"{err} (attempt {switch.failures}, next in {delay:.1f} s)"
+
+    def _reconcile(self, switch):
+        """Make the switch hold exactly its desired flows, from whatever it
+        holds now: read it, send the difference, confirm. Lock held."""
+        dp = switch.dp
+        started = time.monotonic()
+        with gc_paused():
+            desired = self.border.flows(switch.dpid)
+            self._ensure_meter(switch)
+            rules, foreign = self._read_flows(switch)
+            if switch.bundles:
+                target = desired
+                diff = diff_rules(rules, target)
+                deletes = [openflow.delete(dp, r) for r in diff.delete] + [openflow.delete_foreign(dp, f) for f in foreign]
+                sent = len(diff.add) + len(deletes)
+                if sent:
+                    messages = [openflow.add(dp, r) for r in diff.add] + deletes
+                    try:
+                        self._exchange(dp, openflow.bundle(dp, next(self._bundle_ids), messages), [self._barrier(dp)])
+                    except SwitchFailed as err:
+                        if not _refuses_bundles(dp.ofproto, err.codes):
+                            raise
+                        self._no_bundles(switch)
+                        return self._reconcile(switch)
+                how, version = "in one bundle", 0
+                counts = (len(diff.add), len(diff.delete) + len(foreign))
+            else:
+                version, phases = ordering.plan(list(rules) + foreign, desired)
+                for phase in phases:
+                    self._exchange(dp, [openflow.flow_mod(dp, op, item) for op, item in phase], [self._barrier(dp)])
+                how = f"with ordered flow mods ({len(phases)} phases)"
+                sent = sum(len(p) for p in phases)
+                counts = (sum(op == ordering.ADD for p in phases for op, _ in p),
+                          sum(op == ordering.DELETE for p in phases for op, _ in p))
+        was_believed = switch.pending is not None and switch.pending.startswith("drift")
+        switch.version, switch.in_sync, switch.pending = version, True, None
+        switch.flow_count = len(desired)
+        if sent:
+            switch.last_repair = time.time()
         elapsed = (time.monotonic() - started) * 1000
-        role = "enforcing" if self.policy.switch_spec(dp.id) else "inside (forwarding only)"
         hello_at = self._hello_at.pop(dp, None)
-        if diff is None:
-            since_hello = "" if hello_at is None else f", {(time.monotonic() - hello_at) * 1000:.1f} ms after its hello"
+        since_hello = "" if hello_at is None else f", {(time.monotonic() - hello_at) * 1000:.1f} ms after its hello"
+        if sent:
             self.logger.info(
-                "smtp-border: switch %016x %s: %d flows installed %s, confirmed by barrier (%.1f ms%s)",
-                dp.id, role, counts[0], how, elapsed, since_hello,
+                "smtp-border: switch %016x %s: %d flows installed %s, confirmed by barrier (%.1f ms%s);"
+                " %d added or changed, %d removed, %d already in place",
+                switch.dpid, self._role(switch.dpid), len(desired), how, elapsed, since_hello,
+                counts[0], counts[1], len(desired) - counts[0],
             )
         else:
             self.logger.info(
-                "smtp-border: switch %016x %s: %d flows added or changed, %d removed %s, confirmed by barrier (%.1f ms)",
-                dp.id, role, counts[0], counts[1], how, elapsed,
+                "smtp-border: switch %016x %s: %d flows installed already, nothing sent (%.1f ms%s)",
+                switch.dpid, self._role(switch.dpid), len(desired), elapsed, since_hello,
             )
-        return {"added": counts[0], "removed": counts[1], "flows": len(rules)}
+        if was_believed:
+            switch.repairs += 1
+            self.counters[("repairs", switch.dpid)] += 1
 
-    def _ensure_meter(self, dp):
+    def _audit(self, switch):
+        """Check an in-sync switch for drift; mark it unsynced if found. Lock held."""
+        dp = switch.dp
+        desired = self.border.flows(switch.dpid)
+        switch.audits += 1
+        full = switch.audits % FULL_AUDIT_EVERY == 0
+        expected = collections.Counter(r.table for r in desired)
+        requests = [self._aggregate(dp, table) for table in OWNED_TABLES]
+        replies = self._exchange(dp, [], requests)
+        counts = {table: replies[r.xid][0].flow_count for table, r in zip(OWNED_TABLES, requests)}
+        switch.last_audit = time.time()
+        switch.flow_count = sum(counts.values())
+        if not full and all(counts[t] == expected.get(t, 0) for t in OWNED_TABLES):
+            return
+        rules, foreign = self._read_flows(switch, dump=True)
+        target = desired if switch.version == 0 else {with_version(r, switch.version) for r in desired}
+        missing = len({r.key for r in target} - {r.key for r in rules})
+        diff = diff_rules(rules, target)
+        extra = len(diff.delete) + len(foreign)
+        changed = len(diff.add) - missing
+        if not (missing or extra or changed):
+            return
+        for kind, n in (("missing", missing), ("extra", extra), ("changed", changed)):
+            self.counters[("drift", kind)] += n
+        self.logger.warning(
+            "smtp-border: switch %016x DRIFT found by audit: %d flows missing, %d extra, %d changed; repairing",
+            switch.dpid, missing, extra, changed,
+        )
+        switch.in_sync = False
+        switch.pending = f"drift: {missing} missing, {extra} extra, {changed} changed; repairing"
+
+    def _read_flows(self, switch, dump=False):
+        """The switch's flows in the owned tables: (FlowRules, foreign flows).
+        Empty tables (a fresh switch) are told by their counts, without a dump."""
+        dp = switch.dp
+        if not dump:
+            requests = [self._aggregate(dp, table) for table in OWNED_TABLES]
+            replies = self._exchange(dp, [], requests)
+            if not any(replies[r.xid][0].flow_count for r in requests):
+                return set(), []
+        rules, foreign = set(), []
+        flows = self.switch_flows(dp)
+        for stats in flows:
+            if stats.table_id not in OWNED_TABLES:
+                continue
+            rule = openflow.rule_from_flow(stats)
+            (foreign.append(openflow.Foreign(stats)) if rule is None else rules.add(rule))
+        self._observe_blocks(switch.dpid, flows)
+        return rules, foreign
+
+    def _read_counters_before(self, switch, diff):
+        """Before a change replaces or removes block flows, read their counters."""
+        if any(cookie_clause(r.cookie) in DIRECTIONS for r in diff.delete + diff.add):
+            self.read_block_counters(switch)
+
+    def read_block_counters(self, switch):
+        dp = switch.dp
+        flows = self._exchange(dp, [], [openflow.flow_stats_request(dp, BLOCK_COOKIE, BLOCK_COOKIE_MASK)])
+        self._observe_blocks(switch.dpid, next(iter(flows.values())))
+
+    def _observe_blocks(self, dpid, flows):
+        readings = []
+        for stats in flows:
+            clause = cookie_clause(stats.cookie)
+            if clause in DIRECTIONS and stats.table_id in OWNED_TABLES:
+                key = (stats.table_id, stats.priority, str(stats.match))
+                readings.append((key, DIRECTIONS[clause][0], stats.packet_count, stats.byte_count))
+        self.block_counters.observe(dpid, readings)
+
+    def _role(self, dpid):
+        return "enforcing" if self.policy.switch_spec(dpid) else "inside (forwarding only)"
+
+    def _ensure_meter(self, switch):
         """The audit meter must exist, at the policy's rate, before any flow uses it."""
+        dp = switch.dp
         rate = self.policy.audit.sample_rate
-        if not rate or not self.policy.switch_spec(dp.id) or self.meter_rates.get(dp.id) == rate:
+        if not rate or not self.policy.switch_spec(dp.id) or switch.meter_rate == rate:
             return
         ofp, parser = dp.ofproto, dp.ofproto_parser
         # Ask first rather than try and fail: an error here would read like a
         # fault. (Asking for one unknown meter is an error too, so ask for all.)
-        meters = self._request(dp, [], parser.OFPMeterConfigStatsRequest(dp, 0, ofp.OFPM_ALL))
+        request = parser.OFPMeterConfigStatsRequest(dp, 0, ofp.OFPM_ALL)
+        meters = self._exchange(dp, [], [request])[request.xid]
         exists = any(m.meter_id == AUDIT_METER_ID for m in meters)
         command = ofp.OFPMC_MODIFY if exists else ofp.OFPMC_ADD
-        self._request(dp, [openflow.set_meter(dp, AUDIT_METER_ID, rate, command)], parser.OFPBarrierRequest(dp))
-        self.meter_rates[dp.id] = rate
+        self._exchange(dp, [openflow.set_meter(dp, AUDIT_METER_ID, rate, command)], [self._barrier(dp)])
+        switch.meter_rate = rate
 
     def _expiry_loop(self):
         while True:
             hub.sleep(EXPIRY_CHECK_SECONDS)
-            with self.change_lock:
+            try:
                 self.expire(utc_now())
+            except Exception:  # one bad tick must not end expiry for good
+                self.logger.exception("smtp-border: expiry check failed; trying again in %.0f s", EXPIRY_CHECK_SECONDS)
 
     def expire(self, now):
         """Withdraw the exceptions whose time has come, as one incremental change."""
-        # One pass, and only exceptions with an expiry time are tested: this
-        # runs every EXPIRY_CHECK_SECONDS over policies of 10,000 exceptions.
-        expired = [
-            e for e in self.policy.exceptions
-            if e.expires is not None and not e.is_active(now) and e.id in self._active_exceptions
-        ]
-        for e in expired:
-            self.logger.warning(
-                "smtp-border: exception %s %s (%s, %s) expired at %s; no longer enforced",
-                e.id, e.address, e.direction.value, e.reason, e.expires.isoformat(),
-            )
-        if expired:
-            self._active_exceptions.difference_update(e.id for e in expired)
-            self.changed(self.push_policy(self.exception_index.update(removed=expired)), recount=False)
-
-    def changed(self, pushed, recount=True):
-        """Note a change that reached the switches; returns what push_policy did.
-        `recount`: find the active exceptions anew (a whole-policy scan)."""
-        done, failed = pushed
-        if not failed:
-            self.last_change = time.time()
-        if recount:
-            self._active_exceptions = {e.id for e in self.policy.active_exceptions()}
-        if self.exception_index is None:
-            self.exception_index = ExceptionIndex(self.policy)
-        return pushed
+        with self.change_lock:
+            outcome = self.border.expire(now)
+            if outcome is None:
+                return None
+            for e in outcome.change.removed:
+                self.logger.warning(
+                    "smtp-border: exception %s %s (%s, %s) expired at %s; no longer enforced",
+                    e.id, e.address, e.direction.value, e.reason, e.expires.isoformat(),
+                )
+            self.counters["expired"] += len(outcome.change.removed)
+            return self.deliver(outcome)
 
     # -- talking to switches --------------------------------------------------
 
-    def _send(self, dp, rules, diff):
-        """Bring the switch from its known flows (diff) or from anything (diff
-        None) to `rules`, atomically where the switch takes bundles."""
-        barrier = dp.ofproto_parser.OFPBarrierRequest
-        if self.bundles.get(dp.id, self.bundles_wanted):
-            messages = openflow.replace_all(rules) if diff is None else openflow.apply_diff(diff)
-            self._request(dp, openflow.bundle(dp, next(self._bundle_ids), messages), barrier(dp))
-            return "in one bundle"
-        if diff is not None:
-            self._request(dp, openflow.apply_diff(diff), barrier(dp))
-            return "with ordered flow mods"
-        # No bundle and unknown flows: add every flow first (an add replaces a
-        # flow with the same key in place), then delete whatever else is
-        # there. Meanwhile the switch holds the union of its old flows and the
-        # policy: what both block stays blocked (unless a stale flow already
-        # let it through) and what both allow stays allowed.
-        self._request(dp, [wire.add_flow(r) for r in rules], barrier(dp))
-        wanted = {openflow.flow_key(r.table, r.priority, openflow.match_of(dp.ofproto_parser, r.match)) for r in rules}
-        stale = [f for f in self.switch_flows(dp) if openflow.flow_key(f.table_id, f.priority, f.match) not in wanted]
-        self._request(dp, [openflow.delete_reported_flow(dp, f) for f in stale], barrier(dp))
-        return "with ordered flow mods"
+    def _barrier(self, dp):
+        return dp.ofproto_parser.OFPBarrierRequest(dp)
 
-    def _request(self, dp, before, request):
-        """Send `before` then `request`, and wait for the reply to `request`.
+    def _aggregate(self, dp, table):
+        ofp, parser = dp.ofproto, dp.ofproto_parser
+        return parser.OFPAggregateStatsRequest(dp, 0, table, ofp.OFPP_ANY, ofp.OFPG_ANY, 0, 0, parser.OFPMatch())
+
+    def _exchange(self, dp, messages, requests):
+        """Send `messages` then `requests` in one write, and wait for every
+        request's reply. Returns {request xid: reply bodies}.
 
         Raises SwitchFailed if the switch reports an error for any of them or
-        does not answer in time. Returns the reply bodies (multipart)."""
-        messages = before + [request]
-        for msg in messages:
+        does not answer in time."""
+        everything = list(messages) + list(requests)
+        for msg in everything:
             dp.set_xid(msg)
             msg.serialize()
-        key = (dp.id, request.xid)
-        waiter = self._waiters[key] = _Waiter(dp.id, request.xid, (m.xid for m in messages))
+        waiter = _Waiter(dp.id, requests, (m.xid for m in everything))
+        for request in requests:
+            self._waiters[dp.id, request.xid] = waiter
         try:
             # One write for the lot: a full install is 20,000 messages, and
             # one send-queue entry each would cost more than encoding them.
-            if not dp.send(b"".join(msg.buf for msg in messages)):
+            if not dp.send(b"".join(msg.buf for msg in everything)):
                 raise SwitchFailed("connection to the switch closed while sending")
             if not waiter.done.wait(timeout=REPLY_TIMEOUT):
-                raise SwitchFailed(f"no reply within {REPLY_TIMEOUT:.0f} s")
+                raise SwitchFailed(f"no reply within {REPLY_TIMEOUT:g} s")
         finally:
-            del self._waiters[key]
+            for request in requests:
+                self._waiters.pop((dp.id, request.xid), None)
         if waiter.errors:
             raise SwitchFailed(
                 f"switch reported {len(waiter.errors)} error(s), first: {waiter.errors[0]}", tuple(waiter.codes)
@@ -389,43 +589,59 @@ class SmtpPolicy(app_manager.RyuApp):
 
     def switch_flows(self, dp):
         """Every flow on the switch, as OFPFlowStats."""
-        ofp, parser = dp.ofproto, dp.ofproto_parser
-        request = parser.OFPFlowStatsRequest(
-            dp, 0, ofp.OFPTT_ALL, ofp.OFPP_ANY, ofp.OFPG_ANY, 0, 0, parser.OFPMatch()
-        )
-        return self._request(dp, [], request)
+        request = openflow.flow_stats_request(dp)
+        return self._exchange(dp, [], [request])[request.xid]
+
+    def meter_stats(self, dp):
+        """OFPMeterStats of the audit meter (empty without one)."""
+        request = dp.ofproto_parser.OFPMeterStatsRequest(dp, 0, AUDIT_METER_ID)
+        return self._exchange(dp, [], [request])[request.xid]
 
     def switch_status(self, dpid):
-        """What GET /smtp/v1/switches reports for one switch."""
+        """What GET /smtp/v1/switches reports for one switch: what the
+        controller knows, without asking the switch or compiling anything."""
         spec = self.policy.switch_spec(dpid)
-        dp = self.datapaths.get(dpid)
+        switch = self.switches.get(dpid)
         status = {
             "dpid": f"{dpid:016x}",
             "name": spec.name if spec else None,
             "role": "enforcing" if spec else "inside",
             "uplinks": list(spec.uplinks) if spec else [],
-            "connected": dp is not None,
-            "flow_count": None,
+            "connected": switch is not None,
             "in_sync": None,
+            "pending": "not connected",
+            "flow_count": None,
+            "bundles": None,
+            "last_audit": None,
+            "last_repair": None,
+            "repairs": self.counters[("repairs", dpid)],
         }
-        if dp is None:
+        if switch is None:
             return status
-        try:
-            flows = self.switch_flows(dp)
-        except SwitchFailed as err:
-            status["error"] = str(err)
-            return status
-        actual = sorted(
-            openflow.flow_signature(f.table_id, f.priority, f.cookie, f.match, f.instructions) for f in flows
+        status.update(
+            in_sync=switch.in_sync, pending=switch.pending, flow_count=switch.flow_count, bundles=switch.bundles,
+            last_audit=_iso(switch.last_audit), last_repair=_iso(switch.last_repair),
         )
-        expected = sorted(openflow.expected_signature(dp, r) for r in compile_switch(self.policy, dpid))
-        status["flow_count"] = len(flows)
-        status["in_sync"] = actual == expected
+        if not switch.bundles:
+            status["version"] = switch.version
         return status
+
+    def verify(self, dpid):
+        """Audit one switch now, with a full comparison (GET /switches?verify=1)."""
+        switch = self.switches.get(dpid)
+        if switch is None or not switch.in_sync:
+            return
+        switch.audits = FULL_AUDIT_EVERY - 1  # the next audit is a full one
+        try:
+            self._audit(switch)
+        except SwitchFailed as err:
+            switch.unsynced(f"audit failed: {err}")
+        if not switch.in_sync:
+            switch.wake.set()
 
     def known_dpids(self):
         listed = {s.dpid for s in self.policy.switches or ()}
-        return sorted(listed | set(self.datapaths))
+        return sorted(listed | set(self.switches))
 
     # -- replies --------------------------------------------------------------
 
@@ -433,19 +649,22 @@ class SmtpPolicy(app_manager.RyuApp):
     def _barrier_reply(self, ev):
         waiter = self._waiters.get((ev.msg.datapath.id, ev.msg.xid))
         if waiter is not None:
-            waiter.done.set()
+            waiter.answered(ev.msg.xid)
 
     @set_ev_cls(
-        [ofp_event.EventOFPFlowStatsReply, ofp_event.EventOFPMeterConfigStatsReply, ofp_event.EventOFPMeterStatsReply],
+        [ofp_event.EventOFPFlowStatsReply, ofp_event.EventOFPMeterConfigStatsReply, ofp_event.EventOFPMeterStatsReply,
+         ofp_event.EventOFPAggregateStatsReply],
         MAIN_DISPATCHER,
     )
     def _multipart_reply(self, ev):
         msg = ev.msg
         waiter = self._waiters.get((msg.datapath.id, msg.xid))
         if waiter is not None:
-            waiter.replies.extend(msg.body)
+            body = waiter.replies[msg.xid]
+            # An aggregate reply's body is one record, the others a list.
+            body.extend(msg.body) if isinstance(msg.body, list) else body.append(msg.body)
             if not msg.flags & msg.datapath.ofproto.OFPMPF_REPLY_MORE:
-                waiter.done.set()
+                waiter.answered(msg.xid)
 
     @set_ev_cls(ofp_event.EventOFPPacketIn, MAIN_DISPATCHER)
     def _packet_in(self, ev):
@@ -469,10 +688,6 @@ class SmtpPolicy(app_manager.RyuApp):
                 attempt.switch, attempt.in_port, attempt.clause,
             )
 
-    def meter_stats(self, dp):
-        """OFPMeterStats of the audit meter (empty without one)."""
-        return self._request(dp, [], dp.ofproto_parser.OFPMeterStatsRequest(dp, 0, AUDIT_METER_ID))
-
     @set_ev_cls(ofp_event.EventOFPErrorMsg, [HANDSHAKE_DISPATCHER, CONFIG_DISPATCHER, MAIN_DISPATCHER])
     def _error(self, ev):
         msg = ev.msg
@@ -482,8 +697,14 @@ class SmtpPolicy(app_manager.RyuApp):
             if msg.xid in waiter.xids:
                 waiter.errors.append(description)
                 waiter.codes.append((msg.type, msg.code))
-                if msg.xid == waiter.request_xid:
+                if msg.xid in waiter.waiting:
                     waiter.done.set()  # no reply will come
 
     def _waiters_for(self, dpid):
-        return [w for w in list(self._waiters.values()) if w.dpid == dpid]
+        return list({id(w): w for (d, _), w in list(self._waiters.items()) if d == dpid}.values())
+
+
+def _iso(moment):
+    if moment is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(moment))

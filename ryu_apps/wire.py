@@ -174,14 +174,6 @@ def delete_flow(rule):
     ))
 
 
-def delete_table(table_id):
-    """Delete every flow of one table."""
-    return Encodable(ofp.OFPT_FLOW_MOD, _flow_mod_body(
-        # A non-strict delete ignores the priority; Ryu's default is sent.
-        0, table_id, ofp.OFPFC_DELETE, ofp.OFP_DEFAULT_PRIORITY, ofp.OFPP_ANY, ofp.OFPG_ANY, _EMPTY_MATCH,
-    ))
-
-
 def _flow_mod_body(cookie, table_id, command, priority, out_port, out_group, tail):
     # No idle or hard timeout: the policy must outlive the controller (the
     # switches run in fail-mode secure and keep their flows while it is away).
@@ -189,5 +181,3 @@ def _flow_mod_body(cookie, table_id, command, priority, out_port, out_group, tai
         cookie, 0, table_id, command, 0, 0, priority, ofp.OFP_NO_BUFFER, out_port, out_group, 0
     ) + tail
 
-
-_EMPTY_MATCH = _MATCH_HEADER.pack(ofp.OFPMT_OXM, _MATCH_HEADER.size) + bytes(4)

@@ -7,7 +7,8 @@ from ryu.ofproto import ofproto_parser, ofproto_protocol, ofproto_v1_3
 from ryu_apps import openflow, wire
 from smtp_border.compiler import compile_switch
 from smtp_border.policy import load_policy
-from smtp_border.rules import METADATA_MASK, OWNED_TABLES
+from smtp_border.diff import diff_rules
+from smtp_border.rules import METADATA_MASK, with_version
 
 from conftest import ROOT
 
@@ -72,15 +73,42 @@ def test_every_rule_survives_serialisation():
             assert meter.meter_id == 1
 
 
-def test_replace_all_clears_owned_tables_first_inside_one_bundle():
+def test_what_a_switch_reports_reads_back_as_the_rule_that_made_it():
+    """The reconciler compares a switch with its desired flows through
+    rule_from_flow: every flow the compiler makes must read back as itself,
+    and anything else (other fields, masks, actions) as not ours."""
+    policy = load_policy(ROOT / "policy.yaml")
+    rules = compile_switch(policy, 1) | {with_version(r, 1) for r in compile_switch(policy, 1)}
+    for rule in rules:
+        assert openflow.rule_from_flow(stats_of(roundtrip(wire.add_flow(rule)))) == rule
+    parser, ofp = DP.ofproto_parser, DP.ofproto
+    goto = [parser.OFPInstructionGotoTable(2)]
+    foreign = [
+        (parser.OFPMatch(eth_type=0x800, ipv4_src="10.0.0.1", udp_dst=53), goto),
+        (parser.OFPMatch(metadata=(1, 0x3)), goto),
+        (parser.OFPMatch(eth_type=0x800, ipv4_dst=("10.0.0.0", "255.0.255.0")), goto),
+        (parser.OFPMatch(), [parser.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, [parser.OFPActionOutput(3)])]),
+        (parser.OFPMatch(), [parser.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, [parser.OFPActionOutput(ofp.OFPP_CONTROLLER, 128)])]),
+        (parser.OFPMatch(), [parser.OFPInstructionWriteMetadata(1, 0xff), parser.OFPInstructionGotoTable(1)]),
+    ]
+    for match, instructions in foreign:
+        flow = parser.OFPFlowMod(DP, table_id=1, priority=5, match=match, instructions=instructions)
+        assert openflow.rule_from_flow(stats_of(roundtrip(flow))) is None, match
+
+
+def stats_of(flow_mod):
+    return DP.ofproto_parser.OFPFlowStats(
+        table_id=flow_mod.table_id, priority=flow_mod.priority, cookie=flow_mod.cookie,
+        match=flow_mod.match, instructions=flow_mod.instructions,
+    )
+
+
+def test_a_full_install_rides_in_one_bundle():
     rules = compile_switch(load_policy(ROOT / "policy.yaml"), 1)
-    mods = openflow.replace_all(rules)
+    mods = openflow.apply_diff(diff_rules(set(), rules))
     parsed = [roundtrip(m) for m in mods]
-    deletes = parsed[: len(OWNED_TABLES)]
-    assert [m.command for m in deletes] == [DP.ofproto.OFPFC_DELETE] * len(OWNED_TABLES)
-    assert sorted(m.table_id for m in deletes) == sorted(OWNED_TABLES)
-    assert all(m.command == DP.ofproto.OFPFC_ADD for m in parsed[len(OWNED_TABLES):])
-    assert len(parsed) == len(OWNED_TABLES) + len(rules)
+    assert all(m.command == DP.ofproto.OFPFC_ADD for m in parsed)
+    assert len(parsed) == len(rules)
     wrapped = [roundtrip(m) for m in openflow.bundle(DP, 9, mods)]
     ofp = DP.ofproto
     # Ryu reads ONF bundle messages back only as experimenter messages.

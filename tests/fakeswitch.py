@@ -1,0 +1,233 @@
+"""A fake OpenFlow 1.3 switch for testing the app's delivery logic without Mininet.
+
+In the spirit of Faucet's clib/fakeoftable.py, but fed the app's own bytes:
+FakeSwitch stands where Ryu's Datapath stands (id, ofproto, set_xid, send),
+parses every byte string the app sends back into messages (flow mods with
+Ryu's own parser; bundle, barrier, statistics and meter requests, which Ryu
+does not parse, by their OpenFlow 1.3 layouts), keeps the flow tables and
+meters, and answers through the app's real event handlers, as Ryu would.
+
+It can be told to misbehave: refuse bundles, answer flow mods with an error,
+swallow barriers, lose its flows, or have flows added behind the app's back.
+"""
+import struct
+
+from ryu.controller import ofp_event
+from ryu.controller.handler import DEAD_DISPATCHER, MAIN_DISPATCHER
+from ryu.ofproto import ofproto_common, ofproto_parser, ofproto_v1_3, ofproto_v1_3_parser
+
+from ryu_apps import openflow
+
+OFP = ofproto_v1_3
+PARSER = ofproto_v1_3_parser
+_EXPERIMENTER = struct.Struct("!II")
+_BUNDLE_CTRL = struct.Struct("!IHH")
+_BUNDLE_ADD = struct.Struct("!IxxH")
+_MULTIPART = struct.Struct(OFP.OFP_MULTIPART_REQUEST_PACK_STR)
+_FLOW_STATS_REQUEST = struct.Struct(OFP.OFP_FLOW_STATS_REQUEST_0_PACK_STR)
+_METER_MOD = struct.Struct(OFP.OFP_METER_MOD_PACK_STR)
+
+
+class Refused(Exception):
+    def __init__(self, type_, code):
+        super().__init__(f"{type_}/{code}")
+        self.type_, self.code = type_, code
+
+
+def match_key(match):
+    return tuple(sorted((name, str(value)) for name, value in match.items()))
+
+
+class FakeSwitch:
+    def __init__(self, dpid, bundles=True):
+        self.id = dpid
+        self.ofproto = OFP
+        self.ofproto_parser = PARSER
+        self.xid = 0
+        self.app = None
+        self.alive = False
+        self.bundles = bundles
+        self.table = {}  # (table, priority, match key) -> OFPFlowStats
+        self.meters = {}  # meter id -> packets per second
+        self._bundles = {}  # bundle id -> queued messages
+        self.log = []  # every message received: (type name, parsed object or bytes)
+        self.refuse_flow_mods = 0  # the next N flow mods fail (OFPET_FLOW_MOD_FAILED)
+        self.swallow_barriers = 0  # the next N barriers go unanswered
+        self.table_history = []  # the table after each flow mod applied outside a bundle
+
+    # -- the Datapath interface the app uses ------------------------------------
+
+    def set_xid(self, msg):
+        self.xid += 1
+        msg.set_xid(self.xid)
+        return self.xid
+
+    def send(self, data):
+        if not self.alive:
+            return False
+        data = bytes(data)
+        offset = 0
+        while offset < len(data):
+            version, msg_type, length, xid = ofproto_parser.header(data[offset:])
+            self._receive(msg_type, xid, data[offset:offset + length])
+            offset += length
+        return True
+
+    # -- what a test does ---------------------------------------------------------
+
+    def connect(self, app):
+        self.app, self.alive = app, True
+        self._state(MAIN_DISPATCHER)
+
+    def disconnect(self):
+        self.alive = False
+        self._state(DEAD_DISPATCHER)
+
+    def rules(self):
+        """The table as FlowRules (None for a flow the app would not install)."""
+        return {openflow.rule_from_flow(stats) for stats in self.table.values()}
+
+    def add_behind_the_back(self, rule_or_stats):
+        stats = rule_or_stats if isinstance(rule_or_stats, PARSER.OFPFlowStats) else _stats_of(_parse_flow_mod(rule_or_stats))
+        self.table[stats.table_id, stats.priority, match_key(stats.match)] = stats
+
+    def count(self, predicate, packets, octets=None):
+        """Packets hit the flows `predicate` picks (by cookie)."""
+        for stats in self.table.values():
+            if predicate(stats.cookie):
+                stats.packet_count += packets
+                stats.byte_count += packets * 60 if octets is None else octets
+
+    def sent(self, kind):
+        return [m for name, m in self.log if name == kind]
+
+    # -- inside -------------------------------------------------------------------
+
+    def _state(self, state):
+        ev = ofp_event.EventOFPStateChange(self)
+        ev.state = state
+        self.app._state_change(ev)
+
+    def _receive(self, msg_type, xid, data):
+        try:
+            if msg_type == OFP.OFPT_FLOW_MOD:
+                msg = ofproto_parser.msg(self, OFP.OFP_VERSION, msg_type, len(data), xid, data)
+                self.log.append(("flow_mod", msg))
+                self._flow_mod(msg, self.table)
+                self.table_history.append(dict(self.table))
+            elif msg_type == OFP.OFPT_EXPERIMENTER:
+                self._experimenter(xid, data)
+            elif msg_type == OFP.OFPT_BARRIER_REQUEST:
+                self.log.append(("barrier", xid))
+                if self.swallow_barriers:
+                    self.swallow_barriers -= 1
+                    return
+                reply = PARSER.OFPBarrierReply(self)
+                reply.xid = xid
+                self.app._barrier_reply(ofp_event.EventOFPBarrierReply(reply))
+            elif msg_type == OFP.OFPT_MULTIPART_REQUEST:
+                self._multipart(xid, data)
+            elif msg_type == OFP.OFPT_METER_MOD:
+                command, flags, meter_id = _METER_MOD.unpack_from(data, OFP.OFP_HEADER_SIZE)
+                band_rate = struct.unpack_from("!HHII", data, OFP.OFP_HEADER_SIZE + _METER_MOD.size)[2]
+                self.log.append(("meter_mod", (command, meter_id, band_rate)))
+                self.meters[meter_id] = band_rate
+            else:
+                raise Refused(OFP.OFPET_BAD_REQUEST, OFP.OFPBRC_BAD_TYPE)
+        except Refused as err:
+            error = PARSER.OFPErrorMsg(self, type_=err.type_, code=err.code, data=data[:64])
+            error.xid = xid
+            self.app._error(ofp_event.EventOFPErrorMsg(error))
+
+    def _flow_mod(self, msg, table):
+        if self.refuse_flow_mods:
+            self.refuse_flow_mods -= 1
+            raise Refused(OFP.OFPET_FLOW_MOD_FAILED, OFP.OFPFMFC_UNKNOWN)
+        key = (msg.table_id, msg.priority, match_key(msg.match))
+        if msg.command == OFP.OFPFC_ADD:
+            table[key] = _stats_of(msg)
+        elif msg.command == OFP.OFPFC_DELETE_STRICT:
+            table.pop(key, None)
+        elif msg.command == OFP.OFPFC_DELETE and not msg.match.items():
+            for k in [k for k in table if msg.table_id in (OFP.OFPTT_ALL, k[0])]:
+                del table[k]
+        else:
+            raise Refused(OFP.OFPET_FLOW_MOD_FAILED, OFP.OFPFMFC_BAD_COMMAND)
+
+    def _experimenter(self, xid, data):
+        body = data[OFP.OFP_HEADER_SIZE:]
+        experimenter, exp_type = _EXPERIMENTER.unpack_from(body)
+        if not self.bundles or experimenter != ofproto_common.ONF_EXPERIMENTER_ID:
+            self.log.append(("refused_bundle", xid))
+            raise Refused(OFP.OFPET_BAD_REQUEST, OFP.OFPBRC_BAD_EXPERIMENTER)
+        if exp_type == OFP.ONF_ET_BUNDLE_CONTROL:
+            bundle_id, kind, flags = _BUNDLE_CTRL.unpack_from(body, _EXPERIMENTER.size)
+            if kind == OFP.ONF_BCT_OPEN_REQUEST:
+                self._bundles[bundle_id] = []
+            elif kind == OFP.ONF_BCT_COMMIT_REQUEST:
+                self.log.append(("bundle", self._bundles[bundle_id]))
+                staged = dict(self.table)
+                for msg in self._bundles.pop(bundle_id):
+                    self._flow_mod(msg, staged)  # any failure leaves the table as it was
+                self.table = staged
+        elif exp_type == OFP.ONF_ET_BUNDLE_ADD_MESSAGE:
+            bundle_id, flags = _BUNDLE_ADD.unpack_from(body, _EXPERIMENTER.size)
+            inner = body[_EXPERIMENTER.size + _BUNDLE_ADD.size:]
+            version, msg_type, length, inner_xid = ofproto_parser.header(inner)
+            self._bundles[bundle_id].append(ofproto_parser.msg(self, version, msg_type, length, inner_xid, inner))
+        else:
+            raise Refused(OFP.OFPET_BAD_REQUEST, OFP.OFPBRC_BAD_EXP_TYPE)
+
+    def _multipart(self, xid, data):
+        kind, flags = _MULTIPART.unpack_from(data, OFP.OFP_HEADER_SIZE)
+        body = OFP.OFP_HEADER_SIZE + _MULTIPART.size
+        if kind in (OFP.OFPMP_FLOW, OFP.OFPMP_AGGREGATE):
+            table_id, out_port, out_group, cookie, mask = _FLOW_STATS_REQUEST.unpack_from(data, body)
+            flows = [s for s in self.table.values()
+                     if table_id in (OFP.OFPTT_ALL, s.table_id) and s.cookie & mask == cookie & mask]
+            self.log.append(("flow_stats" if kind == OFP.OFPMP_FLOW else "aggregate", (table_id, cookie, mask)))
+            if kind == OFP.OFPMP_FLOW:
+                reply = PARSER.OFPFlowStatsReply(self, body=list(flows), flags=0)
+                event = ofp_event.EventOFPFlowStatsReply
+            else:
+                total = PARSER.OFPAggregateStats(
+                    sum(s.packet_count for s in flows), sum(s.byte_count for s in flows), len(flows))
+                reply = PARSER.OFPAggregateStatsReply(self, body=total, flags=0)
+                event = ofp_event.EventOFPAggregateStatsReply
+        elif kind == OFP.OFPMP_METER_CONFIG:
+            reply = PARSER.OFPMeterConfigStatsReply(
+                self, body=[PARSER.OFPMeterConfigStats(meter_id=m, bands=[]) for m in self.meters], flags=0)
+            event = ofp_event.EventOFPMeterConfigStatsReply
+        elif kind == OFP.OFPMP_METER:
+            reply = PARSER.OFPMeterStatsReply(self, body=[], flags=0)
+            event = ofp_event.EventOFPMeterStatsReply
+        else:
+            raise Refused(OFP.OFPET_BAD_REQUEST, OFP.OFPBRC_BAD_MULTIPART)
+        reply.xid = xid
+        self.app._multipart_reply(event(reply))
+
+
+def _parse_flow_mod(encodable):
+    encodable.set_xid(0)
+    encodable.serialize()
+    data = bytes(encodable.buf)
+    return ofproto_parser.msg(_DESC, *ofproto_parser.header(data), data)
+
+
+class _Desc:
+    ofproto = OFP
+    ofproto_parser = PARSER
+
+
+_DESC = _Desc()
+
+
+def _stats_of(flow_mod):
+    """The flow entry a flow mod makes, as a switch would report it."""
+    return PARSER.OFPFlowStats(
+        table_id=flow_mod.table_id, duration_sec=0, duration_nsec=0, priority=flow_mod.priority,
+        idle_timeout=flow_mod.idle_timeout, hard_timeout=flow_mod.hard_timeout, flags=flow_mod.flags,
+        cookie=flow_mod.cookie, packet_count=0, byte_count=0, match=flow_mod.match,
+        instructions=flow_mod.instructions,
+    )
+

@@ -1,0 +1,317 @@
+"""The Ryu app's delivery logic against fake switches (tests/fakeswitch.py):
+the real app, its real event handlers, its bytes parsed back into tables.
+Connections and reconnections, bundles and their absence, failed pushes and
+retries, audits and drift, expiry, duplicate connections, counters."""
+import datetime
+import shutil
+import textwrap
+import time
+from pathlib import Path
+
+import netaddr
+import pytest
+from ryu.app.wsgi import WSGIApplication
+from ryu.lib import hub
+
+from ryu_apps import openflow, smtp_policy
+from smtp_border.compiler import compile_switch
+from smtp_border.policy import load_policy
+from smtp_border.rules import (
+    POLICY_TABLE, Clause, FlowRule, Instructions, Match, cookie_clause, make_cookie, with_version,
+)
+from smtp_border.semantics import Packet, is_allowed
+
+from conftest import ROOT
+from fakeswitch import FakeSwitch
+from flowsim import outcomes
+
+H1_OUT = {"address": "10.20.3.10", "direction": "outbound", "reason": "test"}
+
+
+@pytest.fixture
+def make_app(tmp_path, monkeypatch):
+    apps = []
+
+    def make(policy_text=None, audit_seconds=0.05, bundles="auto"):
+        policy = tmp_path / "policy.yaml"
+        if policy_text is None:
+            shutil.copy(ROOT / "policy.yaml", policy)
+        else:
+            policy.write_text(textwrap.dedent(policy_text))
+        monkeypatch.setenv("SMTP_POLICY_FILE", str(policy))
+        monkeypatch.setenv("SMTP_POLICY_STATE", str(tmp_path / "state.json"))
+        monkeypatch.setenv("SMTP_POLICY_AUDIT_LOG", str(tmp_path / "blocked.jsonl"))
+        monkeypatch.setenv("SMTP_POLICY_AUDIT_SECONDS", str(audit_seconds))
+        monkeypatch.setenv("SMTP_POLICY_BUNDLES", bundles)
+        app = smtp_policy.SmtpPolicy(wsgi=WSGIApplication())
+        apps.append(app)
+        return app
+
+    monkeypatch.setattr(smtp_policy, "REPLY_TIMEOUT", 0.2)
+    monkeypatch.setattr(smtp_policy, "RETRY_MIN", 0.01)
+    monkeypatch.setattr(smtp_policy, "EXPIRY_CHECK_SECONDS", 3600)
+    yield make
+    for app in apps:  # end the workers: their switches go away
+        for switch in list(app.switches.values()):
+            switch.dp.disconnect()
+
+
+def settle(app, until=None, timeout=3.0):
+    """Let the app's green threads run until every switch is in sync (or `until()`)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        hub.sleep(0.01)
+        if until() if until else all(s.in_sync for s in app.switches.values()):
+            return True
+    return False
+
+
+def desired(app, dpid=1):
+    return set(compile_switch(app.policy, dpid))
+
+
+def connect(app, dpid=1, **kwargs):
+    switch = FakeSwitch(dpid, **kwargs)
+    switch.connect(app)
+    assert settle(app)
+    return switch
+
+
+def flow_mods(switch):
+    return switch.sent("flow_mod") + [m for bundle in switch.sent("bundle") for m in bundle]
+
+
+def test_a_fresh_switch_gets_the_policy_in_one_bundle_after_its_meter(make_app):
+    app = make_app()
+    switch = connect(app)
+    assert switch.rules() == desired(app)
+    kinds = [name for name, _ in switch.log]
+    assert kinds.index("meter_mod") < kinds.index("bundle")
+    assert switch.sent("flow_mod") == []  # nothing outside the bundle
+    assert all(m.command == switch.ofproto.OFPFC_ADD for m in flow_mods(switch))
+    assert app.enforcement()["enforced"] == ["0000000000000001"]
+
+
+def test_a_reconnecting_switch_that_holds_the_policy_gets_nothing_and_keeps_its_counters(make_app):
+    app = make_app()
+    switch = connect(app)
+    switch.count(lambda cookie: cookie_clause(cookie) == Clause.PART2_BLOCK, 5)
+    switch.disconnect()
+    switch.log.clear()
+    switch.connect(app)
+    assert settle(app)
+    assert flow_mods(switch) == []
+    assert sum(s.packet_count for s in switch.table.values()) == 2 * 5  # IPv4 and IPv6 Part 2 flows
+    assert switch.rules() == desired(app)
+
+
+def test_stale_and_foreign_flows_are_replaced_on_connection(make_app):
+    app = make_app()
+    switch = FakeSwitch(1)
+    hole = FlowRule(POLICY_TABLE, 350, Match(metadata=2, eth_type=0x800, ip_dst=netaddr.IPNetwork("10.20.3.0/24")),
+                    Instructions(goto_table=2), 0x1234)
+    switch.add_behind_the_back(openflow.add(switch, hole))
+    switch.connect(app)
+    assert settle(app)
+    assert switch.rules() == desired(app)
+
+
+def test_flows_deleted_behind_the_controllers_back_are_repaired_by_the_audit(make_app):
+    app = make_app()
+    switch = connect(app)
+    switch.table.clear()  # ovs-ofctl del-flows
+    assert settle(app, lambda: switch.rules() == desired(app))
+    status = app.switch_status(1)
+    assert status["in_sync"] and status["repairs"] == 1 and status["last_audit"] and status["last_repair"]
+    assert app.counters[("drift", "missing")] == len(desired(app))
+
+
+def test_an_allow_flow_added_by_hand_is_removed_by_the_audit(make_app):
+    app = make_app()
+    switch = connect(app)
+    hole = FlowRule(POLICY_TABLE, 350, Match(metadata=1, eth_type=0x800), Instructions(goto_table=2),
+                    make_cookie(Clause.EXCEPTION_OUTBOUND, "hand"))
+    switch.add_behind_the_back(openflow.add(switch, hole))
+    assert settle(app, lambda: switch.rules() == desired(app))
+    assert app.counters[("drift", "extra")] == 1
+
+
+def test_a_flow_changed_in_place_is_caught_by_the_full_audit(make_app, monkeypatch):
+    """Same key, other actions: the counts stay equal, so only the periodic
+    full comparison sees it."""
+    monkeypatch.setattr(smtp_policy, "FULL_AUDIT_EVERY", 3)
+    app = make_app()
+    switch = connect(app)
+    block = next(r for r in desired(app) if r.clause == Clause.PART2_BLOCK)
+    opened = FlowRule(block.table, block.priority, block.match, Instructions(goto_table=2), block.cookie)
+    switch.add_behind_the_back(openflow.add(switch, opened))
+    assert opened in switch.rules()
+    assert settle(app, lambda: switch.rules() == desired(app))
+    assert app.counters[("drift", "changed")] == 1
+
+
+def test_a_refused_push_is_answered_as_pending_then_retried_until_enforced(make_app):
+    app = make_app()
+    switch = connect(app)
+    switch.refuse_flow_mods = 1  # the change's bundle fails on the switch
+    outcome, report = app.change(lambda border: border.add(H1_OUT))
+    assert report["enforced"] == []
+    assert report["pending"][0]["connected"] and "OFPET_FLOW_MOD_FAILED" in report["pending"][0]["reason"]
+    assert settle(app)
+    assert switch.rules() == desired(app)
+    assert any(r.match.ip_src == netaddr.IPNetwork("10.20.3.10/32") for r in switch.rules())
+
+
+def test_a_delete_whose_push_failed_still_withdraws_the_flow(make_app):
+    app = make_app()
+    switch = connect(app)
+    added, _ = app.change(lambda border: border.add(H1_OUT))
+    switch.swallow_barriers = 1  # the switch never confirms the removal
+    _, report = app.change(lambda border: border.remove(added.subject.id))
+    assert report["pending"] and "no reply within" in report["pending"][0]["reason"]
+    assert settle(app)
+    assert not any(r.match.ip_src == netaddr.IPNetwork("10.20.3.10/32") for r in switch.rules())
+    assert switch.rules() == desired(app)
+
+
+def test_a_crash_while_delivering_is_reported_never_as_done(make_app, monkeypatch):
+    app = make_app()
+    switch = connect(app)
+    real = openflow.apply_diff
+    monkeypatch.setattr(openflow, "apply_diff", lambda diff: 1 / 0)
+    _, report = app.change(lambda border: border.add(H1_OUT))
+    assert report["enforced"] == [] and "ZeroDivisionError" in report["crashed"][1]
+    monkeypatch.setattr(openflow, "apply_diff", real)
+    assert settle(app)  # the worker reconciles it all the same
+    assert switch.rules() == desired(app)
+
+
+def test_listed_switches_that_are_not_connected_are_pending(make_app):
+    app = make_app("""
+        campus: {prefixes: [10.20.0.0/16]}
+        switches: [{dpid: 1, uplinks: [1], name: north}, {dpid: 2, uplinks: [1], name: south}]
+    """)
+    connect(app, 1)
+    _, report = app.change(lambda border: border.add(H1_OUT))
+    assert report["enforced"] == ["0000000000000001"]
+    assert report["pending"] == [{"dpid": "0000000000000002", "name": "south", "reason": "not connected", "connected": False}]
+
+
+def test_an_expiry_while_a_switch_is_away_is_enforced_when_it_returns(make_app):
+    app = make_app()
+    switch = connect(app)
+    soon = dict(H1_OUT, expires="2099-01-01T00:00:00Z")
+    app.change(lambda border: border.add(soon))
+    assert any(r.match.ip_src == netaddr.IPNetwork("10.20.3.10/32") for r in switch.rules())
+    switch.disconnect()
+    report = app.expire(datetime.datetime(2100, 1, 1, tzinfo=datetime.timezone.utc))
+    assert report["enforced"] == [] and report["pending"][0]["reason"] == "not connected"
+    switch.connect(app)
+    assert settle(app)
+    assert not any(r.match.ip_src == netaddr.IPNetwork("10.20.3.10/32") for r in switch.rules())
+
+
+def test_the_expiry_loop_survives_an_unexpected_error(make_app, monkeypatch):
+    monkeypatch.setattr(smtp_policy, "EXPIRY_CHECK_SECONDS", 0.01)
+    app = make_app()
+    calls = []
+
+    def flaky(now):
+        calls.append(now)
+        if len(calls) == 1:
+            raise RuntimeError("boom")
+
+    monkeypatch.setattr(app.border, "expire", flaky)
+    assert settle(app, lambda: len(calls) >= 3)
+
+
+def test_a_duplicate_connection_does_not_unmanage_the_live_switch(make_app):
+    app = make_app()
+    first = connect(app)
+    second = connect(app)  # same dpid: the newer connection is the switch now
+    first.disconnect()  # the old one going away must not forget the new one
+    assert 1 in app.switches and app.switches[1].dp is second
+    app.change(lambda border: border.add(H1_OUT))
+    assert second.rules() == desired(app)
+
+
+def test_without_bundles_a_campus_change_never_opens_what_both_policies_block(make_app):
+    """The reload that leaked through the union (smtp_border/ordering.py):
+    after every single flow mod the switch receives, every probe is judged
+    as the old policy or the new one judges it."""
+    policy = """
+        campus: {prefixes: [%s]}
+        gateways: [{name: relay, addresses: [10.20.0.25]}]
+        switches: [{dpid: 1, uplinks: [1]}]
+    """
+    app = make_app(policy % "10.20.0.0/16, 10.40.0.0/16")
+    switch = connect(app, bundles=False)
+    assert switch.rules() == desired(app)
+    assert switch.sent("refused_bundle")
+    old = app.policy
+    switch.table_history.clear()
+    Path(app.store.policy_file).write_text(textwrap.dedent(policy % "10.20.0.0/16, 10.50.0.0/16"))
+    _, report = app.change(lambda border: border.reload())
+    assert report["enforced"] == ["0000000000000001"]
+    new = app.policy
+    addresses = ["10.50.1.1", "10.40.1.1", "10.20.1.1", "10.20.0.25", "192.0.2.1"]
+    probes = [Packet(in_port=port, src=netaddr.IPAddress(s), dst=netaddr.IPAddress(d), dst_port=25)
+              for port in (1, 2) for s in addresses for d in addresses if s != d]
+    assert len(switch.table_history) > 5
+    for table in switch.table_history:
+        rules = {openflow.rule_from_flow(s) for s in table.values()}
+        for packet in probes:
+            agreed = is_allowed(old, 1, packet)
+            if agreed == is_allowed(new, 1, packet):
+                assert outcomes(rules, packet) == {agreed}, packet
+    # The probes hold packets both block (10.50.1.1 -> 10.40.1.1) and both allow.
+    agreeing = {is_allowed(old, 1, p) for p in probes if is_allowed(old, 1, p) == is_allowed(new, 1, p)}
+    assert agreeing == {True, False}
+    assert app.switch_status(1)["version"] == 1
+    assert switch.rules() == {with_version(r, 1) for r in desired(app)}
+    # No bundle was tried after the first refusal, and no table was ever flushed.
+    assert max(switch.sent("refused_bundle")) < min(m.xid for m in switch.sent("flow_mod"))
+    assert switch.sent("bundle") == []
+    assert all(m.command != switch.ofproto.OFPFC_DELETE for m in flow_mods(switch))
+
+
+def test_blocked_counters_never_decrease_when_flows_are_replaced_or_the_switch_restarts(make_app):
+    policy = """
+        campus: {prefixes: [%s]}
+        switches: [{dpid: 1, uplinks: [1]}]
+    """
+    app = make_app(policy % "10.20.0.0/16")
+    switch = connect(app)
+    part1 = lambda cookie: cookie_clause(cookie) == Clause.PART1_BLOCK  # noqa: E731
+    switch.count(part1, 7)
+    app.read_block_counters(app.switches[1])
+    assert app.block_counters.totals()[1, "inbound"][0] == 7
+    # A reload replaces the Part 1 flow (another campus prefix): its 7 stay counted.
+    Path(app.store.policy_file).write_text(textwrap.dedent(policy % "10.30.0.0/16"))
+    app.change(lambda border: border.reload())
+    switch.count(part1, 2)
+    app.read_block_counters(app.switches[1])
+    assert app.block_counters.totals()[1, "inbound"][0] == 9
+    # The switch restarts (counters back to zero) and reconnects.
+    switch.disconnect()
+    for stats in switch.table.values():
+        stats.packet_count = stats.byte_count = 0
+    switch.count(part1, 1)
+    switch.connect(app)
+    assert settle(app)
+    app.read_block_counters(app.switches[1])
+    assert app.block_counters.totals()[1, "inbound"][0] == 10
+
+
+def test_an_api_exception_the_file_contradicts_is_quarantined_and_the_rest_enforced(make_app, tmp_path):
+    from smtp_border import state
+    state.StateFile(tmp_path / "state.json").rewrite([
+        {"address": "10.99.0.1/32", "direction": "both", "reason": "outside the campus now"},
+        dict(H1_OUT, address="10.20.3.10/32"),
+    ])
+    app = make_app()
+    switch = connect(app)
+    assert [q.address for q in app.store.quarantined] == ["10.99.0.1/32"]
+    assert switch.rules() == desired(app)
+    assert any(r.match.ip_src == netaddr.IPNetwork("10.20.3.10/32") for r in switch.rules())
+    assert load_policy(app.store.policy_file).exceptions == app.store.file_policy.exceptions
