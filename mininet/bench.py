@@ -117,7 +117,7 @@ def bench_full_install(sizes, workdir, repeats=5):
         flow_file.write_text("\n".join(flows) + "\n")
         walls, apps, since_hellos, floors = [], [], [], []
         with Bridge() as bridge:
-            controller = Controller(policy, workdir / f"install-{size}.txt", state_file=workdir / f"state-{size}.json").start()
+            controller = Controller(policy, workdir / f"install-{size}.txt", state_file=workdir / f"state-{size}.json", audit_seconds=None).start()
             try:
                 for attempt in range(1, repeats + 1):
                     bridge.clear()
@@ -154,7 +154,7 @@ def bench_one_change(sizes, changes, workdir):
     for size in sizes:
         policy = policy_with(size, workdir / f"change-{size}.yaml")
         with Bridge() as bridge:
-            controller = Controller(policy, workdir / f"change-{size}.txt", state_file=workdir / f"change-{size}.json").start()
+            controller = Controller(policy, workdir / f"change-{size}.txt", state_file=workdir / f"change-{size}.json", audit_seconds=None).start()
             try:
                 bridge.connect(controller.of_port)
                 controller.wait_installs({1: 1}, timeout=300)
@@ -168,7 +168,7 @@ def bench_one_change(sizes, changes, workdir):
                     started = time.monotonic()
                     status, _ = controller.api("DELETE", f"/smtp/v1/exceptions/{created['id']}")
                     delete.append((time.monotonic() - started) * 1000)
-                    assert status == 204
+                    assert status == 200
             finally:
                 controller.stop()
         rows.append({"exceptions": size, "changes": changes,
@@ -199,7 +199,7 @@ def bench_rest_firewall(count, workdir):
     results = {}
     policy = policy_with(0, workdir / "firewall-ours.yaml")
     with Bridge() as bridge:
-        controller = Controller(policy, workdir / "firewall-ours.txt", state_file=workdir / "firewall-ours.json").start()
+        controller = Controller(policy, workdir / "firewall-ours.txt", state_file=workdir / "firewall-ours.json", audit_seconds=None).start()
         try:
             bridge.connect(controller.of_port)
             controller.wait_installs({1: 1})
@@ -328,7 +328,7 @@ def bench_data_plane(size, seconds, workdir, rounds=5, controller_seconds=None):
     controller_seconds = controller_seconds or seconds
     results = {"exceptions": size, "seconds": seconds, "rounds": rounds, "controller_seconds": controller_seconds}
     policy = policy_with(size, workdir / "dataplane.yaml")
-    controller = Controller(policy, workdir / "dataplane.txt", state_file=workdir / "dataplane.json").start()
+    controller = Controller(policy, workdir / "dataplane.txt", state_file=workdir / "dataplane.json", audit_seconds=None).start()
     started = []  # processes in the hosts, killed whatever happens
     net = None
     installs, current = 0, "policy"

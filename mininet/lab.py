@@ -47,7 +47,7 @@ def free_port():
 class Controller:
     """A ryu-manager process running ryu_apps.smtp_policy, logging to a file."""
 
-    def __init__(self, policy_file, log_file, state_file=None, token=None, bundles=True):
+    def __init__(self, policy_file, log_file, state_file=None, token=None, bundles=True, audit_seconds=1.0):
         self.policy_file = Path(policy_file)
         self.log_file = Path(log_file)
         # API exceptions go beside the log, never into the repository.
@@ -55,6 +55,8 @@ class Controller:
         self.audit_log = self.log_file.with_name("blocked.jsonl")
         self.token = token
         self.bundles = bundles
+        # Tests audit every second so that repairs show quickly; the default is 5 s.
+        self.audit_seconds = audit_seconds
         self.of_port = free_port()
         self.api_port = free_port()
         self.process = None
@@ -68,6 +70,8 @@ class Controller:
         if self.token:
             env["SMTP_POLICY_TOKEN"] = self.token
         env["SMTP_POLICY_BUNDLES"] = "auto" if self.bundles else "off"
+        if self.audit_seconds is not None:
+            env["SMTP_POLICY_AUDIT_SECONDS"] = str(self.audit_seconds)
         command = [
             str(RYU_MANAGER), "--ofp-tcp-listen-port", str(self.of_port),
             "--wsapi-host", "127.0.0.1", "--wsapi-port", str(self.api_port), "ryu_apps.smtp_policy",

@@ -157,14 +157,26 @@ def call(args, method, path, body=None):
             payload = response.read()
     except urllib.error.HTTPError as err:
         try:
-            message = json.loads(err.read())["error"]
+            document = json.loads(err.read())
+            message = document["error"]
         except (ValueError, KeyError, TypeError):
-            message = err.reason
+            document, message = None, err.reason
+        if isinstance(document, dict) and "switches" in document:
+            message += "\n" + enforcement(document["switches"])
         raise CliError(f"{method} {path}: {err.code}: {message}") from None
     except (urllib.error.URLError, OSError) as err:
         reason = getattr(err, "reason", err)
         raise CliError(f"cannot reach the controller at {args.url}: {reason}") from None
     return json.loads(payload) if payload else None
+
+
+def enforcement(report):
+    """What a change answer says of the switches, as the operator reads it."""
+    lines = [f"in force on: {', '.join(report['enforced']) or 'no switch'}"]
+    for p in report["pending"]:
+        name = f" ({p['name']})" if p.get("name") else ""
+        lines.append(f"PENDING on {p['dpid']}{name}: {p['reason']}")
+    return "\n".join(lines)
 
 
 def show(args, document, render):
@@ -185,9 +197,11 @@ def table(rows, headers):
 def cmd_exceptions_list(args):
     def render(document):
         table(
-            [(e["id"], e["address"], e["direction"], e["source"], e["expires"] or "never", e["contact"], e["reason"])
+            [(e["id"], e["address"], e.get("direction"), e["source"], e.get("state", "active").upper()
+              if e.get("state") == "quarantined" else e.get("state", "active"), e.get("expires") or "never",
+              e.get("contact"), e.get("quarantine_reason") or e.get("reason"))
              for e in document["exceptions"]],
-            ["ID", "ADDRESS", "DIRECTION", "SOURCE", "EXPIRES", "CONTACT", "REASON"],
+            ["ID", "ADDRESS", "DIRECTION", "SOURCE", "STATE", "EXPIRES", "CONTACT", "REASON"],
         )
 
     show(args, call(args, "GET", "/smtp/v1/exceptions"), render)
@@ -200,13 +214,12 @@ def cmd_exceptions_add(args):
     if args.expires:
         body["expires"] = args.expires
     created = call(args, "POST", "/smtp/v1/exceptions", body)
-    show(args, created, lambda e: print(f"added {e['id']}: {e['address']} {e['direction']} (in force on every switch)"))
+    show(args, created, lambda e: print(f"added {e['id']}: {e['address']} {e['direction']}\n{enforcement(e['switches'])}"))
 
 
 def cmd_exceptions_rm(args):
-    call(args, "DELETE", f"/smtp/v1/exceptions/{urllib.parse.quote(args.id, safe='')}")
-    if not args.json:
-        print(f"removed {args.id}")
+    document = call(args, "DELETE", f"/smtp/v1/exceptions/{urllib.parse.quote(args.id, safe='')}")
+    show(args, document, lambda d: print(f"removed {args.id}\n{enforcement(d['switches'])}"))
 
 
 def cmd_reload(args):
@@ -215,10 +228,11 @@ def cmd_reload(args):
             print(f"added   {e['id']}: {e['address']} {e['direction']}")
         for e in document["removed"]:
             print(f"removed {e['id']}: {e['address']} {e['direction']}")
-        for dpid, flows in sorted(document["switches"].items()):
-            print(f"switch {dpid}: {flows['added']} flow(s) added or changed, {flows['removed']} removed")
-        if not (document["added"] or document["removed"] or document["switches"]):
-            print("reloaded: nothing changed")
+        for q in document["quarantined"]:
+            print(f"QUARANTINED {q['id']}: {q['address']}: {q['quarantine_reason']}")
+        if not (document["added"] or document["removed"]):
+            print("reloaded: no exception changed")
+        print(enforcement(document["switches"]))
 
     show(args, call(args, "POST", "/smtp/v1/reload"), render)
 

@@ -141,7 +141,7 @@ def test_an_exception_that_expires_stops_being_enforced(lab):
     entry = next(e for e in api(lab, "GET", "/smtp/v1/mailservers")[1]["exceptions"] if e["id"] == created["id"])
     assert not entry["active"]
     assert all(s["in_sync"] for s in api(lab, "GET", "/smtp/v1/switches")[1]["switches"])
-    assert api(lab, "DELETE", f"/smtp/v1/exceptions/{created['id']}")[0] == 204
+    assert api(lab, "DELETE", f"/smtp/v1/exceptions/{created['id']}")[0] == 200
 
 
 def test_metrics_follow_the_policy_and_real_traffic(lab):
@@ -197,5 +197,5 @@ def test_a_syn_flood_does_not_slow_the_api_or_other_switches(lab):
     latencies.sort()
     print(f"during the flood: {len(latencies)} add+delete pairs, p50 {latencies[len(latencies) // 2] * 1000:.1f} ms, "
           f"max {latencies[-1] * 1000:.1f} ms; internet switch ping: {ping_out.strip().splitlines()[-2]}")
-    assert latencies and set(statuses) == {201, 204}
+    assert latencies and set(statuses) == {201, 200}
     assert " 0% packet loss" in ping_out

@@ -88,10 +88,12 @@ def test_exceptions_add_list_rm(controller):
                          "--contact", "ops@example.edu", "--expires", "2031-01-01T00:00:00Z", env=env)
     assert code == 0, err
     exception_id = out.split()[1].rstrip(":")
-    assert out == f"added {exception_id}: 10.20.3.10/32 outbound (in force on every switch)\n"
+    # No switch is connected here: the border switch the policy lists is pending, and the CLI says so.
+    assert out == (f"added {exception_id}: 10.20.3.10/32 outbound\n"
+                   "in force on: no switch\nPENDING on 0000000000000001 (border): not connected\n")
     code, out, _ = run("exceptions", "list", env=env)
     header, *rows = out.splitlines()
-    assert header.split() == ["ID", "ADDRESS", "DIRECTION", "SOURCE", "EXPIRES", "CONTACT", "REASON"]
+    assert header.split() == ["ID", "ADDRESS", "DIRECTION", "SOURCE", "STATE", "EXPIRES", "CONTACT", "REASON"]
     mine = [r for r in rows if r.startswith(exception_id)]
     assert len(mine) == 1 and "api" in mine[0] and "2031-01-01T00:00:00Z" in mine[0] and "big files" in mine[0]
     assert len(rows) == 5
@@ -100,7 +102,8 @@ def test_exceptions_add_list_rm(controller):
     )
     assert run("exceptions", "rm", exception_id, env=api_env(controller, token="wrong"))[0:1] == (1,)
     assert "401" in run("exceptions", "rm", exception_id, env=api_env(controller, token="wrong"))[2]
-    assert run("exceptions", "rm", exception_id, env=env) == (0, f"removed {exception_id}\n", "")
+    assert run("exceptions", "rm", exception_id, env=env) == (
+        0, f"removed {exception_id}\nin force on: no switch\nPENDING on 0000000000000001 (border): not connected\n", "")
     assert run("exceptions", "rm", exception_id, env=env)[2] == (
         f"smtp-border: DELETE /smtp/v1/exceptions/{exception_id}: 404: no exception with id '{exception_id}'\n"
     )
