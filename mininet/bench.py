@@ -448,6 +448,58 @@ def bridge_flows(bridge):
     return sum(1 for line in dump.splitlines() if "cookie=" in line)  # long dumps come in several replies
 
 
+# -- 7. convergence: reconnection, audits, repair -----------------------------
+
+def bench_convergence(size, workdir, samples=5):
+    """What keeping a switch converged costs at `size` exceptions: a
+    reconnection of a switch that already holds the policy (read, diff,
+    nothing sent), the periodic audit (flow counts of the owned tables), the
+    full comparison (every flow read back and compared), and the repair after
+    `ovs-ofctl del-flows` (from the deletion to every flow back)."""
+    policy = policy_with(size, workdir / f"converge-{size}.yaml")
+    expected = len(compile_switch(load_policy(policy), 1))
+    with Bridge() as bridge:
+        controller = Controller(policy, workdir / f"converge-{size}.txt", state_file=workdir / f"converge-{size}.json",
+                                audit_seconds=1.0).start()
+        try:
+            bridge.connect(controller.of_port)
+            controller.wait_installs({1: 1}, timeout=300)
+            reconnects = []
+            for attempt in range(2, samples + 2):
+                # Cut off by a dead target, not del-controller (which makes OVS flush the flows).
+                bridge.connect(free_port())
+                bridge.connect(controller.of_port)
+                controller.wait_installs({1: attempt}, timeout=300)
+                found = re.findall(r"flows installed already, nothing sent \(([0-9.]+) ms, ([0-9.]+) ms after its hello\)",
+                                   controller.log())
+                reconnects.append(float(found[-1][1]))
+            audits, fulls = [], []
+            deadline = time.monotonic() + samples * 1.5 + 5
+            while len(audits) < samples and time.monotonic() < deadline:
+                time.sleep(1.1)
+                status = controller.api("GET", "/smtp/v1/switches")[1]["switches"][0]
+                if status["audit_ms"] is not None:
+                    audits.append(status["audit_ms"])
+            for _ in range(samples):
+                status = controller.api("GET", "/smtp/v1/switches?verify=1")[1]["switches"][0]
+                fulls.append(status["full_audit_ms"])
+            repairs = []
+            for _ in range(3 if size >= 10000 else samples):
+                run("ovs-ofctl", "-O", "OpenFlow13", "del-flows", bridge.name)
+                started = time.monotonic()
+                while bridge.flow_count() != expected and time.monotonic() - started < 60:
+                    time.sleep(0.05)
+                repairs.append((time.monotonic() - started) * 1000)
+        finally:
+            controller.stop()
+    median = statistics.median
+    return {"exceptions": size, "flows": expected, "reconnect_in_sync_ms": round(median(reconnects), 1),
+            "audit_counts_ms": round(median(audits), 2) if audits else None,
+            "audit_full_ms": round(median(fulls), 1), "del_flows_repaired_ms": round(median(repairs), 1),
+            "reconnect_in_sync_all_ms": reconnects, "audit_counts_all_ms": audits, "audit_full_all_ms": fulls,
+            "del_flows_repaired_all_ms": [round(v, 1) for v in repairs]}
+
+
 # -- 6. scale of the policy itself ---------------------------------------------
 
 def bench_scale(workdir):
@@ -498,6 +550,10 @@ def main(argv=None):
         results["data_plane"] = bench_data_plane(100 if args.quick else 10000, seconds, workdir,
                                                  rounds=2 if args.quick else 7, controller_seconds=None if args.quick else 12)
         table("4-5. Data plane (iperf3, TCP connects to port 2525) and controller cost", [results["data_plane"]])
+        results["convergence"] = [bench_convergence(size, workdir, samples=2 if args.quick else 5)
+                                  for size in ((10,) if args.quick else (100, 10000))]
+        table("7. Convergence: reconnect in sync, audit by counts, full audit, repair after del-flows (audit every 1 s)",
+              results["convergence"])
         results["scale"] = bench_scale(workdir)
         table("6. Flows per switch", results["scale"]["rows"])
         print(f"\n  shipped policy.yaml: {results['scale']['shipped_policy_flows']} flows on the border switch")

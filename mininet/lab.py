@@ -327,6 +327,21 @@ class Lab:
         command = ["python3", str(PROBE), "stream", self.address(dst, family), str(port), "--seconds", str(seconds)]
         return self.host(client).popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
+    @contextlib.contextmanager
+    def cut_off(self, switch="s1"):
+        """The switch loses its controller connection but keeps its flows.
+
+        Not with `ovs-vsctl del-controller`: Open vSwitch flushes a bridge's
+        flows when it goes from having a controller to having none. The
+        switch is pointed at a port where nothing listens instead."""
+        target = subprocess.run(["ovs-vsctl", "get-controller", switch], capture_output=True, text=True,
+                                check=True).stdout.split()
+        subprocess.run(["ovs-vsctl", "set-controller", switch, f"tcp:127.0.0.1:{free_port()}"], check=True)
+        try:
+            yield
+        finally:
+            subprocess.run(["ovs-vsctl", "set-controller", switch, *target], check=True)
+
     def ofctl(self, *args):
         return subprocess.run(
             ["ovs-ofctl", "-O", "OpenFlow13", *args], capture_output=True, text=True, check=True

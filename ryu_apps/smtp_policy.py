@@ -146,6 +146,8 @@ class Switch:
         self.last_repair = None
         self.repairs = 0  # reconciliations that found drift on a switch believed in sync
         self.flow_count = None  # flows in the owned tables at the last reading
+        self.audit_ms = None  # how long the last audit took: counts only, and with a full comparison
+        self.full_audit_ms = None
         self.meter_rate = None  # audit meter rate set on the switch
         self.wake = hub.Event()
 
@@ -442,6 +444,7 @@ class SmtpPolicy(app_manager.RyuApp):
     def _audit(self, switch):
         """Check an in-sync switch for drift; mark it unsynced if found. Lock held."""
         dp = switch.dp
+        started = time.monotonic()
         desired = self.border.flows(switch.dpid)
         switch.audits += 1
         full = switch.audits % FULL_AUDIT_EVERY == 0
@@ -452,6 +455,7 @@ class SmtpPolicy(app_manager.RyuApp):
         switch.last_audit = time.time()
         switch.flow_count = sum(counts.values())
         if not full and all(counts[t] == expected.get(t, 0) for t in OWNED_TABLES):
+            switch.audit_ms = (time.monotonic() - started) * 1000
             return
         rules, foreign = self._read_flows(switch, dump=True)
         target = desired if switch.version == 0 else {with_version(r, switch.version) for r in desired}
@@ -459,6 +463,7 @@ class SmtpPolicy(app_manager.RyuApp):
         diff = diff_rules(rules, target)
         extra = len(diff.delete) + len(foreign)
         changed = len(diff.add) - missing
+        switch.full_audit_ms = (time.monotonic() - started) * 1000
         if not (missing or extra or changed):
             return
         for kind, n in (("missing", missing), ("extra", extra), ("changed", changed)):
@@ -621,6 +626,7 @@ class SmtpPolicy(app_manager.RyuApp):
         status.update(
             in_sync=switch.in_sync, pending=switch.pending, flow_count=switch.flow_count, bundles=switch.bundles,
             last_audit=_iso(switch.last_audit), last_repair=_iso(switch.last_repair),
+            audit_ms=_rounded(switch.audit_ms), full_audit_ms=_rounded(switch.full_audit_ms),
         )
         if not switch.bundles:
             status["version"] = switch.version
@@ -702,6 +708,10 @@ class SmtpPolicy(app_manager.RyuApp):
 
     def _waiters_for(self, dpid):
         return list({id(w): w for (d, _), w in list(self._waiters.items()) if d == dpid}.values())
+
+
+def _rounded(ms):
+    return None if ms is None else round(ms, 2)
 
 
 def _iso(moment):

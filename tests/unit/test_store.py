@@ -337,6 +337,22 @@ def test_a_torn_last_line_is_ignored_and_then_replaced(store):
     assert PolicyStore(store.policy_file, store.state_file).api_exceptions == (first, second)
 
 
+REAL_FSYNC = os.fsync
+
+
+def fsync_failing(at, errno=5, text="Input/output error"):
+    """os.fsync that fails at the calls numbered in `at` (1-based), and works otherwise."""
+    calls = []
+
+    def fsync(fd):
+        calls.append(fd)
+        if len(calls) in at:
+            raise OSError(errno, text)
+        REAL_FSYNC(fd)
+
+    return fsync
+
+
 def test_a_change_whose_fsync_fails_never_comes_back(store, monkeypatch):
     """The line of a change that could not be fsync'ed may already be in the
     page cache and reach the disk later: it is cut off, durably, before the
@@ -345,15 +361,7 @@ def test_a_change_whose_fsync_fails_never_comes_back(store, monkeypatch):
     path = Path(store.state_file)
     on_disk = path.read_bytes()
     real_fsync = os.fsync
-    calls = []
-
-    def fail_once(fd):
-        calls.append(fd)
-        if len(calls) == 1:
-            raise OSError(5, "Input/output error")
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", fail_once)
+    monkeypatch.setattr(os, "fsync", fsync_failing(at={1}))
     with pytest.raises(state.StateUnavailable, match="cannot save the change in .*: Input/output error"):
         add(store, "10.20.3.11")
     assert store.api_exceptions == (first,)
@@ -382,15 +390,7 @@ def test_when_the_line_cannot_be_cut_off_the_file_is_rewritten_as_it_was(store, 
         add(store, "10.20.3.11")
     assert store.api_exceptions == (first,)
     # Only the append's fsync fails: the rewrite puts the old state back.
-    calls = []
-
-    def fail_first(fd):
-        calls.append(fd)
-        if len(calls) == 1:
-            raise OSError(28, "No space left on device")
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", fail_first)
+    monkeypatch.setattr(os, "fsync", fsync_failing(at={1}, errno=28, text="No space left on device"))
     store._state.load()  # a journal again
     with pytest.raises(state.StateUnavailable, match="No space left on device"):
         add(store, "10.20.3.11")
@@ -402,15 +402,8 @@ def test_a_compaction_that_fails_changes_nothing(store, monkeypatch):
     first = add(store, "10.20.3.10")
     store._state.rewrite_on_next_record()
     real_fsync = os.fsync
-    calls = []
-
-    def fail_directory_sync(fd):
-        calls.append(fd)
-        if len(calls) == 2:  # the temporary file synced and renamed; the directory fails
-            raise OSError(5, "Input/output error")
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", fail_directory_sync)
+    # The temporary file synced and renamed over the journal; the directory's fsync fails.
+    monkeypatch.setattr(os, "fsync", fsync_failing(at={2}))
     with pytest.raises(state.StateUnavailable):
         add(store, "10.20.3.11")
     monkeypatch.setattr(os, "fsync", real_fsync)

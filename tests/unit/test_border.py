@@ -1,0 +1,101 @@
+"""The core (smtp_border/border.py): every change goes through one object,
+which keeps each tracked switch's desired flows equal to a fresh compile of
+the policy in force and returns exactly the diffs that get it there."""
+import datetime
+import os
+import textwrap
+
+import pytest
+
+from smtp_border.border import Border
+from smtp_border.compiler import compile_switch
+from smtp_border.policy import PolicyError
+from smtp_border.state import StateUnavailable
+from smtp_border.store import Conflict
+
+POLICY = """
+campus: {prefixes: [10.20.0.0/16, "fd00:20::/48"]}
+gateways: [{name: relay, addresses: [10.20.0.25]}]
+exceptions:
+  - {address: 10.20.1.5, direction: inbound, reason: dept}
+switches: [{dpid: 1, uplinks: [1]}, {dpid: 2, uplinks: [3]}]
+"""
+LATER = datetime.datetime(2100, 1, 1, tzinfo=datetime.timezone.utc)
+
+
+@pytest.fixture
+def border(tmp_path):
+    (tmp_path / "policy.yaml").write_text(textwrap.dedent(POLICY))
+    border = Border(tmp_path / "policy.yaml")
+    for dpid in (1, 2, 9):  # two enforcing switches and an inside one
+        border.flows(dpid)
+    return border
+
+
+def assert_consistent(border, before, outcome, now=None):
+    """Each switch's desired flows equal a fresh compile, and the diff takes
+    the old flows there."""
+    for dpid in (1, 2, 9):
+        fresh = compile_switch(border.policy, dpid, now)
+        assert border.flows(dpid) == fresh
+        diff = outcome.diffs[dpid]
+        assert (before[dpid] - set(diff.delete)) | set(diff.add) == fresh
+
+
+def snapshot(border):
+    return {dpid: set(border.flows(dpid)) for dpid in (1, 2, 9)}
+
+
+def test_each_change_keeps_every_switch_equal_to_a_fresh_compile(border, tmp_path):
+    before = snapshot(border)
+    added = border.add({"address": "10.20.3.10", "direction": "both", "reason": "r"})
+    assert_consistent(border, before, added)
+    assert len(added.diffs[1]) == 2 and not added.diffs[9]  # its flows, and none on the inside switch
+
+    before = snapshot(border)
+    batch = border.batch([{"address": "10.20.3.11", "direction": "inbound", "reason": "r"}], [added.subject.id])
+    assert_consistent(border, before, batch)
+
+    before = snapshot(border)
+    (tmp_path / "policy.yaml").write_text(textwrap.dedent(POLICY).replace("10.20.0.0/16", "10.20.0.0/15"))
+    assert_consistent(border, before, border.reload())
+
+    before = snapshot(border)
+    border.add({"address": "10.20.3.12", "direction": "outbound", "reason": "r", "expires": "2099-01-01T00:00:00Z"})
+    before = snapshot(border)
+    expired = border.expire(LATER)
+    assert [str(e.address) for e in expired.change.removed] == ["10.20.3.12/32"]
+    assert_consistent(border, before, expired, LATER)
+    assert border.expire(LATER) is None
+
+
+def test_a_refused_change_changes_nothing(border):
+    before = snapshot(border)
+    for bad in ({"address": "10.20.1.5", "direction": "both", "reason": "in the file"},
+                {"address": "192.0.2.1", "direction": "both", "reason": "outside"}):
+        with pytest.raises((Conflict, PolicyError)):
+            border.add(bad)
+    assert snapshot(border) == before
+
+
+def test_a_change_that_cannot_be_saved_changes_nothing(border, monkeypatch):
+    before = snapshot(border)
+    active = set(border.active_ids)
+
+    def broken(fd):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", broken)
+    with pytest.raises(StateUnavailable):
+        border.add({"address": "10.20.3.10", "direction": "both", "reason": "r"})
+    assert snapshot(border) == before and set(border.active_ids) == active
+    assert all(str(e.address) != "10.20.3.10/32" for e in border.policy.exceptions)
+
+
+def test_a_switch_that_connects_later_is_compiled_as_of_the_index(border):
+    border.add({"address": "10.20.3.12", "direction": "outbound", "reason": "r", "expires": "2099-01-01T00:00:00Z"})
+    border.forget(1)
+    assert border.flows(1) == compile_switch(border.policy, 1)
+    border.expire(LATER)
+    border.forget(2)
+    assert border.flows(2) == compile_switch(border.policy, 2, LATER)
