@@ -147,7 +147,7 @@ class Switch:
         self.audits = 0
         self.last_audit = None  # Unix time
         self.last_repair = None
-        self.repairs = 0  # reconciliations that found drift on a switch believed in sync
+        self.drift = False  # an audit found its flows changed behind the controller's back
         self.flow_count = None  # flows in the owned tables at the last reading
         self.audit_ms = None  # how long the last audit took: counts only, and with a full comparison
         self.full_audit_ms = None
@@ -200,10 +200,6 @@ class SmtpPolicy(app_manager.RyuApp):
     @property
     def policy(self):
         return self.border.policy
-
-    @property
-    def datapaths(self):
-        return {dpid: s.dp for dpid, s in self.switches.items()}
 
     def _log_policy(self):
         p = self.policy
@@ -420,7 +416,6 @@ class SmtpPolicy(app_manager.RyuApp):
                 sent = sum(len(p) for p in phases)
                 counts = (sum(op == ordering.ADD for p in phases for op, _ in p),
                           sum(op == ordering.DELETE for p in phases for op, _ in p))
-        was_believed = switch.pending is not None and switch.pending.startswith("drift")
         switch.version, switch.in_sync, switch.pending = version, True, None
         switch.flow_count = len(desired)
         if sent:
@@ -440,8 +435,8 @@ class SmtpPolicy(app_manager.RyuApp):
                 "smtp-border: switch %016x %s: %d flows installed already, nothing sent (%.1f ms%s)",
                 switch.dpid, self._role(switch.dpid), len(desired), elapsed, since_hello,
             )
-        if was_believed:
-            switch.repairs += 1
+        if switch.drift:
+            switch.drift = False
             self.counters[("repairs", switch.dpid)] += 1
 
     def _audit(self, switch):
@@ -475,7 +470,7 @@ class SmtpPolicy(app_manager.RyuApp):
             "smtp-border: switch %016x DRIFT found by audit: %d flows missing, %d extra, %d changed; repairing",
             switch.dpid, missing, extra, changed,
         )
-        switch.in_sync = False
+        switch.in_sync, switch.drift = False, True
         switch.pending = f"drift: {missing} missing, {extra} extra, {changed} changed; repairing"
 
     def _read_flows(self, switch, dump=False):

@@ -216,12 +216,17 @@ def test_flows_changed_behind_the_controllers_back_are_repaired_within_the_audit
     print(f"\ndel-flows repaired after {time.monotonic() - started:.1f} s")
     assert outcomes(lab, blocked, twin, relay) == ["timeout", "open", "open"]
 
+    # An ordinary TCP stream runs through the repair of the next hole: it never stalls.
+    stream = lab.start_stream("h2", "outmx", 2525, seconds=5)
     lab.ofctl("add-flow", "s1", "table=1,priority=450,ip,metadata=0x1/0x7,nw_src=10.20.3.10,actions=goto_table:2")
     assert outcomes(lab, blocked, twin) == ["open", "open"]  # the hole works, until the audit finds it
     started = time.monotonic()
     assert wait_for(repaired, timeout=10)
     print(f"extra allow flow removed after {time.monotonic() - started:.1f} s")
     assert outcomes(lab, blocked, twin, relay) == ["timeout", "open", "open"]
+    stream_out = stream.communicate(timeout=40)[0].decode().split()
+    assert stream_out[0] == "stream" and int(stream_out[1]) > 0, stream_out
+    assert int(stream_out[2]) < 200, f"ordinary traffic stalled for {stream_out[2]} ms during the repair"
     s1 = api(lab, "GET", "/smtp/v1/switches?verify=1")[1]["switches"][0]
     assert s1["in_sync"] is True and s1["repairs"] >= 2
     status, text = metrics_text(lab)
