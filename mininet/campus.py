@@ -39,9 +39,15 @@ HOST_ADDRESSES = {
 OUTSIDE_HOSTS = ("outmx", "outhost")
 PREFIX_LENGTH = {4: 8, 6: 32}  # wide on purpose: every address is on-link anyway
 
-# Campus addresses that the outside client also owns, to forge a campus source.
-FORGER = "outhost"
-FORGED_SOURCE = {4: "10.20.9.9", 6: "fd00:20:0:9::9"}
+# Extra addresses a host owns, to send from when a scenario says so:
+# "forged", campus addresses the outside client also owns (a forged campus
+# source arriving on the uplink); "unlisted", addresses a campus host owns
+# that no campus prefix holds (a NAT pool, a misconfigured or forged source:
+# Part 2 must hold by the arrival port).
+SOURCES = {
+    "forged": ("outhost", {4: "10.20.9.9", 6: "fd00:20:0:9::9"}),
+    "unlisted": ("h1", {4: "192.0.2.77", 6: "fd00:77::77"}),
+}
 
 
 @dataclass(frozen=True)
@@ -54,7 +60,10 @@ class Scenario:
     port: int
     allowed: bool  # under the shipped policy.yaml
     proto: str = "tcp"
-    forged_source: bool = False
+    source: str = None  # a key of SOURCES: send from that extra address
+
+    def source_address(self, family):
+        return SOURCES[self.source][1][family] if self.source else None
 
 
 # Every clause of the policy, each "blocked" next to an "allowed" twin on the
@@ -79,8 +88,11 @@ SCENARIOS = [
     Scenario("Part 1: outside mail server to another ordinary host", "outmx", "h2", 25, False),
     Scenario("transit: outside to outside is not campus mail", "outhost", "outmx", 25, True),
     Scenario("UDP to port 25 is not SMTP", "outhost", "h1", 25, True, proto="udp"),
-    Scenario("forged campus source arriving on the uplink", "outhost", "h2", 25, False, forged_source=True),
-    Scenario("  twin: same forged source, another port", "outhost", "h2", 2525, True, forged_source=True),
+    Scenario("forged campus source arriving on the uplink", "outhost", "h2", 25, False, source="forged"),
+    Scenario("  twin: same forged source, another port", "outhost", "h2", 2525, True, source="forged"),
+    Scenario("Part 2: a campus host sending from an address no campus prefix holds", "h1", "outmx", 25, False,
+             source="unlisted"),
+    Scenario("  twin: same source, another port", "h1", "outmx", 2525, True, source="unlisted"),
 ]
 
 MB = 1024 * 1024

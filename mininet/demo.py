@@ -185,7 +185,7 @@ def play_clauses(lab):
     steps = []
     for family in (4, 6):
         for scenario in campus.SCENARIOS:
-            source = campus.FORGED_SOURCE[family] if scenario.forged_source else None
+            source = scenario.source_address(family)
             probe = Probe(scenario.client, scenario.server, scenario.port, family, scenario.proto, src=source)
             steps.append((scenario, probe))
     outcomes = lab.run_probes([probe for _, probe in steps])

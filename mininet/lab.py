@@ -207,8 +207,9 @@ class Lab:
             if has_mail:
                 self.listeners.append(self._start_mail_server(name))
         self._wait_listeners()
-        for family, address in campus.FORGED_SOURCE.items():
-            self.add_address(campus.FORGER, address, family)
+        for host, addresses in campus.SOURCES.values():
+            for family, address in addresses.items():
+                self.add_address(host, address, family)
 
     def stop(self):
         """Stop everything, even after an interrupted command; a second Ctrl-C

@@ -6,8 +6,11 @@ only translates the result into OpenFlow messages.
 How the semantics map onto two tables (docs/flow-tables.md):
 
 CLASSIFY_TABLE, for TCP to an SMTP port only, decides where the packet came
-from: an uplink port means outside whatever the source address says;
-otherwise a campus source address means campus and any other means outside.
+from. On a switch whose uplinks are known (or an access switch, all of whose
+ports are campus-side) the arrival port decides: an uplink means outside,
+any other port campus, whatever the source address says. On a switch with
+no such declaration, the address does: a campus source means campus, any
+other outside.
 The answer goes into two metadata bits, so POLICY_TABLE needs one rule per
 exception, not one per exception and uplink and port.
 
@@ -74,8 +77,8 @@ def compile_switch(policy, dpid, now=None):
         exceptions = policy.active_exceptions(now or utc_now())
         # Merged once for both families (cidr_merge is most of the compile time).
         merged = {inbound: merged_exception_networks(exceptions, inbound) for inbound in (True, False)}
-        for eth_type in _families(policy):
-            rules.update(_classify_rules(policy, spec.uplinks, eth_type))
+        for eth_type in _families(policy, spec):
+            rules.update(_classify_rules(policy, spec, eth_type))
             rules.update(_policy_rules(policy, merged, eth_type))
         # Only SMTP packets reach the policy table, each marked campus or
         # outside; campus ones all meet a Part 2 block or an allow above, so
@@ -145,10 +148,13 @@ def _allows(exception, inbound):
     return exception.direction.allows_inbound if inbound else exception.direction.allows_outbound
 
 
-def _families(policy):
-    """Only families with a campus prefix need rules: without one, no IPv6
-    packet (say) is from or to campus, so every one of them is transit."""
-    versions = {prefix.version for prefix in policy.campus}
+def _families(policy, spec):
+    """Which IP versions need rules. By addresses, only families with a
+    campus prefix: without one, no IPv6 packet (say) is from or to campus,
+    so every one of them is transit. By port, both: an IPv6 packet from a
+    campus-side port is from the campus even where the campus lists no IPv6
+    prefix, and Part 2 applies to it."""
+    versions = {4, 6} if spec.by_port else {prefix.version for prefix in policy.campus}
     return [ETH_TYPE_IPV4 if v == 4 else ETH_TYPE_IPV6 for v in sorted(versions)]
 
 
@@ -157,14 +163,21 @@ def _in_family(networks, eth_type):
     return [n for n in networks if n.version == version]
 
 
-def _classify_rules(policy, uplinks, eth_type):
+def _classify_rules(policy, spec, eth_type):
     for port in policy.smtp_ports:
         smtp = dict(eth_type=eth_type, ip_proto=IP_PROTO_TCP, tcp_dst=port)
-        for uplink in uplinks:
+        for uplink in spec.uplinks:
             yield _rule(
                 CLASSIFY_TABLE, PRIO_UPLINK, Match(in_port=uplink, **smtp), _GOTO_POLICY[FROM_OUTSIDE],
                 Clause.FROM_UPLINK, f"{uplink}/{port}",
             )
+        if spec.by_port:
+            # Not on an uplink: from the campus, whatever the source address says.
+            yield _rule(
+                CLASSIFY_TABLE, PRIO_OUTSIDE_SOURCE, Match(**smtp), _GOTO_POLICY[FROM_CAMPUS],
+                Clause.NOT_UPLINK, port,
+            )
+            continue
         for prefix in _in_family(policy.campus, eth_type):
             yield _rule(
                 CLASSIFY_TABLE, PRIO_CAMPUS_SOURCE, Match(ip_src=prefix, **smtp), _GOTO_POLICY[FROM_CAMPUS],

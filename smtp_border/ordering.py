@@ -5,10 +5,11 @@ both allow.
 A switch with ONF bundles applies a change atomically. One without applies
 flow mods one by one, and a packet may meet any of the tables in between. The
 naive order (every add, then every delete) passes through the union of the
-two rule sets, and that union can allow what both block: campus prefixes
-[10.20/16, 10.40/16] -> [10.20/16, 10.50/16] and the packet 10.50.1.1 ->
-10.40.1.1:25 is blocked by both (Part 1 before, Part 2 after), but the union
-classifies 10.50.1.1 as campus (new) and lets campus reach 10.40/16 (old).
+two rule sets, and that union can allow what both block: on a switch that
+decides by addresses, campus prefixes [10.20/16, 10.40/16] -> [10.20/16,
+10.50/16] and the packet 10.50.1.1 -> 10.40.1.1:25 is blocked by both
+(Part 1 before, Part 2 after), but the union classifies 10.50.1.1 as
+campus (new) and lets campus reach 10.40/16 (old).
 
 Two cases:
 

@@ -96,6 +96,14 @@ class SwitchSpec:
     dpid: int
     uplinks: Tuple[int, ...]
     name: Optional[str] = None
+    access: bool = False  # every port is campus-side (an access switch)
+
+    @property
+    def by_port(self):
+        """Direction is decided by the arrival port: a packet that does not
+        arrive on an uplink is from the campus, whatever its source address
+        (a NAT pool, an unlisted prefix, a forged or link-local address)."""
+        return bool(self.uplinks) or self.access
 
 
 @dataclass(frozen=True)
@@ -204,7 +212,7 @@ _AUDIT_KEYS = {"sample_rate": False, "log": False}
 _CAMPUS_KEYS = {"prefixes": True}
 _GATEWAY_KEYS = {"name": True, "addresses": True}
 _EXCEPTION_KEYS = {"address": True, "direction": True, "reason": True, "contact": False, "expires": False}
-_SWITCH_KEYS = {"dpid": True, "uplinks": True, "name": False}
+_SWITCH_KEYS = {"dpid": True, "uplinks": False, "name": False, "access": False}
 
 
 class _PolicyReader:
@@ -302,10 +310,21 @@ class _PolicyReader:
     def switch(self, item, path):
         fields = self.mapping(item, path, _SWITCH_KEYS)
         name = fields.get("name")
+        access = fields.get("access", False)
+        if not isinstance(access, bool):
+            self.fail(f"{path}.access", f"{access!r} is not true or false")
+        uplinks = self.port_numbers(fields.get("uplinks", []), f"{path}.uplinks")
+        if access and uplinks:
+            self.fail(f"{path}.access", "an access switch has every port on the campus side; it has no uplinks"
+                                        " (list its uplinks, or say access: true, not both)")
+        if "uplinks" not in fields and not access:
+            self.fail(f"{path}.uplinks", "missing required key (give [] to enforce by addresses alone,"
+                                         " or access: true for an access switch)")
         return SwitchSpec(
             dpid=self.dpid(fields["dpid"], f"{path}.dpid"),
-            uplinks=self.port_numbers(fields["uplinks"], f"{path}.uplinks"),
+            uplinks=uplinks,
             name=None if name is None else self.text(name, f"{path}.name"),
+            access=access,
         )
 
     # -- shapes ---------------------------------------------------------------

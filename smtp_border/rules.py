@@ -60,6 +60,7 @@ class Clause(enum.IntEnum):
     FROM_UPLINK = 0x02  # table 0: arrived on an uplink, so from outside
     FROM_CAMPUS_SOURCE = 0x03  # table 0: campus source address
     FROM_OUTSIDE_SOURCE = 0x04  # table 0: any other source address
+    NOT_UPLINK = 0x05  # table 0: arrived on a campus-side port, so from campus whatever its source
     CAMPUS_TO_CAMPUS = 0x10  # table 1: allowed, internal mail
     GATEWAY_INBOUND = 0x11  # table 1: allowed, outside to a campus relay
     GATEWAY_OUTBOUND = 0x12  # table 1: allowed, campus relay to outside

@@ -31,7 +31,12 @@ def is_allowed(policy, dpid, packet, now=None):
         return True  # an inside switch forwards everything
     if packet.ip_proto != IP_PROTO_TCP or packet.dst_port not in policy.smtp_ports:
         return True  # the policy is about connections to the SMTP port only
-    from_outside = packet.in_port in spec.uplinks or not policy.is_campus(packet.src)
+    if spec.by_port:
+        # Uplinks known (or none: an access switch): the arrival port decides.
+        from_outside = packet.in_port in spec.uplinks
+    else:
+        # Addresses alone: a campus source address is campus.
+        from_outside = not policy.is_campus(packet.src)
     to_campus = policy.is_campus(packet.dst)
     exceptions = policy.active_exceptions(now or utc_now())
     gateways = [a for g in policy.gateways for a in g.addresses]

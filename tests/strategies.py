@@ -61,8 +61,12 @@ def policies(draw):
         st.none(),
         st.lists(st.integers(1, 3), unique=True, max_size=3).flatmap(
             lambda dpids: st.tuples(*[
-                st.lists(st.sampled_from(PORTS), unique=True, min_size=1, max_size=2).map(
-                    lambda uplinks, d=d: SwitchSpec(dpid=d, uplinks=tuple(uplinks)))
+                st.one_of(
+                    # a border switch by its uplinks, by addresses alone, or an access switch
+                    st.lists(st.sampled_from(PORTS), unique=True, min_size=1, max_size=2).map(
+                        lambda uplinks, d=d: SwitchSpec(dpid=d, uplinks=tuple(uplinks))),
+                    st.booleans().map(lambda access, d=d: SwitchSpec(dpid=d, uplinks=(), access=access)),
+                )
                 for d in dpids
             ])
         ),

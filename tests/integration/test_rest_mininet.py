@@ -191,7 +191,7 @@ def test_switches_report_connection_flows_and_sync(lab):
     by_dpid = {s["dpid"]: s for s in body["switches"]}
     border = by_dpid["0000000000000001"]
     assert {k: border[k] for k in ("name", "role", "uplinks", "connected", "flow_count", "in_sync", "pending", "bundles")} == {
-        "name": "border", "role": "enforcing", "uplinks": [1], "connected": True, "flow_count": 23,
+        "name": "border", "role": "enforcing", "uplinks": [1], "connected": True, "flow_count": 21,
         "in_sync": True, "pending": None, "bundles": True,
     }
     assert border["last_audit"] is not None

@@ -9,7 +9,7 @@ import netaddr
 import pytest
 
 from smtp_border.compiler import compile_switch, merged_exception_networks
-from smtp_border.policy import load_policy, parse_policy
+from smtp_border.policy import PolicyError, load_policy, parse_policy
 from smtp_border.rules import (
     CLASSIFY_TABLE,
     Clause,
@@ -237,3 +237,43 @@ def test_flow_dump_in_the_docs_is_the_shipped_policy():
         for r in compile_switch(load_policy(ROOT / "policy.yaml"), 1, NOW)
     )
     assert documented == compiled
+
+
+BY_PORT = """
+campus: {prefixes: [10.20.0.0/16]}
+gateways: [{name: relay, addresses: [10.20.0.25]}]
+switches:
+  - {dpid: 1, uplinks: [1]}
+  - {dpid: 2, access: true}
+  - {dpid: 3, uplinks: []}
+"""
+
+
+def test_part2_holds_by_port_whatever_the_source_address():
+    """A packet from a campus-side port is from the campus on a switch whose
+    uplinks are known (1) and on an access switch (2), whatever its source:
+    a NAT pool, a documentation address, an unlisted or link-local IPv6
+    address (and this campus lists no IPv6 prefix at all). Its twin on port
+    80 passes. By addresses alone (3) such a source is outside: transit, the
+    blind spot docs/policy.md names."""
+    policy = policy_of(BY_PORT)
+    outside4, outside6 = netaddr.IPAddress("198.51.100.25"), netaddr.IPAddress("2001:db8:100::25")
+    sources = [("100.64.1.1", outside4), ("192.0.2.77", outside4), ("fd00:77::77", outside6), ("fe80::1", outside6)]
+    for dpid, held in ((1, True), (2, True), (3, False)):
+        rules = compile_switch(policy, dpid, NOW)
+        for source, destination in sources:
+            smtp = Packet(in_port=2, src=netaddr.IPAddress(source), dst=destination, dst_port=25)
+            twin = Packet(in_port=2, src=netaddr.IPAddress(source), dst=destination, dst_port=80)
+            assert forwards(rules, smtp) == is_allowed(policy, dpid, smtp, NOW) == (not held), (dpid, source)
+            assert forwards(rules, twin) and is_allowed(policy, dpid, twin, NOW)
+    # The relay still sends, and on the uplink a campus source is still outside.
+    for dpid in (1, 2):
+        relay = Packet(in_port=2, src=netaddr.IPAddress("10.20.0.25"), dst=outside4, dst_port=25)
+        assert forwards(compile_switch(policy, dpid, NOW), relay)
+    forged = Packet(in_port=1, src=netaddr.IPAddress("10.20.3.3"), dst=netaddr.IPAddress("10.20.4.4"), dst_port=25)
+    assert not forwards(compile_switch(policy, 1, NOW), forged)
+
+
+def test_an_access_switch_cannot_have_uplinks():
+    with pytest.raises(PolicyError, match=r"switches\[0\]\.access: an access switch has every port on the campus side"):
+        policy_of("campus: {prefixes: [10.20.0.0/16]}\nswitches: [{dpid: 1, uplinks: [1], access: true}]\n")

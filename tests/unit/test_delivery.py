@@ -242,7 +242,7 @@ def test_without_bundles_a_campus_change_never_opens_what_both_policies_block(ma
     policy = """
         campus: {prefixes: [%s]}
         gateways: [{name: relay, addresses: [10.20.0.25]}]
-        switches: [{dpid: 1, uplinks: [1]}]
+        switches: [{dpid: 1, uplinks: []}]
     """
     app = make_app(policy % "10.20.0.0/16, 10.40.0.0/16")
     switch = connect(app, bundles=False)

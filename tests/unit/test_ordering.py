@@ -78,7 +78,7 @@ def _edges(policy, version):
 
 CAMPUS_CHANGE = """
 campus: {prefixes: [%s]}
-switches: [{dpid: 1, uplinks: [1]}]
+switches: [{dpid: 1, uplinks: []}]  # by addresses: where the classification follows the prefixes
 """
 
 

@@ -146,7 +146,7 @@ def test_exception_rejections(entry, expected):
     "switches, expected",
     [
         ("[{uplinks: [1]}]", "switches[0].dpid: missing required key"),
-        ("[{dpid: 1}]", "switches[0].uplinks: missing required key"),
+        ("[{dpid: 1}]", "switches[0].uplinks: missing required key (give [] to enforce by addresses alone, or access: true for an access switch)"),
         ("[{dpid: -1, uplinks: [1]}]", "switches[0].dpid: -1 is not a datapath id (0-18446744073709551615)"),
         ("[{dpid: zz, uplinks: [1]}]", "switches[0].dpid: 'zz' is not a datapath id (an integer, 0x hex, or 16 hex digits)"),
         ("[{dpid: 1, uplinks: [0]}]", "switches[0].uplinks[0]: 0 is not an OpenFlow port number (1-4294967039)"),
