@@ -66,9 +66,13 @@ class Controller:
             os.environ, SMTP_POLICY_FILE=str(self.policy_file), SMTP_POLICY_STATE=str(self.state_file),
             SMTP_POLICY_AUDIT_LOG=str(self.audit_log),
         )
-        env.pop("SMTP_POLICY_TOKEN", None)
+        for name in ("SMTP_POLICY_TOKEN", "SMTP_POLICY_READ_TOKEN", "SMTP_POLICY_LOOPBACK_DEV"):
+            env.pop(name, None)
         if self.token:
             env["SMTP_POLICY_TOKEN"] = self.token
+        else:
+            # No token: the explicit development mode (loopback clients only).
+            env["SMTP_POLICY_LOOPBACK_DEV"] = "1"
         env["SMTP_POLICY_BUNDLES"] = "auto" if self.bundles else "off"
         if self.audit_seconds is not None:
             env["SMTP_POLICY_AUDIT_SECONDS"] = str(self.audit_seconds)
@@ -101,6 +105,7 @@ class Controller:
         headers = dict(headers or {})
         if isinstance(body, (dict, list)):
             body = json.dumps(body)
+        if method != "GET":
             headers.setdefault("Content-Type", "application/json")
         token = self.token if token is None else token
         if token:

@@ -38,8 +38,10 @@ import logging
 import os
 import re
 
+import eventlet.wsgi
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from ryu.app.wsgi import ControllerBase, Response, route
+from ryu.lib import hub
 
 from ryu_apps.metrics import registry_for
 from smtp_border.audit import format_time, parse_time
@@ -50,7 +52,16 @@ from smtp_border.store import Conflict, NotFound
 
 LOG = logging.getLogger("smtp_border.rest")
 APP_KEY = "smtp_policy_app"
-TOKEN_ENV = "SMTP_POLICY_TOKEN"
+TOKEN_ENV = "SMTP_POLICY_TOKEN"  # changes, and reads of who was blocked
+READ_TOKEN_ENV = "SMTP_POLICY_READ_TOKEN"  # optional: reads of who was blocked only
+# "1": a development controller on one machine: changes and offender reads
+# without a token, from loopback clients naming a loopback Host only.
+LOOPBACK_DEV_ENV = "SMTP_POLICY_LOOPBACK_DEV"
+# Slow or idle clients are dropped after this many seconds, and at most
+# this many connections are served at once (Ryu's server sets neither).
+HTTP_TIMEOUT_ENV = "SMTP_POLICY_HTTP_TIMEOUT"
+HTTP_TIMEOUT = 10.0
+MAX_CONNECTIONS = 128
 MAX_BODY = 64 * 1024
 # A batch carries up to MAX_BATCH exceptions (about 100 bytes each).
 MAX_BATCH = 10000
@@ -72,10 +83,19 @@ MAX_WINDOW = 3650 * 86400
 
 
 def register(wsgi, app):
-    if not os.environ.get(TOKEN_ENV):
+    if os.environ.get(TOKEN_ENV):
+        app.logger.info("smtp-border: REST changes need the bearer token of %s", TOKEN_ENV)
+    elif loopback_dev():
         app.logger.warning(
-            "smtp-border: %s is not set: the REST API accepts changes from loopback clients only", TOKEN_ENV
+            "smtp-border: %s=1: DEVELOPMENT mode: the REST API accepts changes without a token from loopback"
+            " clients naming a loopback Host; never run a border like this", LOOPBACK_DEV_ENV,
         )
+    else:
+        app.logger.warning(
+            "smtp-border: %s is not set: the REST API is read-only (set it to make changes; %s=1 for a"
+            " development controller on loopback)", TOKEN_ENV, LOOPBACK_DEV_ENV,
+        )
+    _bound_the_server(float(os.environ.get(HTTP_TIMEOUT_ENV) or HTTP_TIMEOUT), MAX_CONNECTIONS)
     app.metrics_registry = registry_for(app)
     wsgi.register(SmtpRestController, {APP_KEY: app})
     # Connected last, so it only catches what no route above matched: a JSON
@@ -93,15 +113,34 @@ def json_response(status, document=None, headers=None):
     return response
 
 
-def api(changes_state=False):
-    """JSON in and out, errors as {"error"}, and authorisation for changes."""
+def _bound_the_server(timeout, connections):
+    """Give Ryu's WSGI server (eventlet.wsgi.server, called with neither) a
+    socket timeout and a bound on concurrent connections, so that a few slow
+    or idle clients cannot hold every green thread. Ryu builds and starts the
+    server after the apps are made, from hub.WSGIServer: set it there."""
+
+    def serve_forever(server):
+        server.logger = hub.LoggingWrapper()
+        eventlet.wsgi.server(server.server, server.handle, server.logger, max_size=connections,
+                             socket_timeout=timeout, keepalive=timeout)
+
+    hub.WSGIServer.serve_forever = serve_forever
+
+
+CHANGE, OFFENDERS = "change", "offenders"
+
+
+def api(access=None):
+    """JSON in and out, errors as {"error"}, and authorisation: `access` is
+    CHANGE for requests that change state, OFFENDERS for reads of who was
+    blocked, None for the rest."""
 
     def decorate(handler):
         @functools.wraps(handler)
         def wrapper(self, req, **kwargs):
             try:
-                if changes_state:
-                    authorise(req)
+                if access:
+                    authorise(req, access)
                 return handler(self, req, **kwargs)
             except HttpError as err:
                 document = {"error": str(err)}
@@ -131,30 +170,80 @@ def api(changes_state=False):
     return decorate
 
 
-def authorise(req):
-    token = os.environ.get(TOKEN_ENV)
-    if token:
+def loopback_dev():
+    return os.environ.get(LOOPBACK_DEV_ENV) == "1"
+
+
+def authorise(req, access=CHANGE):
+    """Who may change the policy, or read who was blocked.
+
+    With SMTP_POLICY_TOKEN: the bearer token (or, for offender reads, the
+    read token). Without it, only in the explicit development mode: a
+    loopback client that names a loopback Host (a rebound DNS name pointing at
+    127.0.0.1 is refused). In every mode a change needs a JSON body type and
+    no request may come from another site's page (Origin, Sec-Fetch-Site):
+    a browser on the controller host cannot be made to change anything."""
+    _same_site(req)
+    _authenticate(req, access)
+    if access == CHANGE and req.content_type != "application/json":
+        raise HttpError(415, f"a change needs Content-Type: application/json, not {req.content_type or 'none'}")
+
+
+def _authenticate(req, access):
+    tokens = [os.environ.get(TOKEN_ENV)] + ([os.environ.get(READ_TOKEN_ENV)] if access == OFFENDERS else [])
+    tokens = [t for t in tokens if t]
+    if tokens:
         scheme, _, given = req.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+        if scheme.lower() != "bearer" or not any(hmac.compare_digest(given.strip().encode(), t.encode()) for t in tokens):
             raise HttpError(401, "a valid 'Authorization: Bearer <token>' header is required",
                             headers={"WWW-Authenticate": 'Bearer realm="smtp-border"'})
         return
+    if access == CHANGE:
+        needs, accepted = "changes need", "changes are accepted"
+    else:
+        needs, accepted = "reading who was blocked needs", "who was blocked is shown"
+    if not loopback_dev():
+        raise HttpError(403, f"{needs} a token: start the controller with {TOKEN_ENV}")
+    if not _is_loopback(req.remote_addr):
+        raise HttpError(403, f"in development mode ({LOOPBACK_DEV_ENV}=1), {accepted} only to loopback clients")
+    host = _host_name(req.host or "")
+    if host != "localhost" and not _is_loopback(host):
+        raise HttpError(403, f"in development mode ({LOOPBACK_DEV_ENV}=1), the Host must be a loopback name or address,"
+                        f" not {host!r}")
+
+
+def _same_site(req):
+    origin = req.headers.get("Origin")
+    if origin is not None and origin != "null":
+        netloc = origin.split("://", 1)[-1]
+        if netloc.lower() != (req.host or "").lower():
+            raise HttpError(403, f"cross-site request from {origin} refused")
+    elif origin == "null" or req.headers.get("Sec-Fetch-Site") == "cross-site":
+        raise HttpError(403, "cross-site request refused")
+
+
+def _host_name(host):
+    """The name or address of a Host header, without its port."""
+    if host.startswith("["):
+        return host[1:host.find("]")]
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def _is_loopback(text):
     try:
-        address = ipaddress.ip_address(req.remote_addr or "")
+        address = ipaddress.ip_address(text or "")
     except ValueError:
-        address = None
+        return False
     # A dual-stack listener (--wsapi-host ::) shows IPv4 clients as ::ffff:a.b.c.d.
     address = getattr(address, "ipv4_mapped", None) or address
-    loopback = address is not None and address.is_loopback
-    if not loopback:
-        raise HttpError(403, f"changes are accepted only from loopback clients unless {TOKEN_ENV} is set")
+    return address.is_loopback
 
 
 def read_json(req, max_body=MAX_BODY):
     if req.content_length and req.content_length > max_body:
         raise HttpError(413, f"request body larger than {max_body} bytes")
-    if req.content_type and req.content_type != "application/json":
-        raise HttpError(415, f"expected Content-Type application/json, got {req.content_type}")
+    if req.content_type != "application/json":
+        raise HttpError(415, f"expected Content-Type application/json, got {req.content_type or 'none'}")
     body = req.body_file.read(max_body + 1)
     if len(body) > max_body:
         raise HttpError(413, f"request body larger than {max_body} bytes")
@@ -291,7 +380,7 @@ class SmtpRestController(ControllerBase):
         return json_response(200, dict(exception.to_dict(), state=state))
 
     @route("smtp", PREFIX + "/exceptions", methods=["POST"])
-    @api(changes_state=True)
+    @api(CHANGE)
     def add_exception(self, req, **_):
         data = read_json(req)
         outcome, report = self._change(lambda border: border.add(data))
@@ -300,7 +389,7 @@ class SmtpRestController(ControllerBase):
                                report, {"Location": f"{PREFIX}/exceptions/{exception.id}"})
 
     @route("smtp", PREFIX + "/exceptions/batch", methods=["POST"])
-    @api(changes_state=True)
+    @api(CHANGE)
     def batch(self, req, **_):
         data = read_json(req, MAX_BATCH_BODY)
         unknown = sorted(set(data) - {"add", "remove"})
@@ -316,13 +405,13 @@ class SmtpRestController(ControllerBase):
         return change_response(200, change_document(outcome.change, report), report)
 
     @route("smtp", PREFIX + "/exceptions/{exception_id}", methods=["DELETE"])
-    @api(changes_state=True)
+    @api(CHANGE)
     def delete_exception(self, req, exception_id, **_):
         outcome, report = self._change(lambda border: border.remove(exception_id))
         return change_response(200, change_document(outcome.change, report), report)
 
     @route("smtp", PREFIX + "/reload", methods=["POST"])
-    @api(changes_state=True)
+    @api(CHANGE)
     def reload(self, req, **_):
         def reload(border):
             try:
@@ -354,7 +443,7 @@ class SmtpRestController(ControllerBase):
         return json_response(200, {"switches": statuses})
 
     @route("smtp", PREFIX + "/blocked", methods=["GET"])
-    @api()
+    @api(OFFENDERS)
     def blocked(self, req, **_):
         since = query_time(req, "since")
         limit = query_int(req, "limit", 100, 1, MAX_EVENTS)
@@ -362,7 +451,7 @@ class SmtpRestController(ControllerBase):
         return json_response(200, {"events": events, "sampled": True, "log": str(self.app.audit.path)})
 
     @route("smtp", PREFIX + "/blocked/top", methods=["GET"])
-    @api()
+    @api(OFFENDERS)
     def blocked_top(self, req, **_):
         window = query_window(req, "window", 86400)
         limit = query_int(req, "limit", 20, 1, 1000)

@@ -55,8 +55,9 @@ def build_parser():
     )
     parser.add_argument("--url", default=os.environ.get("SMTP_BORDER_URL", DEFAULT_URL),
                         help=f"the controller's REST API (default $SMTP_BORDER_URL or {DEFAULT_URL})")
-    parser.add_argument("--token", default=os.environ.get("SMTP_POLICY_TOKEN"),
-                        help="bearer token for changes (default $SMTP_POLICY_TOKEN)")
+    parser.add_argument("--token", default=os.environ.get("SMTP_POLICY_TOKEN") or os.environ.get("SMTP_POLICY_READ_TOKEN"),
+                        help="bearer token for changes and for reading who was blocked"
+                             " (default $SMTP_POLICY_TOKEN, or $SMTP_POLICY_READ_TOKEN for reading)")
     parser.add_argument("--json", action="store_true", help="print the API's JSON instead of a table")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -148,9 +149,9 @@ def _switch_name(policy, dpid):
 def call(args, method, path, body=None):
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(args.url.rstrip("/") + path, data=data, method=method)
-    if data is not None:
+    if method != "GET":
         request.add_header("Content-Type", "application/json")
-    if args.token and method != "GET":
+    if args.token:  # reads of who was blocked need it too
         request.add_header("Authorization", f"Bearer {args.token}")
     try:
         with urllib.request.urlopen(request, timeout=120) as response:

@@ -114,6 +114,21 @@ class AuditSpec:
     log: Optional[str] = None  # JSON-lines file of blocked attempts; None: beside the policy
 
 
+# The widest exception the REST API may grant, per IP version: a /24 of IPv4
+# hosts, a /64 (one IPv6 subnet). Wider ones go in policy.yaml, where the
+# operator's review is. Without it one request could exempt the whole campus.
+DEFAULT_WIDEST_EXCEPTION = {4: 24, 6: 64}
+
+
+@dataclass(frozen=True)
+class ApiSpec:
+    widest_ipv4: int = DEFAULT_WIDEST_EXCEPTION[4]
+    widest_ipv6: int = DEFAULT_WIDEST_EXCEPTION[6]
+
+    def widest(self, version):
+        return self.widest_ipv4 if version == 4 else self.widest_ipv6
+
+
 @dataclass(frozen=True)
 class Policy:
     campus: Tuple[netaddr.IPNetwork, ...]
@@ -125,6 +140,7 @@ class Policy:
     switches: Optional[Tuple[SwitchSpec, ...]]
     source: str = "policy"
     audit: AuditSpec = AuditSpec()
+    api: ApiSpec = ApiSpec()
 
     def is_campus(self, address):
         return any(address in prefix for prefix in self.campus)
@@ -207,7 +223,10 @@ class _StrictLoader(yaml.SafeLoader):
 _StrictLoader.add_constructor("tag:yaml.org,2002:timestamp", _StrictLoader.construct_yaml_timestamp)
 
 
-_TOP_KEYS = {"campus": True, "smtp_ports": False, "gateways": False, "exceptions": False, "switches": False, "audit": False}
+_TOP_KEYS = {"campus": True, "smtp_ports": False, "gateways": False, "exceptions": False, "switches": False, "audit": False,
+             "api": False}
+_API_KEYS = {"widest_exception": False}
+_WIDEST_KEYS = {"ipv4": False, "ipv6": False}
 _AUDIT_KEYS = {"sample_rate": False, "log": False}
 _CAMPUS_KEYS = {"prefixes": True}
 _GATEWAY_KEYS = {"name": True, "addresses": True}
@@ -269,6 +288,17 @@ class _PolicyReader:
             switches=switches,
             source=self.source,
             audit=self.audit(top.get("audit") or {}),
+            api=self.api(top.get("api") or {}),
+        )
+
+    def api(self, item):
+        fields = self.mapping(item, "api", _API_KEYS)
+        widest = self.mapping(fields.get("widest_exception") or {}, "api.widest_exception", _WIDEST_KEYS)
+        return ApiSpec(
+            widest_ipv4=self.integer(widest.get("ipv4", DEFAULT_WIDEST_EXCEPTION[4]), "api.widest_exception.ipv4",
+                                     0, 32, "a prefix length"),
+            widest_ipv6=self.integer(widest.get("ipv6", DEFAULT_WIDEST_EXCEPTION[6]), "api.widest_exception.ipv6",
+                                     0, 128, "a prefix length"),
         )
 
     def audit(self, item):

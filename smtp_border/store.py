@@ -175,6 +175,15 @@ class PolicyStore:
 
     def _parse_new(self, data, path, now):
         exception = parse_exception(data, self.file_policy.campus, source="request", path=path)
+        address = exception.address
+        widest = self.file_policy.api.widest(address.version)
+        if address.prefixlen < widest:
+            key = f"api.widest_exception.ipv{address.version}"
+            raise PolicyError(
+                "request", f"{path}.address" if path else "address",
+                f"{address} is wider than /{widest}, the widest exception the API may grant ({key} in"
+                f" {self.policy_file}); grant it in the file, or raise the limit there",
+            )
         if exception.expires is not None and not exception.is_active(now or utc_now()):
             where = f"{path}.expires" if path else "expires"
             raise PolicyError("request", where, f"{exception.expires.isoformat()} is in the past")

@@ -125,14 +125,18 @@ def test_reload_good_and_bad(controller):
 
 
 def test_read_only_commands(controller):
-    env = api_env(controller, token=None)
+    # Who was blocked is for those with a token; the rest is open.
+    for command in (["blocked"], ["top"]):
+        code, out, err = run(*command, env=api_env(controller, token=None))
+        assert code == 1 and "401: a valid 'Authorization: Bearer <token>' header is required" in err
+    env = api_env(controller)
     code, out, _ = run("blocked", env=env)
     assert code == 0 and out.split() == ["TIME", "DIRECTION", "SOURCE", "DESTINATION", "SWITCH", "PORT"]
     code, out, _ = run("top", "--window", "7d", env=env)
     assert code == 0 and "campus hosts that tried to send mail directly (Part 2):" in out
     code, out, err = run("top", "--window", "soon", env=env)
     assert code == 1 and "window: 'soon' is not a duration" in err
-    code, out, _ = run("mailservers", env=env)
+    code, out, _ = run("mailservers", env=api_env(controller, token=None))
     assert code == 0 and "smtp-relay  10.20.0.25/32, fd00:20::25/128" in out
     assert "10.20.1.5/32" in out and "postmaster@physics.example.edu" in out
     code, out, _ = run("--json", "mailservers", env=env)

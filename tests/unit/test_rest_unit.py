@@ -23,33 +23,90 @@ def test_openapi_describes_exactly_the_routes_the_code_serves():
     assert described == served
 
 
-def request(remote_addr="127.0.0.1", authorization=None):
-    req = Request.blank("/smtp/v1/reload", method="POST", remote_addr=remote_addr)
+def request(remote_addr="127.0.0.1", authorization=None, host="127.0.0.1:8080", content_type="application/json",
+            path="/smtp/v1/reload", method="POST", **headers):
+    req = Request.blank(path, method=method, remote_addr=remote_addr)
+    req.host = host
+    if content_type:
+        req.content_type = content_type
     if authorization is not None:
         req.headers["Authorization"] = authorization
+    req.headers.update(headers)
     return req
 
 
+def refused(req, access=rest.CHANGE):
+    with pytest.raises(rest.HttpError) as caught:
+        rest.authorise(req, access)
+    return caught.value.status, str(caught.value)
+
+
+@pytest.fixture
+def no_token(monkeypatch):
+    for name in (rest.TOKEN_ENV, rest.READ_TOKEN_ENV, rest.LOOPBACK_DEV_ENV):
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def test_without_a_token_nothing_changes_and_no_offender_is_shown(no_token):
+    """No token and no explicit development mode: read-only, even from loopback."""
+    assert refused(request()) == (403, "changes need a token: start the controller with SMTP_POLICY_TOKEN")
+    assert refused(request(method="GET", content_type=None), rest.OFFENDERS)[0] == 403
+
+
 @pytest.mark.parametrize("address", ["127.0.0.1", "127.8.9.10", "::1", "::ffff:127.0.0.1"])
-def test_without_a_token_loopback_clients_may_change(monkeypatch, address):
-    monkeypatch.delenv(rest.TOKEN_ENV, raising=False)
-    rest.authorise(request(address))
+@pytest.mark.parametrize("host", ["127.0.0.1:8080", "localhost:8080", "[::1]:8080", "localhost", "[::1]"])
+def test_in_development_mode_loopback_clients_naming_loopback_may_change(no_token, address, host):
+    no_token.setenv(rest.LOOPBACK_DEV_ENV, "1")
+    rest.authorise(request(address, host=host))
+    rest.authorise(request(address, host=host, method="GET", content_type=None), rest.OFFENDERS)
 
 
 @pytest.mark.parametrize("address", ["10.20.3.10", "192.0.2.1", "::ffff:10.0.0.1", "fd00::1", "", "junk"])
-def test_without_a_token_other_clients_are_refused(monkeypatch, address):
-    monkeypatch.delenv(rest.TOKEN_ENV, raising=False)
-    with pytest.raises(rest.HttpError) as caught:
-        rest.authorise(request(address))
-    assert caught.value.status == 403
+def test_in_development_mode_other_clients_are_refused(no_token, address):
+    no_token.setenv(rest.LOOPBACK_DEV_ENV, "1")
+    assert refused(request(address))[0] == 403
+    rest.authorise(request("127.0.0.1"))  # the twin from loopback passes
+
+
+@pytest.mark.parametrize("host", ["evil.example:8080", "evil.example", "10.0.0.1:8080", "127.0.0.1.evil.example:8080"])
+def test_in_development_mode_a_rebound_host_name_is_refused(no_token, host):
+    """DNS rebinding: a name the attacker controls, resolving to 127.0.0.1."""
+    no_token.setenv(rest.LOOPBACK_DEV_ENV, "1")
+    status, message = refused(request(host=host))
+    assert status == 403 and "the Host must be a loopback name or address" in message
+
+
+@pytest.mark.parametrize("token_set", [False, True])
+def test_a_page_of_another_site_is_refused_in_every_mode(no_token, token_set):
+    if token_set:
+        no_token.setenv(rest.TOKEN_ENV, "s3cret")
+    else:
+        no_token.setenv(rest.LOOPBACK_DEV_ENV, "1")
+    bearer = "Bearer s3cret" if token_set else None
+    for headers in ({"Origin": "http://evil.example"}, {"Origin": "http://127.0.0.1:9999"}, {"Origin": "null"},
+                    {"Sec-Fetch-Site": "cross-site"}):
+        assert refused(request(authorization=bearer, **headers))[0] == 403, headers
+    # Same origin (a page served by the API itself), and no Origin at all (curl), pass.
+    rest.authorise(request(authorization=bearer, Origin="http://127.0.0.1:8080"))
+    rest.authorise(request(authorization=bearer))
+
+
+@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded", "multipart/form-data"])
+def test_a_change_needs_a_json_body_type_in_every_mode(no_token, content_type):
+    """The body types a page may send without asking first (no-cors) are refused."""
+    no_token.setenv(rest.LOOPBACK_DEV_ENV, "1")
+    assert refused(request(content_type=content_type))[0] == 415
+    rest.authorise(request(content_type="application/json"))
 
 
 @pytest.mark.parametrize(
     "header",
     [None, "", "Bearer", "Bearer ", "Bearer wrong", "Basic s3cret", "s3cret", "Bearer s3cret2", "Bearer s3cre", "Bearer s3cret s3cret"],
 )
-def test_with_a_token_only_the_right_bearer_passes(monkeypatch, header):
-    monkeypatch.setenv(rest.TOKEN_ENV, "s3cret")
+def test_with_a_token_only_the_right_bearer_passes(no_token, header):
+    no_token.setenv(rest.TOKEN_ENV, "s3cret")
+    no_token.setenv(rest.LOOPBACK_DEV_ENV, "1")  # the token rules whatever else is set
     with pytest.raises(rest.HttpError) as caught:
         rest.authorise(request("127.0.0.1", header))
     assert caught.value.status == 401
@@ -58,9 +115,18 @@ def test_with_a_token_only_the_right_bearer_passes(monkeypatch, header):
 
 
 @pytest.mark.parametrize("header", ["Bearer s3cret", "bearer s3cret", "BEARER s3cret"])
-def test_with_a_token_any_client_with_it_passes(monkeypatch, header):
-    monkeypatch.setenv(rest.TOKEN_ENV, "s3cret")
-    rest.authorise(request("192.0.2.1", header))
+def test_with_a_token_any_client_with_it_passes(no_token, header):
+    no_token.setenv(rest.TOKEN_ENV, "s3cret")
+    rest.authorise(request("192.0.2.1", header, host="controller.example.edu:8080"))
+
+
+def test_the_read_token_shows_offenders_but_changes_nothing(no_token):
+    no_token.setenv(rest.TOKEN_ENV, "s3cret")
+    no_token.setenv(rest.READ_TOKEN_ENV, "reader")
+    rest.authorise(request(authorization="Bearer reader", method="GET", content_type=None), rest.OFFENDERS)
+    rest.authorise(request(authorization="Bearer s3cret", method="GET", content_type=None), rest.OFFENDERS)
+    assert refused(request(authorization="Bearer reader"))[0] == 401
+    assert refused(request(method="GET", content_type=None), rest.OFFENDERS)[0] == 401
 
 
 def body_request(body, content_type="application/json"):
