@@ -14,6 +14,7 @@ APT_PACKAGES=(
     iproute2 ethtool iputils-ping netcat-openbsd    # host set-up and probes
     hping3                                          # SYN floods in the audit tests
     iperf3                                          # throughput in mininet/bench.py
+    chromium                                        # a real browser for the hostile-page test
     procps psmisc                                   # pkill/fuser for clean-up
 )
 
