@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from smtp_border.policy import utc_now
+from smtp_border.rules import AUDIT_METERS
 
 
 class PolicyCollector:
@@ -21,8 +22,8 @@ class PolicyCollector:
     def collect(self):
         app = self.app
         dropped = CounterMetricFamily(
-            "smtp_border_audit_samples_dropped", "Blocked-packet samples held back by the audit meter.",
-            labels=["switch"],
+            "smtp_border_audit_samples_dropped", "Blocked-packet samples held back by the audit meters, by direction.",
+            labels=["switch", "direction"],
         )
         for dpid, switch in sorted(app.switches.items()):
             if not app.policy.switch_spec(dpid):
@@ -34,7 +35,9 @@ class PolicyCollector:
                 app.logger.warning("smtp-border: metrics: switch %016x did not answer: %s", dpid, err)
                 continue
             for meter in meters:
-                dropped.add_metric([f"{dpid:016x}"], sum(band.packet_band_count for band in meter.band_stats))
+                if meter.meter_id in AUDIT_METERS:
+                    dropped.add_metric([f"{dpid:016x}", AUDIT_METERS[meter.meter_id]],
+                                       sum(band.packet_band_count for band in meter.band_stats))
         packets = CounterMetricFamily(
             "smtp_border_blocked_packets", "Packets to an SMTP port dropped by the policy (switch flow counters).",
             labels=["switch", "direction"],

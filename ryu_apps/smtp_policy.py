@@ -49,7 +49,7 @@ from smtp_border.border import Border
 from smtp_border.counters import BlockCounters
 from smtp_border.diff import diff_rules
 from smtp_border.policy import PolicyError, utc_now
-from smtp_border.rules import AUDIT_METER_ID, OWNED_TABLES, cookie_clause, with_version
+from smtp_border.rules import AUDIT_METERS, OWNED_TABLES, POLICY_TABLE, cookie_clause, with_version
 
 POLICY_FILE_ENV = "SMTP_POLICY_FILE"
 STATE_FILE_ENV = "SMTP_POLICY_STATE"
@@ -72,6 +72,9 @@ EXPIRY_CHECK_SECONDS = 10.0
 # if it were done every minute.
 AUDIT_SECONDS = 5.0
 FULL_AUDIT_EVERY = 120
+# How long a connected switch has to answer an echo when a second
+# connection claims its dpid.
+ECHO_TIMEOUT = 3.0
 # Retries of a switch that failed: 0.5 s, 1 s, 2 s, ... up to this.
 RETRY_MIN = 0.5
 RETRY_MAX = 30.0
@@ -114,8 +117,8 @@ def _refuses_bundles(ofp, codes):
 class _Waiter:
     """Requests to one switch, waiting for their replies (barrier or multipart)."""
 
-    def __init__(self, dpid, requests, xids):
-        self.dpid = dpid
+    def __init__(self, dp, requests, xids):
+        self.dp = dp  # the connection: two may claim one dpid
         self.waiting = {r.xid for r in requests}  # replies still to come
         self.replies = {r.xid: [] for r in requests}
         self.xids = set(xids)  # messages whose errors count against this exchange
@@ -187,7 +190,7 @@ class SmtpPolicy(app_manager.RyuApp):
         self.switches = {}  # dpid -> Switch, for the live connection of each dpid
         # Datapath -> when its hello arrived, to report install time from connect.
         self._hello_at = weakref.WeakKeyDictionary()
-        self._waiters = {}  # (dpid, xid) -> _Waiter
+        self._waiters = {}  # (Datapath, xid) -> _Waiter
         self._bundle_ids = itertools.count(1)
         self.bundles_wanted = os.environ.get(BUNDLES_ENV, "auto").lower() != "off"
         self.audit_seconds = float(os.environ.get(AUDIT_SECONDS_ENV) or AUDIT_SECONDS)
@@ -338,15 +341,51 @@ class SmtpPolicy(app_manager.RyuApp):
     def _state_change(self, ev):
         dp = ev.datapath
         if ev.state == MAIN_DISPATCHER:
-            switch = Switch(dp, self.bundles_wanted)
-            self.switches[dp.id] = switch
-            hub.spawn(self._worker, switch)
+            current = self.switches.get(dp.id)
+            if current is not None and current.dp is not dp:
+                # Contested in its own thread: the echo's reply arrives on this one.
+                hub.spawn(self._contest, current, dp)
+            else:
+                self._manage(dp)
         elif dp.id is not None and dp.id in self.switches and self.switches[dp.id].dp is dp:
             del self.switches[dp.id]
             self.border.forget(dp.id)
-            for waiter in self._waiters_for(dp.id):
+            for waiter in self._waiters_for(dp):
                 waiter.fail("switch disconnected before answering")
             self.logger.info("smtp-border: switch %016x disconnected; its flows stay in force", dp.id)
+
+    def _manage(self, dp):
+        switch = Switch(dp, self.bundles_wanted)
+        self.switches[dp.id] = switch
+        hub.spawn(self._worker, switch)
+
+    def _contest(self, current, newcomer):
+        """A second connection claims a dpid that is connected. Any TCP peer
+        can claim any dpid, so the one already connected keeps it if it is
+        alive (answers an echo within ECHO_TIMEOUT): the newcomer is closed,
+        logged and counted. If it does not answer, it was a dead connection
+        (a switch that reconnected before its old TCP connection timed out):
+        the newcomer takes over and the old one is closed."""
+        try:
+            request = current.dp.ofproto_parser.OFPEchoRequest(current.dp, data=b"smtp-border")
+            self._exchange(current.dp, [], [request], timeout=ECHO_TIMEOUT)
+            alive = True
+        except SwitchFailed:
+            alive = False
+        if alive and self._current(current):
+            self.counters[("duplicate_dpid_refused", newcomer.id)] += 1
+            self.logger.warning(
+                "smtp-border: a second connection from %s claims dpid %016x, which is connected from %s and"
+                " answers: the new connection is closed", _peer(newcomer), newcomer.id, _peer(current.dp),
+            )
+            newcomer.close()
+            return
+        self.logger.warning(
+            "smtp-border: switch %016x connected again from %s; the old connection from %s does not answer and"
+            " is closed", newcomer.id, _peer(newcomer), _peer(current.dp),
+        )
+        self._manage(newcomer)
+        current.dp.close()
 
     def _current(self, switch):
         return self.switches.get(switch.dpid) is switch
@@ -515,7 +554,8 @@ class SmtpPolicy(app_manager.RyuApp):
         return "enforcing" if self.policy.switch_spec(dpid) else "inside (forwarding only)"
 
     def _ensure_meter(self, switch):
-        """The audit meter must exist, at the policy's rate, before any flow uses it."""
+        """The audit meters (inbound, outbound) must exist, at the policy's
+        rate, before any flow uses them."""
         dp = switch.dp
         rate = self.policy.audit.sample_rate
         if not rate or not self.policy.switch_spec(dp.id) or switch.meter_rate == rate:
@@ -524,10 +564,10 @@ class SmtpPolicy(app_manager.RyuApp):
         # Ask first rather than try and fail: an error here would read like a
         # fault. (Asking for one unknown meter is an error too, so ask for all.)
         request = parser.OFPMeterConfigStatsRequest(dp, 0, ofp.OFPM_ALL)
-        meters = self._exchange(dp, [], [request])[request.xid]
-        exists = any(m.meter_id == AUDIT_METER_ID for m in meters)
-        command = ofp.OFPMC_MODIFY if exists else ofp.OFPMC_ADD
-        self._exchange(dp, [openflow.set_meter(dp, AUDIT_METER_ID, rate, command)], [self._barrier(dp)])
+        existing = {m.meter_id for m in self._exchange(dp, [], [request])[request.xid]}
+        mods = [openflow.set_meter(dp, meter, rate, ofp.OFPMC_MODIFY if meter in existing else ofp.OFPMC_ADD)
+                for meter in AUDIT_METERS]
+        self._exchange(dp, mods, [self._barrier(dp)])
         switch.meter_rate = rate
 
     def _expiry_loop(self):
@@ -561,9 +601,9 @@ class SmtpPolicy(app_manager.RyuApp):
         ofp, parser = dp.ofproto, dp.ofproto_parser
         return parser.OFPAggregateStatsRequest(dp, 0, table, ofp.OFPP_ANY, ofp.OFPG_ANY, 0, 0, parser.OFPMatch())
 
-    def _exchange(self, dp, messages, requests):
+    def _exchange(self, dp, messages, requests, timeout=None):
         """Send `messages` then `requests` in one write, and wait for every
-        request's reply. Returns {request xid: reply bodies}.
+        request's reply (REPLY_TIMEOUT by default). Returns {request xid: reply bodies}.
 
         Raises SwitchFailed if the switch reports an error for any of them or
         does not answer in time."""
@@ -571,19 +611,20 @@ class SmtpPolicy(app_manager.RyuApp):
         for msg in everything:
             dp.set_xid(msg)
             msg.serialize()
-        waiter = _Waiter(dp.id, requests, (m.xid for m in everything))
+        waiter = _Waiter(dp, requests, (m.xid for m in everything))
         for request in requests:
-            self._waiters[dp.id, request.xid] = waiter
+            self._waiters[dp, request.xid] = waiter
         try:
             # One write for the lot: a full install is 20,000 messages, and
             # one send-queue entry each would cost more than encoding them.
             if not dp.send(b"".join(msg.buf for msg in everything)):
                 raise SwitchFailed("connection to the switch closed while sending")
-            if not waiter.done.wait(timeout=REPLY_TIMEOUT):
-                raise SwitchFailed(f"no reply within {REPLY_TIMEOUT:g} s")
+            timeout = REPLY_TIMEOUT if timeout is None else timeout
+            if not waiter.done.wait(timeout=timeout):
+                raise SwitchFailed(f"no reply within {timeout:g} s")
         finally:
             for request in requests:
-                self._waiters.pop((dp.id, request.xid), None)
+                self._waiters.pop((dp, request.xid), None)
         if waiter.errors:
             raise SwitchFailed(
                 f"switch reported {len(waiter.errors)} error(s), first: {waiter.errors[0]}", tuple(waiter.codes)
@@ -596,8 +637,8 @@ class SmtpPolicy(app_manager.RyuApp):
         return self._exchange(dp, [], [request])[request.xid]
 
     def meter_stats(self, dp):
-        """OFPMeterStats of the audit meter (empty without one)."""
-        request = dp.ofproto_parser.OFPMeterStatsRequest(dp, 0, AUDIT_METER_ID)
+        """OFPMeterStats of the audit meters (empty without them)."""
+        request = dp.ofproto_parser.OFPMeterStatsRequest(dp, 0, dp.ofproto.OFPM_ALL)
         return self._exchange(dp, [], [request])[request.xid]
 
     def switch_status(self, dpid):
@@ -649,9 +690,9 @@ class SmtpPolicy(app_manager.RyuApp):
 
     # -- replies --------------------------------------------------------------
 
-    @set_ev_cls(ofp_event.EventOFPBarrierReply, MAIN_DISPATCHER)
+    @set_ev_cls([ofp_event.EventOFPBarrierReply, ofp_event.EventOFPEchoReply], MAIN_DISPATCHER)
     def _barrier_reply(self, ev):
-        waiter = self._waiters.get((ev.msg.datapath.id, ev.msg.xid))
+        waiter = self._waiters.get((ev.msg.datapath, ev.msg.xid))
         if waiter is not None:
             waiter.answered(ev.msg.xid)
 
@@ -662,7 +703,7 @@ class SmtpPolicy(app_manager.RyuApp):
     )
     def _multipart_reply(self, ev):
         msg = ev.msg
-        waiter = self._waiters.get((msg.datapath.id, msg.xid))
+        waiter = self._waiters.get((msg.datapath, msg.xid))
         if waiter is not None:
             body = waiter.replies[msg.xid]
             # An aggregate reply's body is one record, the others a list.
@@ -672,9 +713,19 @@ class SmtpPolicy(app_manager.RyuApp):
 
     @set_ev_cls(ofp_event.EventOFPPacketIn, MAIN_DISPATCHER)
     def _packet_in(self, ev):
-        """A metered sample of a blocked packet: record the attempt if it is one."""
+        """A metered sample of a blocked packet: record the attempt if it is one.
+
+        Only from the live connection of an enforcing switch, from one of our
+        block flows (its cookie, in the policy table): a peer that opened an
+        OpenFlow connection must not write audit records accusing a host."""
         msg = ev.msg
-        self.counters[("samples", msg.datapath.id)] += 1
+        dp = msg.datapath
+        switch = self.switches.get(dp.id)
+        if (switch is None or switch.dp is not dp or not self.policy.switch_spec(dp.id)
+                or cookie_clause(msg.cookie) not in DIRECTIONS or msg.table_id != POLICY_TABLE):
+            self.counters[("samples_refused", dp.id)] += 1
+            return
+        self.counters[("samples", dp.id)] += 1
         sample = packet.Packet(msg.data)
         ip = sample.get_protocol(ipv4.ipv4) or sample.get_protocol(ipv6.ipv6)
         segment = sample.get_protocol(tcp.tcp)
@@ -697,15 +748,20 @@ class SmtpPolicy(app_manager.RyuApp):
         msg = ev.msg
         description = openflow.describe_error(msg.datapath, msg)
         self.logger.error("smtp-border: OpenFlow error from switch %016x: %s", msg.datapath.id or 0, description)
-        for waiter in self._waiters_for(msg.datapath.id):
+        for waiter in self._waiters_for(msg.datapath):
             if msg.xid in waiter.xids:
                 waiter.errors.append(description)
                 waiter.codes.append((msg.type, msg.code))
                 if msg.xid in waiter.waiting:
                     waiter.done.set()  # no reply will come
 
-    def _waiters_for(self, dpid):
-        return list({id(w): w for (d, _), w in list(self._waiters.items()) if d == dpid}.values())
+    def _waiters_for(self, dp):
+        return list({id(w): w for (d, _), w in list(self._waiters.items()) if d is dp}.values())
+
+
+def _peer(dp):
+    address = getattr(dp, "address", None)
+    return f"{address[0]}:{address[1]}" if address else "?"
 
 
 def _rounded(ms):

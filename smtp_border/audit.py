@@ -24,7 +24,11 @@ MEMORY = 100_000  # attempts kept in memory for the API
 # A SYN with the same addresses and ports within this time is the client
 # retransmitting, not a new attempt (Linux gives up after about two minutes).
 RETRANSMISSION_WINDOW = datetime.timedelta(seconds=130)
-RELOAD_BYTES = 32 * 1024 * 1024  # how much of an existing log is read back at start-up
+RELOAD_BYTES = 32 * 1024 * 1024
+# Connections remembered to tell retransmitted SYNs: at the default sample
+# rate (10 per second per switch) a retransmission window holds about 1,300
+# per switch; this bounds it (about 200 bytes each) whatever arrives.
+CONNECTIONS_REMEMBERED = 50_000  # how much of an existing log is read back at start-up
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,8 @@ class AuditLog:
         if connection in self._last_seen:
             return False
         self._last_seen[connection] = moment
+        if len(self._last_seen) > CONNECTIONS_REMEMBERED:
+            self._last_seen.popitem(last=False)  # bounded, oldest first, whatever the rate of new sources
         self.recent.append(attempt)
         # One line per attempt, flushed at once: `tail -f` and log shippers
         # see it immediately, and a crash loses at most the line being written.

@@ -28,7 +28,8 @@ from .diff import RuleDiff
 from .merge import MergedNetworks
 from .policy import utc_now
 from .rules import (
-    AUDIT_METER_ID,
+    INBOUND_METER_ID,
+    OUTBOUND_METER_ID,
     CLASSIFY_TABLE,
     DROP,
     ETH_TYPE_IPV4,
@@ -208,11 +209,15 @@ def _policy_rules(policy, merged_exceptions, eth_type):
 
     # Blocked packets are dropped; with auditing on, a metered sample of them
     # also goes to the controller, which logs who tried to reach whom.
-    block = drop_and_sample(AUDIT_METER_ID) if policy.audit.sample_rate else DROP
+    # Each direction has its own meter: a scan from outside cannot starve the
+    # record of campus hosts that try to send mail directly.
+    sampled = bool(policy.audit.sample_rate)
+    inbound = drop_and_sample(INBOUND_METER_ID) if sampled else DROP
+    outbound = drop_and_sample(OUTBOUND_METER_ID) if sampled else DROP
     for prefix in campus:
-        yield _rule(POLICY_TABLE, PRIO_BLOCK, Match(ip_dst=prefix, **from_outside), block, Clause.PART1_BLOCK, prefix)
+        yield _rule(POLICY_TABLE, PRIO_BLOCK, Match(ip_dst=prefix, **from_outside), inbound, Clause.PART1_BLOCK, prefix)
     # Campus destinations were allowed above, so what is left from campus goes outside.
-    yield _rule(POLICY_TABLE, PRIO_BLOCK, Match(**from_campus), block, Clause.PART2_BLOCK, eth_type)
+    yield _rule(POLICY_TABLE, PRIO_BLOCK, Match(**from_campus), outbound, Clause.PART2_BLOCK, eth_type)
 
 
 def _allow(priority, match, clause, item=""):

@@ -29,8 +29,12 @@ ETH_TYPE_IPV4 = 0x0800
 ETH_TYPE_IPV6 = 0x86DD
 IP_PROTO_TCP = 6
 
-# The meter that caps blocked-packet samples sent to the controller.
-AUDIT_METER_ID = 1
+# The meters that cap blocked-packet samples sent to the controller: one for
+# Part 1 (inbound) and one for Part 2 (outbound), so that a scan from outside
+# cannot use up the samples that name infected campus hosts.
+INBOUND_METER_ID = 1
+OUTBOUND_METER_ID = 2
+AUDIT_METERS = {INBOUND_METER_ID: "inbound", OUTBOUND_METER_ID: "outbound"}
 # Enough of a sampled packet for its Ethernet, IP (v4 or v6) and TCP headers.
 SAMPLE_BYTES = 128
 

@@ -53,6 +53,8 @@ class FakeSwitch:
         self.log = []  # every message received: (type name, parsed object or bytes)
         self.refuse_flow_mods = 0  # the next N flow mods fail (OFPET_FLOW_MOD_FAILED)
         self.swallow_barriers = 0  # the next N barriers go unanswered
+        self.answers_echo = True  # False: a dead connection that never answers
+        self.closed = False  # the controller closed this connection
         self.table_history = []  # the table after each flow mod applied outside a bundle
 
     # -- the Datapath interface the app uses ------------------------------------
@@ -82,6 +84,17 @@ class FakeSwitch:
     def disconnect(self):
         self.alive = False
         self._state(DEAD_DISPATCHER)
+
+    def close(self):
+        """What Ryu's Datapath.close does, as the controller asks it."""
+        self.closed = True
+        self.disconnect()
+
+    def packet_in(self, cookie, data, table_id=1, in_port=2):
+        """The switch sends a packet to the controller (a sample, or a forgery)."""
+        msg = PARSER.OFPPacketIn(self, buffer_id=OFP.OFP_NO_BUFFER, total_len=len(data), reason=OFP.OFPR_ACTION,
+                                 table_id=table_id, cookie=cookie, match=PARSER.OFPMatch(in_port=in_port), data=data)
+        self.app._packet_in(ofp_event.EventOFPPacketIn(msg))
 
     def rules(self):
         """The table as FlowRules (None for a flow the app would not install)."""
@@ -125,6 +138,12 @@ class FakeSwitch:
                 reply = PARSER.OFPBarrierReply(self)
                 reply.xid = xid
                 self.app._barrier_reply(ofp_event.EventOFPBarrierReply(reply))
+            elif msg_type == OFP.OFPT_ECHO_REQUEST:
+                self.log.append(("echo", xid))
+                if self.answers_echo:
+                    reply = PARSER.OFPEchoReply(self, data=data[OFP.OFP_HEADER_SIZE:])
+                    reply.xid = xid
+                    self.app._barrier_reply(ofp_event.EventOFPEchoReply(reply))
             elif msg_type == OFP.OFPT_MULTIPART_REQUEST:
                 self._multipart(xid, data)
             elif msg_type == OFP.OFPT_METER_MOD:

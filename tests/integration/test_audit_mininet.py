@@ -110,8 +110,8 @@ def test_syn_flood_is_capped_at_the_meter_while_counters_count_every_packet(lab)
         before, "smtp_border_blocked_packets_total", switch=BORDER, direction="outbound")
     samples = metric(after, "smtp_border_audit_samples_total", switch=BORDER) - metric(
         before, "smtp_border_audit_samples_total", switch=BORDER)
-    held_back = metric(after, "smtp_border_audit_samples_dropped_total", switch=BORDER) - metric(
-        before, "smtp_border_audit_samples_dropped_total", switch=BORDER)
+    held_back = metric(after, "smtp_border_audit_samples_dropped_total", switch=BORDER, direction="outbound") - metric(
+        before, "smtp_border_audit_samples_dropped_total", switch=BORDER, direction="outbound")
     print(f"flood: {count} SYNs in {seconds:.2f} s; counted {blocked:.0f}, sampled {samples:.0f}, meter held back {held_back:.0f}")
     assert blocked >= count  # exact: every SYN of the flood, from the flow counters
     # The meter lets through SAMPLE_RATE per second plus a burst of as many.
@@ -119,6 +119,32 @@ def test_syn_flood_is_capped_at_the_meter_while_counters_count_every_packet(lab)
     assert held_back >= count - samples - 10
     # The controller and the network are fine afterwards.
     assert lab.run_probes([Probe("relay", "outmx", 25)]) == {Probe("relay", "outmx", 25): "open"}
+
+
+def test_a_flood_from_outside_does_not_hide_a_campus_host_sending_mail(lab):
+    """Inbound and outbound samples have their own meters: while an outside
+    host floods campus port 25 far over the sample rate, a campus host's
+    direct attempt to send mail is still recorded (with one shared meter the
+    flood would take every sample)."""
+    started = datetime.datetime.now(datetime.timezone.utc)
+    flood = lab.host("outhost").popen(
+        ["hping3", "-q", "-S", "-p", "25", "-c", "6000", "-i", "u500", lab.address("h1", 4)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        time.sleep(1)  # the inbound meter is saturated by now
+        results = lab.run_probes([Probe("h2", "outmx", 25), Probe("h2", "outmx", 2525)])
+        assert list(results.values()) == ["timeout", "open"]
+    finally:
+        flood.wait(timeout=60)
+    since = started.isoformat().replace("+00:00", "Z")
+    events = api(lab, "GET", f"/smtp/v1/blocked?since={since}&limit=10000")[1]["events"]
+    inbound = [e for e in events if e["direction"] == "inbound" and e["dst"] == lab.address("h1", 4)]
+    outbound = [e for e in events if e["direction"] == "outbound" and e["src"] == lab.address("h2", 4)]
+    print(f"during an inbound flood of 6000 SYNs: {len(inbound)} inbound samples recorded, {len(outbound)} outbound")
+    assert inbound and outbound, events[:5]
+    after = metrics(lab)
+    assert metric(after, "smtp_border_audit_samples_dropped_total", switch=BORDER, direction="inbound") > 1000
 
 
 def test_an_exception_that_expires_stops_being_enforced(lab):

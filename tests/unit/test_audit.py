@@ -102,3 +102,19 @@ exceptions:
     assert not by_address["10.20.2.51/32"]["active"] and not by_address["10.20.2.51/32"]["expiring_soon"]
     assert result["summary"] == {"gateways": 1, "exceptions": 3, "active": 2, "expired": 1, "expiring_soon": 1, "soon_days": 30}
     assert format_time(T0) == "2026-11-27T12:00:00.000Z"
+
+
+def test_the_retransmission_memory_is_bounded_whatever_the_sources(tmp_path, monkeypatch):
+    """A flood of distinct (forged) sources within one retransmission window
+    must not grow the controller's memory without bound."""
+    from smtp_border import audit
+    monkeypatch.setattr(audit, "CONNECTIONS_REMEMBERED", 100)
+    log = audit.AuditLog(tmp_path / "blocked.jsonl", memory=50)
+    moment = datetime.datetime(2026, 11, 28, tzinfo=datetime.timezone.utc)
+    for i in range(1000):
+        attempt = audit.attempt_from_sample(Clause.PART1_BLOCK, 1, 1, f"198.51.{i // 250}.{i % 250}", "10.20.3.10",
+                                            40000, 25, moment)
+        assert log.record(attempt)
+    assert len(log._last_seen) == 100 and len(log.recent) == 50
+    # The newest are still told apart from their retransmissions.
+    assert not log.record(attempt)

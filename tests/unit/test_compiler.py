@@ -211,14 +211,16 @@ def test_ofctl_rendering():
     assert "table=0,priority=300,in_port=1,dl_type=0x0800,nw_proto=6,tp_dst=25 actions=write_metadata:0x2/0x7,goto_table:1" in lines[0] + lines[1]
     assert any(l.endswith("table=2,priority=0 actions=NORMAL") for l in lines)
     assert any("ipv6_dst=fd00:20:0:1::5 actions=goto_table:2" in l for l in lines)
-    assert any("metadata=0x1/0x7,dl_type=0x0800 actions=meter:1,CONTROLLER:128" in l for l in lines)
+    assert any("metadata=0x1/0x7,dl_type=0x0800 actions=meter:2,CONTROLLER:128" in l for l in lines)
 
 
 def test_blocked_flows_are_sampled_unless_sampling_is_off():
     sampled = compile_switch(policy_of(POLICY), 1, NOW)
     quiet = compile_switch(policy_of(POLICY + "audit: {sample_rate: 0}\n"), 1, NOW)
     blocks = (Clause.PART1_BLOCK, Clause.PART2_BLOCK)
-    assert {r.instructions.sample_meter for r in sampled if r.clause in blocks} == {1}
+    # Part 1 samples through meter 1, Part 2 through meter 2: one direction cannot starve the other.
+    assert {(r.clause, r.instructions.sample_meter) for r in sampled if r.clause in blocks} == {
+        (Clause.PART1_BLOCK, 1), (Clause.PART2_BLOCK, 2)}
     assert {r.instructions.sample_meter for r in quiet if r.clause in blocks} == {None}
     assert all(r.instructions.sample_meter is None for r in sampled if r.clause not in blocks)
     assert {r.key for r in sampled} == {r.key for r in quiet}

@@ -225,14 +225,60 @@ def test_the_expiry_loop_survives_an_unexpected_error(make_app, monkeypatch):
     assert settle(app, lambda: len(calls) >= 3)
 
 
-def test_a_duplicate_connection_does_not_unmanage_the_live_switch(make_app):
+def test_a_second_connection_claiming_a_live_switchs_dpid_is_closed(make_app):
+    """Any TCP peer can claim any dpid. The switch already connected answers
+    an echo, so it keeps its dpid; the newcomer is closed and counted, and
+    changes still reach the real switch."""
     app = make_app()
-    first = connect(app)
-    second = connect(app)  # same dpid: the newer connection is the switch now
-    first.disconnect()  # the old one going away must not forget the new one
-    assert 1 in app.switches and app.switches[1].dp is second
+    real = connect(app)
+    impostor = FakeSwitch(1)
+    impostor.connect(app)
+    assert settle(app, lambda: impostor.closed)
+    assert app.switches[1].dp is real and app.counters[("duplicate_dpid_refused", 1)] == 1
+    assert impostor.sent("flow_mod") == impostor.sent("bundle") == []  # it was told nothing
     app.change(lambda border: border.add(H1_OUT))
-    assert second.rules() == desired(app)
+    assert real.rules() == desired(app)
+
+
+def test_a_switch_that_reconnects_while_its_old_connection_is_dead_takes_over(make_app, monkeypatch):
+    monkeypatch.setattr(smtp_policy, "ECHO_TIMEOUT", 0.05)
+    app = make_app()
+    old = connect(app)
+    old.answers_echo = False  # the old TCP connection is dead but not yet timed out
+    new = FakeSwitch(1)
+    new.connect(app)
+    assert settle(app, lambda: 1 in app.switches and app.switches[1].dp is new and app.switches[1].in_sync)
+    assert old.closed and not new.closed
+    app.change(lambda border: border.add(H1_OUT))
+    assert new.rules() == desired(app)
+
+
+def syn(src, dst, dport=25):
+    from ryu.lib.packet import ethernet, ipv4, packet, tcp
+    pkt = packet.Packet()
+    pkt.add_protocol(ethernet.ethernet(ethertype=0x0800))
+    pkt.add_protocol(ipv4.ipv4(src=src, dst=dst, proto=6))
+    pkt.add_protocol(tcp.tcp(src_port=40000, dst_port=dport, bits=tcp.TCP_SYN))
+    pkt.serialize()
+    return bytes(pkt.data)
+
+
+def test_only_block_flows_of_enforcing_switches_write_the_audit(make_app):
+    """A peer that opened an OpenFlow connection (here as an inside switch,
+    dpid 9) cannot accuse a host, nor can a packet-in with a cookie that is
+    not one of our block flows; the genuine sample is recorded."""
+    app = make_app()
+    border = connect(app)
+    peer = connect(app, 9)
+    part2 = make_cookie(Clause.PART2_BLOCK, 0x800)
+    accusation = syn("10.20.3.10", "198.51.100.25")
+    peer.packet_in(part2, accusation)
+    border.packet_in(make_cookie(Clause.EXCEPTION_OUTBOUND, "x"), accusation)
+    border.packet_in(part2, accusation, table_id=0)
+    assert list(app.audit.recent) == []
+    assert app.counters[("samples_refused", 9)] == 1 and app.counters[("samples_refused", 1)] == 2
+    border.packet_in(part2, accusation)  # the twin: a real sample from the border's block flow
+    assert [(a.src, a.switch) for a in app.audit.recent] == [("10.20.3.10", "0000000000000001")]
 
 
 def test_without_bundles_a_campus_change_never_opens_what_both_policies_block(make_app):
