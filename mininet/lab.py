@@ -47,7 +47,7 @@ def free_port():
 class Controller:
     """A ryu-manager process running ryu_apps.smtp_policy, logging to a file."""
 
-    def __init__(self, policy_file, log_file, state_file=None, token=None, bundles=True, audit_seconds=1.0):
+    def __init__(self, policy_file, log_file, state_file=None, token=None, bundles=True, audit_seconds=1.0, tls=None):
         self.policy_file = Path(policy_file)
         self.log_file = Path(log_file)
         # API exceptions go beside the log, never into the repository.
@@ -57,6 +57,8 @@ class Controller:
         self.bundles = bundles
         # Tests audit every second so that repairs show quickly; the default is 5 s.
         self.audit_seconds = audit_seconds
+        # (key, certificate, CA) files: OpenFlow over TLS on of_port, switches need a certificate from the CA.
+        self.tls = tls
         self.of_port = free_port()
         self.api_port = free_port()
         self.process = None
@@ -76,8 +78,14 @@ class Controller:
         env["SMTP_POLICY_BUNDLES"] = "auto" if self.bundles else "off"
         if self.audit_seconds is not None:
             env["SMTP_POLICY_AUDIT_SECONDS"] = str(self.audit_seconds)
+        if self.tls:
+            key, cert, ca = self.tls
+            listen = ["--ofp-ssl-listen-port", str(self.of_port), "--ctl-privkey", str(key), "--ctl-cert", str(cert),
+                      "--ca-certs", str(ca)]
+        else:
+            listen = ["--ofp-tcp-listen-port", str(self.of_port)]
         command = [
-            str(RYU_MANAGER), "--ofp-tcp-listen-port", str(self.of_port),
+            str(RYU_MANAGER), "--ofp-listen-host", "127.0.0.1", *listen,
             "--wsapi-host", "127.0.0.1", "--wsapi-port", str(self.api_port), "ryu_apps.smtp_policy",
         ]
         with open(self.log_file, "ab") as log:

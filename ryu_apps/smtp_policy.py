@@ -42,7 +42,7 @@ from ryu.lib import hub
 from ryu.lib.packet import ipv4, ipv6, packet, tcp
 from ryu.ofproto import ofproto_v1_3
 
-from ryu_apps import openflow, rest
+from ryu_apps import openflow, rest, tls
 from smtp_border import ordering
 from smtp_border.audit import DIRECTIONS, AuditLog, attempt_from_sample, default_log_path
 from smtp_border.border import Border
@@ -198,6 +198,7 @@ class SmtpPolicy(app_manager.RyuApp):
         # and concurrent REST requests are applied one after the other.
         self.change_lock = hub.Semaphore(1)
         rest.register(kwargs["wsgi"], self)
+        tls.install()  # before Ryu starts its OpenFlow server (after every app is made)
         hub.spawn(self._expiry_loop)
 
     @property

@@ -16,7 +16,7 @@ from lab import Controller
 from smtp_border.compiler import compile_switch
 from smtp_border.ordering import ADD, plan
 from smtp_border.policy import load_policy, parse_policy
-from smtp_border.rules import to_ofctl, with_version
+from smtp_border.rules import AUDIT_METERS, to_ofctl, with_version
 from smtp_border.semantics import IP_PROTO_TCP, IP_PROTO_UDP, Packet, is_allowed
 
 pytestmark = [
@@ -176,7 +176,8 @@ def test_without_bundles_no_step_opens_what_both_policies_block(bridge, tmp_path
         prefixes = new_document["campus"]["prefixes"]
         prefixes += [p for p in old_document["campus"]["prefixes"][:1] if p not in prefixes]
         pairs.append((old_document, new_document, seed % 2))
-    ofctl("add-meter", bridge, "meter=1,pktps,burst,band=type=drop,rate=10,burst_size=10")
+    for meter in AUDIT_METERS:
+        ofctl("add-meter", bridge, f"meter={meter},pktps,burst,band=type=drop,rate=10,burst_size=10")
     now = datetime.datetime.now(datetime.timezone.utc)
     steps = traced = 0
     for number, (old_document, new_document, version) in enumerate(pairs):
