@@ -485,6 +485,7 @@ def bench_convergence(size, workdir, samples=5):
             for _ in range(samples):
                 status = controller.api("GET", "/smtp/v1/switches?verify=1")[1]["switches"][0]
                 fulls.append(status["full_audit_ms"])
+            switches_ms = switches_latency_under_changes(controller, 40 if size < 10000 else 100)
             repairs = []
             for _ in range(3 if size >= 10000 else samples):
                 run("ovs-ofctl", "-O", "OpenFlow13", "del-flows", bridge.name)
@@ -496,10 +497,35 @@ def bench_convergence(size, workdir, samples=5):
             controller.stop()
     median = statistics.median
     return {"exceptions": size, "flows": expected, "reconnect_in_sync_ms": round(median(reconnects), 1),
+            "switches_get_p50_ms": round(median(switches_ms), 2), "switches_get_p99_ms": round(percentile(switches_ms, 0.99), 2),
             "audit_counts_ms": round(median(audits), 2) if audits else None,
             "audit_full_ms": round(median(fulls), 1), "del_flows_repaired_ms": round(median(repairs), 1),
             "reconnect_in_sync_all_ms": reconnects, "audit_counts_all_ms": audits, "audit_full_all_ms": fulls,
-            "del_flows_repaired_all_ms": [round(v, 1) for v in repairs]}
+            "del_flows_repaired_all_ms": [round(v, 1) for v in repairs],
+            "switches_get_all_ms": [round(v, 2) for v in switches_ms]}
+
+
+def switches_latency_under_changes(controller, pairs):
+    """GET /smtp/v1/switches, one after another, while another client adds and
+    removes an exception `pairs` times: the read must not wait for changes."""
+    import threading
+
+    def churn():
+        for i in range(pairs):
+            body = {"address": f"10.20.100.{i % 250 + 1}", "direction": "both", "reason": "bench"}
+            status, created = controller.api("POST", "/smtp/v1/exceptions", body)
+            controller.api("DELETE", f"/smtp/v1/exceptions/{created['id']}")
+
+    writer = threading.Thread(target=churn)
+    writer.start()
+    latencies = []
+    while writer.is_alive():
+        started = time.monotonic()
+        status, _ = controller.api("GET", "/smtp/v1/switches")
+        latencies.append((time.monotonic() - started) * 1000)
+        assert status == 200
+    writer.join()
+    return latencies
 
 
 # -- 6. scale of the policy itself ---------------------------------------------
@@ -554,7 +580,7 @@ def main(argv=None):
         table("4-5. Data plane (iperf3, TCP connects to port 2525) and controller cost", [results["data_plane"]])
         results["convergence"] = [bench_convergence(size, workdir, samples=2 if args.quick else 5)
                                   for size in ((10,) if args.quick else (100, 10000))]
-        table("7. Convergence: reconnect in sync, audit by counts, full audit, repair after del-flows (audit every 1 s)",
+        table("7. Convergence: reconnect in sync, GET /switches during changes, audit by counts, full audit, repair after del-flows (audit every 1 s)",
               results["convergence"])
         results["scale"] = bench_scale(workdir)
         table("6. Flows per switch", results["scale"]["rows"])

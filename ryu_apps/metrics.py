@@ -11,6 +11,7 @@ import collections
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from ryu_apps import tls
 from smtp_border.policy import utc_now
 from smtp_border.rules import AUDIT_METERS
 
@@ -62,6 +63,12 @@ class PolicyCollector:
             "push_failures": CounterMetricFamily(
                 "smtp_border_push_failures", "Changes a connected switch did not confirm (then retried).",
                 labels=["switch"]),
+            "samples_refused": CounterMetricFamily(
+                "smtp_border_audit_samples_refused", "Packet-ins not recorded: not from the live connection of an"
+                " enforcing switch, or not from one of our block flows.", labels=["switch"]),
+            "duplicate_dpid_refused": CounterMetricFamily(
+                "smtp_border_duplicate_dpid_refused", "Connections closed because they claimed the dpid of a live"
+                " switch.", labels=["switch"]),
         }
         drift = CounterMetricFamily(
             "smtp_border_drift_flows", "Flows found missing, extra or changed by audits (then repaired).",
@@ -105,6 +112,9 @@ class PolicyCollector:
                                   value=app.counters["reload_failures"])
         yield CounterMetricFamily("smtp_border_exceptions_expired", "Exceptions withdrawn because their time came.",
                                   value=app.counters["expired"])
+        yield CounterMetricFamily("smtp_border_openflow_tls_refused",
+                                  "OpenFlow TLS handshakes refused (no certificate from the campus CA, or no TLS).",
+                                  value=tls.refused)
         yield GaugeMetricFamily("smtp_border_last_change_timestamp_seconds",
                                 "When the policy in force last reached every listed switch (Unix time).",
                                 value=app.last_change)

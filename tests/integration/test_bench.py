@@ -36,4 +36,5 @@ def test_bench_quick(tmp_path):
     convergence = figures["convergence"][0]
     assert convergence["exceptions"] == 10 and len(convergence["reconnect_in_sync_all_ms"]) == 2
     assert len(convergence["audit_full_all_ms"]) == 2 and convergence["del_flows_repaired_ms"] > 0
+    assert convergence["switches_get_all_ms"] and convergence["switches_get_p99_ms"] > 0
     assert subprocess.run(["ovs-vsctl", "list-br"], capture_output=True, text=True).stdout == ""

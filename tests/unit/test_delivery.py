@@ -279,6 +279,10 @@ def test_only_block_flows_of_enforcing_switches_write_the_audit(make_app):
     assert app.counters[("samples_refused", 9)] == 1 and app.counters[("samples_refused", 1)] == 2
     border.packet_in(part2, accusation)  # the twin: a real sample from the border's block flow
     assert [(a.src, a.switch) for a in app.audit.recent] == [("10.20.3.10", "0000000000000001")]
+    from prometheus_client import generate_latest
+    metrics = generate_latest(app.metrics_registry).decode()
+    assert 'smtp_border_audit_samples_refused_total{switch="0000000000000009"} 1.0' in metrics
+    assert 'smtp_border_audit_samples_total{switch="0000000000000001"} 1.0' in metrics
 
 
 def test_without_bundles_a_campus_change_never_opens_what_both_policies_block(make_app):
