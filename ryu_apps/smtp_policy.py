@@ -212,7 +212,11 @@ class SmtpPolicy(app_manager.RyuApp):
         if p.switches is None:
             where = "every switch, by addresses (no switches listed)"
         else:
-            where = "; ".join(f"dpid {s.dpid:#x} uplinks {list(s.uplinks)}" for s in p.switches) or "no switch"
+            where = "; ".join(
+                f"dpid {s.dpid:#x} " + ("access switch" if s.access else f"uplinks {list(s.uplinks)}" if s.uplinks
+                                        else "by addresses")
+                for s in p.switches
+            ) or "no switch"
         self.logger.info(
             "smtp-border: policy %s: campus %s, smtp ports %s, %d gateway(s), %d exception(s) "
             "(%d from the API, %d expired); enforcing on %s",
@@ -253,7 +257,7 @@ class SmtpPolicy(app_manager.RyuApp):
         any other (it reconciles against the new desired flows). Lock held."""
         threads = {}
         for dpid, switch in list(self.switches.items()):
-            diff = outcome.diffs.get(dpid) if outcome is not None else None
+            diff = outcome.diffs.get(dpid)
             if not switch.in_sync:
                 switch.wake.set()
             elif diff:

@@ -15,7 +15,7 @@ An invalid change raises (PolicyError, Conflict, NotFound) and a change
 that cannot be saved raises StateUnavailable; in every case nothing changed.
 """
 from dataclasses import dataclass, field
-from typing import Dict, Optional
+from typing import Dict
 
 from .compiler import ExceptionIndex, compile_switch
 from .diff import RuleDiff, diff_rules
@@ -73,9 +73,6 @@ class Border:
     def forget(self, dpid):
         """Stop tracking a switch (it disconnected); flows() compiles it anew."""
         self._desired.pop(dpid, None)
-
-    def tracked(self):
-        return set(self._desired)
 
     def enforcing(self, dpid):
         return self.policy.switch_spec(dpid) is not None
@@ -139,9 +136,3 @@ class Border:
             diffs[dpid] = diff
         return diffs
 
-
-def describe(outcome: Optional[Outcome]):
-    if outcome is None:
-        return "nothing"
-    change = outcome.change
-    return f"+{len(change.added)} -{len(change.removed)} exception(s)"
