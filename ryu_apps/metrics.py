@@ -66,6 +66,9 @@ class PolicyCollector:
             "samples_refused": CounterMetricFamily(
                 "smtp_border_audit_samples_refused", "Packet-ins not recorded: not from the live connection of an"
                 " enforcing switch, or not from one of our block flows.", labels=["switch"]),
+            "certificate_refused": CounterMetricFamily(
+                "smtp_border_certificate_refused", "Connections closed because they claimed a dpid pinned to"
+                " another certificate.", labels=["switch"]),
             "duplicate_dpid_refused": CounterMetricFamily(
                 "smtp_border_duplicate_dpid_refused", "Connections closed because they claimed the dpid of a live"
                 " switch.", labels=["switch"]),

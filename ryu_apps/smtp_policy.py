@@ -28,6 +28,7 @@ controller is away.
 import collections
 import contextlib
 import gc
+import hashlib
 import itertools
 import os
 import sys
@@ -346,6 +347,8 @@ class SmtpPolicy(app_manager.RyuApp):
     def _state_change(self, ev):
         dp = ev.datapath
         if ev.state == MAIN_DISPATCHER:
+            if not self._certificate_fits(dp):
+                return
             current = self.switches.get(dp.id)
             if current is not None and current.dp is not dp:
                 # Contested in its own thread: the echo's reply arrives on this one.
@@ -358,6 +361,27 @@ class SmtpPolicy(app_manager.RyuApp):
             for waiter in self._waiters_for(dp):
                 waiter.fail("switch disconnected before answering")
             self.logger.info("smtp-border: switch %016x disconnected; its flows stay in force", dp.id)
+
+    def _certificate_fits(self, dp):
+        """A switch whose dpid the policy pins to a certificate must have
+        presented that one (TLS): a device with another campus certificate
+        cannot claim its dpid. The connection is closed otherwise."""
+        spec = self.policy.switch_spec(dp.id)
+        pin = spec.certificate_sha256 if spec else None
+        if pin is None:
+            return True
+        getpeercert = getattr(getattr(dp, "socket", None), "getpeercert", None)
+        certificate = getpeercert(binary_form=True) if getpeercert else None
+        presented = hashlib.sha256(certificate).hexdigest() if certificate else None
+        if presented == pin:
+            return True
+        self.counters[("certificate_refused", dp.id)] += 1
+        self.logger.warning(
+            "smtp-border: connection from %s claims dpid %016x, pinned to certificate %s..., but presented %s:"
+            " closed", _peer(dp), dp.id, pin[:16], f"{presented[:16]}..." if presented else "no certificate",
+        )
+        dp.close()
+        return False
 
     def _manage(self, dp):
         switch = Switch(dp, self.bundles_wanted)

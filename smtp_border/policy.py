@@ -97,6 +97,9 @@ class SwitchSpec:
     uplinks: Tuple[int, ...]
     name: Optional[str] = None
     access: bool = False  # every port is campus-side (an access switch)
+    # SHA-256 of the certificate (DER) this switch must present over TLS,
+    # 64 lowercase hex digits; None: any certificate from the campus CA.
+    certificate_sha256: Optional[str] = None
 
     @property
     def by_port(self):
@@ -231,7 +234,7 @@ _AUDIT_KEYS = {"sample_rate": False, "log": False}
 _CAMPUS_KEYS = {"prefixes": True}
 _GATEWAY_KEYS = {"name": True, "addresses": True}
 _EXCEPTION_KEYS = {"address": True, "direction": True, "reason": True, "contact": False, "expires": False}
-_SWITCH_KEYS = {"dpid": True, "uplinks": False, "name": False, "access": False}
+_SWITCH_KEYS = {"dpid": True, "uplinks": False, "name": False, "access": False, "certificate_sha256": False}
 
 
 class _PolicyReader:
@@ -350,12 +353,21 @@ class _PolicyReader:
         if "uplinks" not in fields and not access:
             self.fail(f"{path}.uplinks", "missing required key (give [] to enforce by addresses alone,"
                                          " or access: true for an access switch)")
+        pin = fields.get("certificate_sha256")
         return SwitchSpec(
             dpid=self.dpid(fields["dpid"], f"{path}.dpid"),
             uplinks=uplinks,
             name=None if name is None else self.text(name, f"{path}.name"),
             access=access,
+            certificate_sha256=None if pin is None else self.fingerprint(pin, f"{path}.certificate_sha256"),
         )
+
+    def fingerprint(self, value, path):
+        text = value.strip().lower().replace(":", "") if isinstance(value, str) else ""
+        if len(text) != 64 or any(c not in "0123456789abcdef" for c in text):
+            self.fail(path, f"{value!r} is not a SHA-256 fingerprint (64 hex digits, colons allowed, as"
+                            " `openssl x509 -noout -fingerprint -sha256` prints it)")
+        return text
 
     # -- shapes ---------------------------------------------------------------
 

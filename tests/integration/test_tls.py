@@ -16,7 +16,7 @@ pytestmark = [
     pytest.mark.mininet,
     pytest.mark.skipif(os.geteuid() != 0, reason="Open vSwitch needs root"),
 ]
-BRIDGES = {"smtptls1": 1, "smtptls2": 2, "smtptls3": 3}  # 1 and 3 genuine, 2 rogue
+BRIDGES = {"smtptls1": 1, "smtptls2": 2, "smtptls3": 3, "smtptls4": 4}  # 1, 3 genuine (3 pinned); 2 rogue; 4 pinned to another
 
 
 def openssl(*args, cwd):
@@ -37,6 +37,12 @@ def certificates(directory):
             "-subj", "/CN=switch", cwd=directory)
     return {name: directory / name for name in ("ca.pem", "controller.key", "controller.pem", "switch.key",
                                                   "switch.pem", "rogue.key", "rogue.pem")}
+
+
+def fingerprint(certificate):
+    out = subprocess.run(["openssl", "x509", "-in", str(certificate), "-noout", "-fingerprint", "-sha256"],
+                         capture_output=True, text=True, check=True).stdout
+    return out.strip().split("=", 1)[1]  # AB:CD:..., as an operator would paste it
 
 
 def vsctl(*args):
@@ -69,8 +75,12 @@ def tls_setup(tmp_path):
 def test_only_switches_with_a_campus_certificate_get_the_policy(tls_setup, tmp_path):
     files = tls_setup
     policy = tmp_path / "policy.yaml"
+    # dpid 3 is pinned to the switches' certificate, dpid 4 to another one.
+    pins = {name: fingerprint(files[name]) for name in ("switch.pem", "rogue.pem")}
     policy.write_text((ROOT / "policy.yaml").read_text().replace(
-        "switches:\n", "switches:\n  - {dpid: 2, uplinks: [1]}\n  - {dpid: 3, uplinks: [1]}\n"))
+        "switches:\n", "switches:\n  - {dpid: 2, uplinks: [1]}\n"
+        f"  - {{dpid: 3, uplinks: [1], certificate_sha256: \"{pins['switch.pem']}\"}}\n"
+        f"  - {{dpid: 4, uplinks: [1], certificate_sha256: \"{pins['rogue.pem']}\"}}\n"))
     controller = Controller(policy, tmp_path / "ryu-manager.txt",
                             tls=(files["controller.key"], files["controller.pem"], files["ca.pem"])).start()
     try:
@@ -81,6 +91,12 @@ def test_only_switches_with_a_campus_certificate_get_the_policy(tls_setup, tmp_p
             vsctl("set-controller", name, target)
         controller.wait_installs({1: 1, 3: 1}, timeout=60)
         assert flow_count("smtptls1") == flow_count("smtptls3") > 20
+
+        # A campus certificate, but dpid 4 is pinned to another: no policy, connection closed.
+        add_bridge("smtptls4", 4)
+        vsctl("set-controller", "smtptls4", target)
+        assert wait_for(lambda: "claims dpid 0000000000000004, pinned to certificate" in controller.log(), 20)
+        assert flow_count("smtptls4") == 0
 
         # A peer without TLS gets no OpenFlow session: its hello goes unanswered.
         with socket.create_connection(("127.0.0.1", controller.of_port), timeout=5) as plain:

@@ -253,6 +253,33 @@ def test_a_switch_that_reconnects_while_its_old_connection_is_dead_takes_over(ma
     assert new.rules() == desired(app)
 
 
+class _TlsSocket:
+    def __init__(self, certificate):
+        self.certificate = certificate
+
+    def getpeercert(self, binary_form=False):
+        return self.certificate
+
+
+def test_a_dpid_pinned_to_a_certificate_takes_only_that_one(make_app):
+    import hashlib
+    genuine, other = b"genuine certificate (DER)", b"another campus certificate"
+    app = make_app(f"""
+        campus: {{prefixes: [10.20.0.0/16]}}
+        switches: [{{dpid: 1, uplinks: [1], certificate_sha256: "{hashlib.sha256(genuine).hexdigest()}"}}]
+    """)
+    for certificate in (other, None):
+        impostor = FakeSwitch(1)
+        impostor.socket = _TlsSocket(certificate)
+        impostor.connect(app)
+        assert impostor.closed and 1 not in app.switches
+    assert app.counters[("certificate_refused", 1)] == 2
+    real = FakeSwitch(1)
+    real.socket = _TlsSocket(genuine)
+    real.connect(app)
+    assert settle(app) and app.switches[1].dp is real and real.rules() == desired(app)
+
+
 def syn(src, dst, dport=25):
     from ryu.lib.packet import ethernet, ipv4, packet, tcp
     pkt = packet.Packet()
