@@ -6,6 +6,7 @@ the API exceptions (crash-safe) and makes the new policy current. A rejected
 proposal leaves the policy in force exactly as it was.
 """
 import dataclasses
+import itertools
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -95,6 +96,7 @@ class PolicyStore:
         self.api_exceptions, self.quarantined = _partition(file_policy, candidates)
         # id -> position in the state file, to keep that order across reloads.
         self._saved_at = {c.id: i for i, c in enumerate(candidates)}
+        self._next_position = itertools.count(len(candidates))
         self._cached_for = (None, None)  # (file policy, API exceptions) that _cached was built from
 
     @property
@@ -244,8 +246,7 @@ class PolicyStore:
         self.api_exceptions = change.api_exceptions
         self.quarantined = change.quarantined
         for e in change.save_added:
-            self._saved_at.pop(e.id, None)  # a re-added address moves to the end, as in the journal
-            self._saved_at[e.id] = len(self._saved_at) + len(change.save_added)
+            self._saved_at[e.id] = next(self._next_position)  # a re-added address moves to the end, as in the journal
 
 
 def _partition(file_policy, candidates):

@@ -463,3 +463,14 @@ def test_killed_writer_leaves_whole_changes(tmp_path):
         assert set(batches.values()) <= {10}, batches
         seen.append(len(items))
     assert all(n % 10 == 0 and 0 < n <= 30 for n in seen), seen
+
+
+def test_a_reload_keeps_the_order_a_restart_reads(store):
+    """Remove an exception and add it again: it moves to the end of the
+    journal, and a reload puts the API exceptions in that same order."""
+    first, second = add(store, "10.20.3.10"), add(store, "10.20.3.11")
+    store.commit(store.propose_remove(first.id))
+    again = add(store, "10.20.3.10")
+    store.commit(store.propose_reload())
+    assert store.api_exceptions == (second, again)
+    assert PolicyStore(store.policy_file, store.state_file).api_exceptions == store.api_exceptions
