@@ -155,14 +155,6 @@ def delete_foreign(datapath, foreign):
     return wire.Encodable(ofp.OFPT_FLOW_MOD, bytes(msg.buf[8:]))
 
 
-def add(datapath, rule):
-    return wire.add_flow(rule)
-
-
-def delete(datapath, rule):
-    return wire.delete_flow(rule)
-
-
 def flow_mod(datapath, op, item):
     """The flow mod of one step of an ordering plan (smtp_border/ordering.py)."""
     if op == "add":

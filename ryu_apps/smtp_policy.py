@@ -43,7 +43,7 @@ from ryu.lib import hub
 from ryu.lib.packet import ipv4, ipv6, packet, tcp
 from ryu.ofproto import ofproto_v1_3
 
-from ryu_apps import openflow, rest, tls
+from ryu_apps import openflow, rest, tls, wire
 from smtp_border import ordering
 from smtp_border.audit import DIRECTIONS, AuditLog, attempt_from_sample, default_log_path
 from smtp_border.border import Border
@@ -317,8 +317,8 @@ class SmtpPolicy(app_manager.RyuApp):
                     return self._reconcile(switch)
             elif ordering.is_allow_only(diff):
                 version = switch.version
-                adds = [openflow.add(dp, with_version(r, version)) for r in diff.add]
-                deletes = [openflow.delete(dp, with_version(r, version)) for r in diff.delete]
+                adds = [wire.add_flow(with_version(r, version)) for r in diff.add]
+                deletes = [wire.delete_flow(with_version(r, version)) for r in diff.delete]
                 for phase in (adds, deletes):
                     if phase:
                         self._exchange(dp, phase, [self._barrier(dp)])
@@ -434,10 +434,9 @@ class SmtpPolicy(app_manager.RyuApp):
                 with self.change_lock:
                     if not self._current(switch):
                         return
-                    if switch.in_sync:
-                        self._audit(switch)
+                    held = self._audit(switch) if switch.in_sync else None
                     if not switch.in_sync:
-                        self._reconcile(switch)
+                        self._reconcile(switch, held)
                 switch.failures, delay = 0, 0.0
             except Exception as err:
                 switch.failures += 1
@@ -451,22 +450,21 @@ class SmtpPolicy(app_manager.RyuApp):
                 switch.in_sync = False
                 switch.pending = f"{err} (attempt {switch.failures}, next in {delay:.1f} s)"
 
-    def _reconcile(self, switch):
+    def _reconcile(self, switch, held=None):
         """Make the switch hold exactly its desired flows, from whatever it
-        holds now: read it, send the difference, confirm. Lock held."""
+        holds now: read it (unless `held`, what an audit just read under the
+        same lock), send the difference, confirm. Lock held."""
         dp = switch.dp
         started = time.monotonic()
         with gc_paused():
             desired = self.border.flows(switch.dpid)
             self._ensure_meter(switch)
-            rules, foreign = self._read_flows(switch)
+            rules, foreign = held or self._read_flows(switch)
             if switch.bundles:
-                target = desired
-                diff = diff_rules(rules, target)
-                deletes = [openflow.delete(dp, r) for r in diff.delete] + [openflow.delete_foreign(dp, f) for f in foreign]
-                sent = len(diff.add) + len(deletes)
+                diff = diff_rules(rules, desired)
+                messages = openflow.apply_diff(diff) + [openflow.delete_foreign(dp, f) for f in foreign]
+                sent = len(messages)
                 if sent:
-                    messages = [openflow.add(dp, r) for r in diff.add] + deletes
                     try:
                         self._exchange(dp, openflow.bundle(dp, next(self._bundle_ids), messages), [self._barrier(dp)])
                     except SwitchFailed as err:
@@ -508,7 +506,8 @@ class SmtpPolicy(app_manager.RyuApp):
             self.counters[("repairs", switch.dpid)] += 1
 
     def _audit(self, switch):
-        """Check an in-sync switch for drift; mark it unsynced if found. Lock held."""
+        """Check an in-sync switch for drift; mark it unsynced if found, and
+        return what was read of it (rules, foreign flows) for the repair. Lock held."""
         dp = switch.dp
         started = time.monotonic()
         desired = self.border.flows(switch.dpid)
@@ -540,6 +539,7 @@ class SmtpPolicy(app_manager.RyuApp):
         )
         switch.in_sync, switch.drift = False, True
         switch.pending = f"drift: {missing} missing, {extra} extra, {changed} changed; repairing"
+        return rules, foreign
 
     def _read_flows(self, switch, dump=False):
         """The switch's flows in the owned tables: (FlowRules, foreign flows).

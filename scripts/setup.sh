@@ -15,6 +15,7 @@ APT_PACKAGES=(
     hping3                                          # SYN floods in the audit tests
     iperf3                                          # throughput in mininet/bench.py
     chromium                                        # a real browser for the hostile-page test
+    openssl                                         # certificates for the OpenFlow-over-TLS test
     procps psmisc                                   # pkill/fuser for clean-up
 )
 

@@ -13,7 +13,7 @@ import pytest
 from ryu.app.wsgi import WSGIApplication
 from ryu.lib import hub
 
-from ryu_apps import openflow, smtp_policy
+from ryu_apps import openflow, smtp_policy, wire
 from smtp_border.compiler import compile_switch
 from smtp_border.policy import load_policy
 from smtp_border.rules import (
@@ -110,7 +110,7 @@ def test_stale_and_foreign_flows_are_replaced_on_connection(make_app):
     switch = FakeSwitch(1)
     hole = FlowRule(POLICY_TABLE, 350, Match(metadata=2, eth_type=0x800, ip_dst=netaddr.IPNetwork("10.20.3.0/24")),
                     Instructions(goto_table=2), 0x1234)
-    switch.add_behind_the_back(openflow.add(switch, hole))
+    switch.add_behind_the_back(wire.add_flow(hole))
     switch.connect(app)
     assert settle(app)
     assert switch.rules() == desired(app)
@@ -131,7 +131,7 @@ def test_an_allow_flow_added_by_hand_is_removed_by_the_audit(make_app):
     switch = connect(app)
     hole = FlowRule(POLICY_TABLE, 350, Match(metadata=1, eth_type=0x800), Instructions(goto_table=2),
                     make_cookie(Clause.EXCEPTION_OUTBOUND, "hand"))
-    switch.add_behind_the_back(openflow.add(switch, hole))
+    switch.add_behind_the_back(wire.add_flow(hole))
     assert settle(app, lambda: switch.rules() == desired(app))
     assert app.counters[("drift", "extra")] == 1
 
@@ -144,7 +144,7 @@ def test_a_flow_changed_in_place_is_caught_by_the_full_audit(make_app, monkeypat
     switch = connect(app)
     block = next(r for r in desired(app) if r.clause == Clause.PART2_BLOCK)
     opened = FlowRule(block.table, block.priority, block.match, Instructions(goto_table=2), block.cookie)
-    switch.add_behind_the_back(openflow.add(switch, opened))
+    switch.add_behind_the_back(wire.add_flow(opened))
     assert opened in switch.rules()
     assert settle(app, lambda: switch.rules() == desired(app))
     assert app.counters[("drift", "changed")] == 1
