@@ -40,11 +40,13 @@ class PolicyCollector:
                     dropped.add_metric([f"{dpid:016x}", AUDIT_METERS[meter.meter_id]],
                                        sum(band.packet_band_count for band in meter.band_stats))
         packets = CounterMetricFamily(
-            "smtp_border_blocked_packets", "Packets to an SMTP port dropped by the policy (switch flow counters).",
+            "smtp_border_blocked_packets", "Packets dropped by the policy (switch flow counters), by direction: inbound (Part 1), outbound "
+            "(Part 2), or unclassifiable (a packet whose SMTP port the switch cannot see).",
             labels=["switch", "direction"],
         )
         octets = CounterMetricFamily(
-            "smtp_border_blocked_bytes", "Bytes to an SMTP port dropped by the policy (switch flow counters).",
+            "smtp_border_blocked_bytes", "Bytes dropped by the policy (switch flow counters), by direction: inbound (Part 1), outbound "
+            "(Part 2), or unclassifiable (a packet whose SMTP port the switch cannot see).",
             labels=["switch", "direction"],
         )
         for (dpid, direction), (n_packets, n_bytes) in sorted(app.block_counters.totals().items()):

@@ -13,26 +13,17 @@ from ryu.ofproto.ofproto_v1_3 import OFPP_CONTROLLER
 from ryu_apps import wire
 from smtp_border.rules import METADATA_MASK, SAMPLE_BYTES, FlowRule, Instructions, Match
 
-# Match attributes that are plain OXM fields of the same name and meaning.
-_PLAIN_FIELDS = ("in_port", "eth_type", "ip_proto", "tcp_dst")
-# (attribute, IP version) -> OXM field name
-_ADDRESS_FIELDS = {
-    ("ip_src", 4): "ipv4_src", ("ip_dst", 4): "ipv4_dst",
-    ("ip_src", 6): "ipv6_src", ("ip_dst", 6): "ipv6_dst",
-}
-
-
 def match_of(parser, match):
-    fields = {name: getattr(match, name) for name in _PLAIN_FIELDS if getattr(match, name) is not None}
-    if match.metadata is not None:
-        fields["metadata"] = (match.metadata, METADATA_MASK)
-    for name in ("ip_src", "ip_dst"):
-        network = getattr(match, name)
-        if network is not None:
-            # A host is an exact match; only a real network needs a mask.
-            value = str(network.ip) if network.size == 1 else (str(network.ip), str(network.netmask))
-            fields[_ADDRESS_FIELDS[name, network.version]] = value
-    return parser.OFPMatch(**fields)
+    """Ryu's OFPMatch for a Match, its fields in the declared order (Ryu
+    would sort them by number, putting the Nicira ip_frag first, which Open
+    vSwitch refuses)."""
+    ordered = []
+    for field, value, mask in match.fields():
+        if field.kind == "prefix":
+            value = str(netaddr.IPAddress(value, field.version))
+            mask = None if mask is None else str(netaddr.IPAddress(mask, field.version))
+        ordered.append((field.oxm, value if mask is None else (value, mask)))
+    return parser.OFPMatch(_ordered_fields=ordered)
 
 
 def rule_from_flow(stats):
@@ -49,35 +40,14 @@ def rule_from_flow(stats):
 
 
 def _match_from(ofp_match):
-    attributes = {}
-    by_oxm = {oxm: attribute for (attribute, _), oxm in _ADDRESS_FIELDS.items()}
+    fields = []
     for name, value in ofp_match.items():
-        if name in _PLAIN_FIELDS:
-            attributes[name] = value
-        elif name == "metadata":
-            value, mask = value if isinstance(value, tuple) else (value, 2**64 - 1)
-            if mask != METADATA_MASK:
-                return None
-            attributes["metadata"] = value
-        elif name in by_oxm:
-            address, mask = value if isinstance(value, tuple) else (value, None)
-            address = netaddr.IPAddress(address)
-            length = 32 if address.version == 4 else 128
-            if mask is not None:
-                mask = netaddr.IPAddress(mask)
-                if not mask.is_netmask():
-                    return None  # not a prefix
-                length = mask.netmask_bits()
-            network = netaddr.IPNetwork((address.value, length), version=address.version)
-            if network.ip != network.network:
-                return None  # host bits set: the compiler never sends that
-            attributes[by_oxm[name]] = network
-        else:
-            return None
-    try:
-        return Match(**attributes)
-    except ValueError:
-        return None
+        value, mask = value if isinstance(value, tuple) else (value, None)
+        if isinstance(value, str):  # an address, in Ryu's text
+            value = netaddr.IPAddress(value).value
+            mask = None if mask is None else netaddr.IPAddress(mask).value
+        fields.append((name, value, mask))
+    return Match.from_fields(fields)
 
 
 def _instructions_from(instructions):

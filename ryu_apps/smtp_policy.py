@@ -45,12 +45,14 @@ from ryu.ofproto import ofproto_v1_3
 
 from ryu_apps import openflow, rest, tls, wire
 from smtp_border import ordering
-from smtp_border.audit import DIRECTIONS, AuditLog, attempt_from_sample, default_log_path
+from smtp_border.audit import DIRECTIONS, SAMPLED, AuditLog, attempt_from_sample, default_log_path
 from smtp_border.border import Border
 from smtp_border.counters import BlockCounters
 from smtp_border.diff import diff_rules
 from smtp_border.policy import PolicyError, utc_now
-from smtp_border.rules import AUDIT_METERS, OWNED_TABLES, POLICY_TABLE, cookie_clause, with_version
+from smtp_border.rules import (
+    AUDIT_METERS, COOKIE_APP_TAG, OWNED_TABLES, POLICY_TABLE, Clause, cookie_clause, with_version,
+)
 
 POLICY_FILE_ENV = "SMTP_POLICY_FILE"
 STATE_FILE_ENV = "SMTP_POLICY_STATE"
@@ -79,9 +81,19 @@ ECHO_TIMEOUT = 3.0
 # Retries of a switch that failed: 0.5 s, 1 s, 2 s, ... up to this.
 RETRY_MIN = 0.5
 RETRY_MAX = 30.0
-# The block flows, both clauses (0x20, 0x21): cookie and mask for reading them alone.
-BLOCK_COOKIE = (0x534D << 48) | (0x20 << 40)
-BLOCK_COOKIE_MASK = (0xFFFF << 48) | (0xFE << 40)
+# The drop flows, clauses 0x20-0x23 (Part 1, Part 2, unclassifiable; and the
+# few transit flows, skipped): cookie and mask for reading them alone.
+BLOCK_COOKIE = (COOKIE_APP_TAG << 48) | (Clause.PART1_BLOCK << 40)
+BLOCK_COOKIE_MASK = (0xFFFF << 48) | (0xFC << 40)
+
+# How a switch treats IP fragments (the OFPC_FRAG_* bits of its config).
+# OpenFlow's default, "normal", reads the ports of every fragment as 0, the
+# first included: an SMTP SYN sent as a first fragment would look like TCP to
+# port 0. Open vSwitch's "nx-match" (a Nicira value) reads the ports of a
+# first fragment and leaves 0 only to later ones, which carry none: what the
+# policy's flows assume (docs/security.md). A switch that will not take it
+# still fails closed: its first TCP fragments meet the port-0 drop.
+FRAG_NX_MATCH = 3
 
 _gc_pauses = 0  # pushes under way that hold the cyclic garbage collector off
 
@@ -156,6 +168,7 @@ class Switch:
         self.audit_ms = None  # how long the last audit took: counts only, and with a full comparison
         self.full_audit_ms = None
         self.meter_rate = None  # audit meter rate set on the switch
+        self.fragments = None  # its fragment handling once checked: "nx-match", or why not
         self.wake = hub.Event()
 
     def unsynced(self, reason):
@@ -304,6 +317,7 @@ class SmtpPolicy(app_manager.RyuApp):
         started = time.monotonic()
         with contextlib.nullcontext() if len(diff) < 1000 else gc_paused():
             self._read_counters_before(switch, diff)
+            self._ensure_fragments(switch)
             self._ensure_meter(switch)
             if switch.bundles:
                 try:
@@ -458,6 +472,7 @@ class SmtpPolicy(app_manager.RyuApp):
         started = time.monotonic()
         with gc_paused():
             desired = self.border.flows(switch.dpid)
+            self._ensure_fragments(switch)
             self._ensure_meter(switch)
             rules, foreign = held or self._read_flows(switch)
             if switch.bundles:
@@ -515,10 +530,19 @@ class SmtpPolicy(app_manager.RyuApp):
         full = switch.audits % FULL_AUDIT_EVERY == 0
         expected = collections.Counter(r.table for r in desired)
         requests = [self._aggregate(dp, table) for table in OWNED_TABLES]
-        replies = self._exchange(dp, [], requests)
+        config = dp.ofproto_parser.OFPGetConfigRequest(dp)
+        replies = self._exchange(dp, [], requests + [config])
         counts = {table: replies[r.xid][0].flow_count for table, r in zip(OWNED_TABLES, requests)}
         switch.last_audit = time.time()
         switch.flow_count = sum(counts.values())
+        if switch.fragments == "nx-match" and replies[config.xid][0].flags & dp.ofproto.OFPC_FRAG_MASK != FRAG_NX_MATCH:
+            self.counters[("drift", "config")] += 1
+            self.logger.warning("smtp-border: switch %016x DRIFT found by audit: fragment handling changed to %d; "
+                                "repairing", switch.dpid, replies[config.xid][0].flags & dp.ofproto.OFPC_FRAG_MASK)
+            switch.fragments = None
+            switch.in_sync, switch.drift = False, True
+            switch.pending = "drift: fragment handling changed; repairing"
+            return None
         if not full and all(counts[t] == expected.get(t, 0) for t in OWNED_TABLES):
             switch.audit_ms = (time.monotonic() - started) * 1000
             return
@@ -581,6 +605,30 @@ class SmtpPolicy(app_manager.RyuApp):
 
     def _role(self, dpid):
         return "enforcing" if self.policy.switch_spec(dpid) else "inside (forwarding only)"
+
+    def _ensure_fragments(self, switch):
+        """An enforcing switch must read the ports of first fragments
+        (FRAG_NX_MATCH) before its flows are trusted to judge them."""
+        dp = switch.dp
+        if switch.fragments is not None or not self.policy.switch_spec(dp.id):
+            return
+        ofp, parser = dp.ofproto, dp.ofproto_parser
+        request = parser.OFPGetConfigRequest(dp)
+        config = self._exchange(dp, [], [request])[request.xid][0]
+        if config.flags & ofp.OFPC_FRAG_MASK != FRAG_NX_MATCH:
+            flags = (config.flags & ~ofp.OFPC_FRAG_MASK) | FRAG_NX_MATCH
+            check = parser.OFPGetConfigRequest(dp)
+            try:
+                replies = self._exchange(dp, [parser.OFPSetConfig(dp, flags, config.miss_send_len)], [check])
+                config = replies[check.xid][0]
+            except SwitchFailed as err:
+                self.logger.error("smtp-border: switch %016x refuses Nicira fragment handling: %s", switch.dpid, err)
+        if config.flags & ofp.OFPC_FRAG_MASK == FRAG_NX_MATCH:
+            switch.fragments = "nx-match"
+            return
+        switch.fragments = (f"mode {config.flags & ofp.OFPC_FRAG_MASK}: first TCP fragments are dropped, "
+                            "fragmented SMTP or not")
+        self.logger.warning("smtp-border: switch %016x keeps fragment handling %s", switch.dpid, switch.fragments)
 
     def _ensure_meter(self, switch):
         """The audit meters (inbound, outbound) must exist, at the policy's
@@ -685,6 +733,7 @@ class SmtpPolicy(app_manager.RyuApp):
             "pending": "not connected",
             "flow_count": None,
             "bundles": None,
+            "fragments": None,
             "last_audit": None,
             "last_repair": None,
             "repairs": self.counters[("repairs", dpid)],
@@ -693,6 +742,7 @@ class SmtpPolicy(app_manager.RyuApp):
             return status
         status.update(
             in_sync=switch.in_sync, pending=switch.pending, flow_count=switch.flow_count, bundles=switch.bundles,
+            fragments=switch.fragments,
             last_audit=_iso(switch.last_audit), last_repair=_iso(switch.last_repair),
             audit_ms=_rounded(switch.audit_ms), full_audit_ms=_rounded(switch.full_audit_ms),
         )
@@ -725,6 +775,13 @@ class SmtpPolicy(app_manager.RyuApp):
         if waiter is not None:
             waiter.answered(ev.msg.xid)
 
+    @set_ev_cls(ofp_event.EventOFPGetConfigReply, MAIN_DISPATCHER)
+    def _config_reply(self, ev):
+        waiter = self._waiters.get((ev.msg.datapath, ev.msg.xid))
+        if waiter is not None:
+            waiter.replies[ev.msg.xid].append(ev.msg)
+            waiter.answered(ev.msg.xid)
+
     @set_ev_cls(
         [ofp_event.EventOFPFlowStatsReply, ofp_event.EventOFPMeterConfigStatsReply, ofp_event.EventOFPMeterStatsReply,
          ofp_event.EventOFPAggregateStatsReply],
@@ -751,7 +808,7 @@ class SmtpPolicy(app_manager.RyuApp):
         dp = msg.datapath
         switch = self.switches.get(dp.id)
         if (switch is None or switch.dp is not dp or not self.policy.switch_spec(dp.id)
-                or cookie_clause(msg.cookie) not in DIRECTIONS or msg.table_id != POLICY_TABLE):
+                or cookie_clause(msg.cookie) not in SAMPLED or msg.table_id != POLICY_TABLE):
             self.counters[("samples_refused", dp.id)] += 1
             return
         self.counters[("samples", dp.id)] += 1

@@ -7,9 +7,10 @@ most of a full install (docs/performance.md). The compiler emits only a few
 shapes of flow, so they are packed here with precompiled `struct`s: a few
 microseconds a flow.
 
-The bytes are exactly those Ryu would send for the same flow
-(tests/test_wire.py compares them over random policies), so this module is a
-faster spelling, not a second protocol implementation to trust. Ryu still builds
+The bytes are exactly those Ryu sends for the same flow, match fields in
+the declared order (tests/unit/test_wire.py compares them over random
+policies), so this module is a faster spelling, not a second protocol
+implementation to trust. Ryu still builds
 every other message (barriers, meters, statistics, bundle control).
 """
 import struct
@@ -17,7 +18,7 @@ import struct
 from ryu.ofproto import ofproto_common
 from ryu.ofproto import ofproto_v1_3 as ofp
 
-from smtp_border.rules import ETH_TYPE_IPV6, METADATA_MASK, SAMPLE_BYTES
+from smtp_border.rules import MATCH_FIELDS, METADATA_MASK, SAMPLE_BYTES
 
 _HEADER = struct.Struct(ofp.OFP_HEADER_PACK_STR)  # version, type, length, xid
 _FLOW_MOD = struct.Struct(ofp.OFP_FLOW_MOD_PACK_STR0)  # cookie ... flags, without the match
@@ -29,69 +30,30 @@ _METER = struct.Struct("!HHI")
 _APPLY_OUTPUT = struct.Struct("!HH4x" + "HHIH6x")  # apply-actions holding one output action
 _BUNDLE_ADD = struct.Struct("!IIIxxH")  # experimenter, exp_type, bundle_id, pad, flags
 
-_OXM_CLASS = ofp.OFPXMC_OPENFLOW_BASIC
+
+def _oxm(field, masked):
+    """The 4-byte OXM TLV header of a match field, exact or masked."""
+    payload = 2 * field.width if masked else field.width
+    return _OXM_HEADER.pack((field.oxm_class << 16) | (field.number << 9) | (int(masked) << 8) | payload)
 
 
-def _oxm(field, length, masked=False):
-    """The 4-byte OXM TLV header of an OpenFlow-basic field."""
-    payload = 2 * length if masked else length
-    return _OXM_HEADER.pack((_OXM_CLASS << 16) | (field << 9) | (int(masked) << 8) | payload)
-
-
-_IN_PORT = _oxm(ofp.OFPXMT_OFB_IN_PORT, 4)
-_METADATA = _oxm(ofp.OFPXMT_OFB_METADATA, 8, masked=True)
-_ETH_TYPE = _oxm(ofp.OFPXMT_OFB_ETH_TYPE, 2)
-_IP_PROTO = _oxm(ofp.OFPXMT_OFB_IP_PROTO, 1)
-_TCP_DST = _oxm(ofp.OFPXMT_OFB_TCP_DST, 2)
-_METADATA_VALUE = struct.Struct("!QQ")  # value, mask
-
-
-def _address_fields(version, source, field, width):
-    return (version, source), (_oxm(field, width), _oxm(field, width, masked=True), width)
-
-
-# (IP version, source?) -> (exact header, masked header, address width in bytes)
-_ADDRESS = dict((
-    _address_fields(4, True, ofp.OFPXMT_OFB_IPV4_SRC, 4),
-    _address_fields(4, False, ofp.OFPXMT_OFB_IPV4_DST, 4),
-    _address_fields(6, True, ofp.OFPXMT_OFB_IPV6_SRC, 16),
-    _address_fields(6, False, ofp.OFPXMT_OFB_IPV6_DST, 16),
-))
+# OXM name -> (exact header, masked header, width), from the one declaration.
+_FIELDS = {f.oxm: (_oxm(f, False), _oxm(f, True), f.width) for f in MATCH_FIELDS}
 
 
 def match_bytes(match):
-    """An OXM ofp_match, padded to 8, its fields in OXM field order as Ryu
-    sends them: tcp_dst (field 14) comes after IPv4 addresses (11, 12) and
-    before IPv6 ones (26, 27)."""
-    fields = []
-    if match.in_port is not None:
-        fields.append(_IN_PORT + match.in_port.to_bytes(4, "big"))
-    if match.metadata is not None:
-        fields.append(_METADATA + _METADATA_VALUE.pack(match.metadata, METADATA_MASK))
-    if match.eth_type is not None:
-        fields.append(_ETH_TYPE + match.eth_type.to_bytes(2, "big"))
-    if match.ip_proto is not None:
-        fields.append(_IP_PROTO + match.ip_proto.to_bytes(1, "big"))
-    addresses = []
-    if match.ip_src is not None:
-        addresses.append(_address(match.ip_src, True))
-    if match.ip_dst is not None:
-        addresses.append(_address(match.ip_dst, False))
-    tcp_dst = [] if match.tcp_dst is None else [_TCP_DST + match.tcp_dst.to_bytes(2, "big")]
-    ipv6 = match.eth_type == ETH_TYPE_IPV6
-    fields.extend(tcp_dst + addresses if ipv6 else addresses + tcp_dst)
-    body = b"".join(fields)
+    """An OXM ofp_match, padded to 8, its fields in the declared order
+    (smtp_border.rules.MATCH_FIELDS)."""
+    parts = []
+    for field, value, mask in match.fields():
+        exact, masked, width = _FIELDS[field.oxm]
+        if mask is None:
+            parts.append(exact + value.to_bytes(width, "big"))
+        else:
+            parts.append(masked + value.to_bytes(width, "big") + mask.to_bytes(width, "big"))
+    body = b"".join(parts)
     length = _MATCH_HEADER.size + len(body)
     return _MATCH_HEADER.pack(ofp.OFPMT_OXM, length) + body + bytes(-length % 8)
-
-
-def _address(network, source):
-    exact, masked, width = _ADDRESS[network.version, source]
-    address = network.value.to_bytes(width, "big")
-    # A host is an exact match; only a real network needs a mask.
-    if network.prefixlen == 8 * width:
-        return exact + address
-    return masked + address + network.netmask.value.to_bytes(width, "big")
 
 
 def instructions_bytes(instructions):

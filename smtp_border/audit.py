@@ -19,7 +19,10 @@ from .rules import Clause
 DIRECTIONS = {
     Clause.PART1_BLOCK: ("inbound", "Part 1: outside host to a campus host's SMTP port"),
     Clause.PART2_BLOCK: ("outbound", "Part 2: campus host to an outside host's SMTP port"),
+    # Counted, never sampled: the switch could not read these packets' headers.
+    Clause.UNCLASSIFIABLE: ("unclassifiable", "a packet whose SMTP port the switch cannot see"),
 }
+SAMPLED = (Clause.PART1_BLOCK, Clause.PART2_BLOCK)  # the drop flows that send samples
 MEMORY = 100_000  # attempts kept in memory for the API
 # A SYN with the same addresses and ports within this time is the client
 # retransmitting, not a new attempt (Linux gives up after about two minutes).
@@ -58,7 +61,7 @@ def format_time(moment):
 
 def attempt_from_sample(clause, dpid, in_port, src, dst, src_port, dst_port, now):
     """A BlockedAttempt for a sampled packet, or None if its clause is not a block."""
-    if clause not in DIRECTIONS:
+    if clause not in SAMPLED:
         return None
     direction, text = DIRECTIONS[clause]
     return BlockedAttempt(

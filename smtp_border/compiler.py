@@ -39,6 +39,7 @@ from .rules import (
     FROM_OUTSIDE,
     IP_PROTO_TCP,
     POLICY_TABLE,
+    IpFrag,
     Clause,
     FlowRule,
     Instructions,
@@ -49,6 +50,7 @@ from .rules import (
 )
 
 # Priorities inside CLASSIFY_TABLE.
+PRIO_UNCLASSIFIABLE = 400
 PRIO_UPLINK = 300
 PRIO_CAMPUS_SOURCE = 200
 PRIO_OUTSIDE_SOURCE = 100
@@ -65,6 +67,21 @@ _GOTO_POLICY = {
 }
 _GOTO_FORWARD = Instructions(goto_table=FORWARD_TABLE)
 
+# Ethernet types that, after the tags a switch parses, mean it saw no IP
+# header: more VLAN tags than it parses (Open vSwitch parses one by
+# default, vlan-limit), or an MPLS label stack. A router beyond the border
+# that pops them would deliver the SMTP packet inside.
+UNCLASSIFIABLE_ETH_TYPES = (
+    0x8100,  # 802.1Q tag inside the parsed one
+    0x88A8,  # 802.1ad service tag
+    0x9100,  # pre-standard QinQ tag
+    0x8847,  # MPLS unicast
+    0x8848,  # MPLS multicast
+)
+# The TCP destination port a switch reports when the header is too short to
+# hold the ports (a tiny first fragment). No TCP service listens on port 0.
+UNREADABLE_PORT = 0
+
 
 def compile_switch(policy, dpid, now=None):
     """The complete rule set for switch `dpid` under `policy` at time `now`.
@@ -75,6 +92,7 @@ def compile_switch(policy, dpid, now=None):
     rules.add(_rule(FORWARD_TABLE, PRIO_DEFAULT, Match(), Instructions(output_normal=True), Clause.FORWARD))
     spec = policy.switch_spec(dpid)
     if spec is not None:
+        rules.update(_unclassifiable_rules())
         exceptions = policy.active_exceptions(now or utc_now())
         # Merged once for both families (cidr_merge is most of the compile time).
         merged = {inbound: merged_exception_networks(exceptions, inbound) for inbound in (True, False)}
@@ -162,6 +180,29 @@ def _families(policy, spec):
 def _in_family(networks, eth_type):
     version = 4 if eth_type == ETH_TYPE_IPV4 else 6
     return [n for n in networks if n.version == version]
+
+
+def _unclassifiable_rules():
+    """Drop, on an enforcing switch, packets whose SMTP port the switch
+    cannot see: otherwise they would pass as 'not SMTP' (docs/security.md).
+
+    * More VLAN tags than parsed, or MPLS: see UNCLASSIFIABLE_ETH_TYPES.
+    * A TCP first fragment (or unfragmented packet) too short to hold the
+      ports: the switch reads port 0. Later fragments carry no ports and pass;
+      without their first fragment they reassemble into nothing.
+    * An IPv6 packet whose header chain ends before the upper-layer header
+      (a first fragment whose extension headers push TCP into a later
+      fragment, or a truncated chain): Open vSwitch gives up parsing and
+      reports next header 0. RFC 7112 lets a node drop such first fragments.
+    """
+    for eth_type in UNCLASSIFIABLE_ETH_TYPES:
+        yield _rule(CLASSIFY_TABLE, PRIO_UNCLASSIFIABLE, Match(eth_type=eth_type), DROP,
+                    Clause.UNCLASSIFIABLE, f"{eth_type:#06x}")
+    for eth_type in (ETH_TYPE_IPV4, ETH_TYPE_IPV6):
+        match = Match(eth_type=eth_type, ip_proto=IP_PROTO_TCP, tcp_dst=UNREADABLE_PORT, ip_frag=IpFrag.NOT_LATER)
+        yield _rule(CLASSIFY_TABLE, PRIO_UNCLASSIFIABLE, match, DROP, Clause.UNCLASSIFIABLE, f"{eth_type:#06x}/tcp")
+    yield _rule(CLASSIFY_TABLE, PRIO_UNCLASSIFIABLE, Match(eth_type=ETH_TYPE_IPV6, ip_proto=0), DROP,
+                Clause.UNCLASSIFIABLE, "ipv6-chain")
 
 
 def _classify_rules(policy, spec, eth_type):

@@ -73,6 +73,7 @@ class Clause(enum.IntEnum):
     PART1_BLOCK = 0x20  # table 1: dropped, outside to campus
     PART2_BLOCK = 0x21  # table 1: dropped, campus to outside
     TRANSIT = 0x22  # table 1 default: neither end on campus, not ours to judge
+    UNCLASSIFIABLE = 0x23  # table 0: dropped, a packet whose SMTP port the switch cannot see
     FORWARD = 0x30  # table 2: NORMAL forwarding
 
 
@@ -110,6 +111,61 @@ def cookie_clause(cookie):
         return None
 
 
+class IpFrag(enum.Enum):
+    """Open vSwitch's fragment classes (the Nicira ip_frag field, as value
+    and mask): OpenFlow 1.3 itself cannot tell a first fragment from a later
+    one, and a switch reads ports only from the first."""
+
+    NO = (0, 3)  # not a fragment
+    FIRST = (1, 3)  # offset 0, more to follow
+    LATER = (3, 3)  # offset > 0: carries no transport header
+    NOT_LATER = (0, 2)  # not a fragment, or the first: where the ports are
+
+    @property
+    def ofctl(self):
+        return self.name.lower()
+
+
+@dataclass(frozen=True)
+class MatchField:
+    """One match field, declared once: how a Match attribute is spelled on
+    the wire (its OXM name, as Ryu spells it, class and field number, width),
+    in ovs-ofctl, and which kind of value it holds. The wire encoder, Ryu's
+    OFPMatch, ovs-ofctl text, reading a switch's flows back and the tests'
+    flow simulator all go through MATCH_FIELDS."""
+
+    attribute: str  # the Match attribute
+    oxm: str  # OXM field name (Ryu's spelling)
+    oxm_class: int  # 0x8000 OpenFlow basic, 0x0001 Nicira NXM_1
+    number: int  # field number within the class
+    width: int  # bytes of the value
+    ofctl: str  # ovs-ofctl name
+    kind: str  # "int", "hex", "metadata" (under METADATA_MASK), "prefix" (an address), "frag" (IpFrag)
+    version: Optional[int] = None  # for addresses: the IP version this field carries
+
+
+OXM_BASIC = 0x8000
+NXM_1 = 0x0001
+
+# In the order fields go on the wire. Open vSwitch checks each field's
+# prerequisites as it reads them (ip_frag needs eth_type before it), so the
+# Nicira fields come last; Ryu's OFPMatch would sort ip_frag first and be
+# refused with OFPBMC_BAD_PREREQ.
+MATCH_FIELDS = (
+    MatchField("in_port", "in_port", OXM_BASIC, 0, 4, "in_port", "int"),
+    MatchField("metadata", "metadata", OXM_BASIC, 2, 8, "metadata", "metadata"),
+    MatchField("eth_type", "eth_type", OXM_BASIC, 5, 2, "dl_type", "hex"),
+    MatchField("ip_proto", "ip_proto", OXM_BASIC, 10, 1, "nw_proto", "int"),
+    MatchField("ip_src", "ipv4_src", OXM_BASIC, 11, 4, "nw_src", "prefix", 4),
+    MatchField("ip_dst", "ipv4_dst", OXM_BASIC, 12, 4, "nw_dst", "prefix", 4),
+    MatchField("tcp_dst", "tcp_dst", OXM_BASIC, 14, 2, "tp_dst", "int"),
+    MatchField("ip_src", "ipv6_src", OXM_BASIC, 26, 16, "ipv6_src", "prefix", 6),
+    MatchField("ip_dst", "ipv6_dst", OXM_BASIC, 27, 16, "ipv6_dst", "prefix", 6),
+    MatchField("ip_frag", "ip_frag", NXM_1, 26, 1, "nw_frag", "frag"),
+)
+_BY_OXM = {f.oxm: f for f in MATCH_FIELDS}
+
+
 @dataclass(frozen=True)
 class Match:
     """The OpenFlow match fields the policy needs; None means wildcard."""
@@ -121,19 +177,79 @@ class Match:
     tcp_dst: Optional[int] = None
     ip_src: Optional[netaddr.IPNetwork] = None
     ip_dst: Optional[netaddr.IPNetwork] = None
+    ip_frag: Optional[IpFrag] = None  # Open vSwitch (Nicira) extension
 
     def __post_init__(self):
         # OpenFlow prerequisites: an address match needs the matching eth_type,
-        # a TCP port needs ip_proto=6. Catch compiler bugs here, not on a switch.
+        # a TCP port needs ip_proto=6, a fragment class an IP eth_type. Catch
+        # compiler bugs here, not on a switch.
         for network in (self.ip_src, self.ip_dst):
             if network is not None and self.eth_type != _eth_type_of(network):
                 raise ValueError(f"match on {network} needs eth_type {_eth_type_of(network):#06x}")
         if self.tcp_dst is not None and self.ip_proto != IP_PROTO_TCP:
             raise ValueError("match on tcp_dst needs ip_proto=6")
+        if self.ip_frag is not None and self.eth_type not in (ETH_TYPE_IPV4, ETH_TYPE_IPV6):
+            raise ValueError("match on ip_frag needs an IP eth_type")
 
     def sort_key(self):
         # Wildcards sort first; netaddr orders IPv4 before IPv6.
-        return tuple((0,) if v is None else (1, v) for v in vars(self).values())
+        return tuple((0,) if v is None else (1, v.value if isinstance(v, IpFrag) else v) for v in vars(self).values())
+
+    def fields(self):
+        """(MatchField, value, mask) for every field matched, in wire order;
+        values and masks are integers, mask None for an exact match."""
+        found = []
+        for field in MATCH_FIELDS:
+            value = getattr(self, field.attribute)
+            if value is None or (field.version is not None and value.version != field.version):
+                continue
+            if field.kind == "prefix":
+                # A host is an exact match; only a real network needs a mask.
+                mask = None if value.prefixlen == 8 * field.width else value.netmask.value
+                found.append((field, value.value, mask))
+            elif field.kind == "metadata":
+                found.append((field, value, METADATA_MASK))
+            elif field.kind == "frag":
+                found.append((field, *value.value))
+            else:
+                found.append((field, value, None))
+        return found
+
+    @classmethod
+    def from_fields(cls, fields):
+        """The Match for (OXM name, value, mask) triples as a switch reports
+        them, or None if any is a field, mask or value the policy never uses."""
+        attributes = {}
+        for name, value, mask in fields:
+            field = _BY_OXM.get(name)
+            if field is None:
+                return None
+            if field.kind == "prefix":
+                length = 8 * field.width
+                if mask is not None:
+                    mask = netaddr.IPAddress(mask, field.version)
+                    if not mask.is_netmask():
+                        return None  # not a prefix
+                    length = mask.netmask_bits()
+                network = netaddr.IPNetwork((value, length), version=field.version)
+                if network.ip != network.network:
+                    return None  # host bits set: the compiler never sends that
+                value = network
+            elif field.kind == "metadata":
+                if mask != METADATA_MASK:
+                    return None
+            elif field.kind == "frag":
+                try:
+                    value = IpFrag((value, 3 if mask is None else mask))
+                except ValueError:
+                    return None
+            elif mask is not None:
+                return None
+            attributes[field.attribute] = value
+        try:
+            return cls(**attributes)
+        except (TypeError, ValueError):
+            return None
 
 
 @dataclass(frozen=True)
@@ -185,21 +301,8 @@ def sorted_rules(rules):
 def to_ofctl(rule):
     """The rule in ovs-ofctl flow syntax (add-flow, diff-flows), OpenFlow 1.3."""
     fields = [f"cookie={rule.cookie:#x}", f"table={rule.table}", f"priority={rule.priority}"]
-    m = rule.match
-    if m.in_port is not None:
-        fields.append(f"in_port={m.in_port}")
-    if m.metadata is not None:
-        fields.append(f"metadata={m.metadata:#x}/{METADATA_MASK:#x}")
-    if m.eth_type is not None:
-        fields.append(f"dl_type={m.eth_type:#06x}")
-    if m.ip_proto is not None:
-        fields.append(f"nw_proto={m.ip_proto}")
-    if m.tcp_dst is not None:
-        fields.append(f"tp_dst={m.tcp_dst}")
-    for name, network in (("src", m.ip_src), ("dst", m.ip_dst)):
-        if network is not None:
-            prefix = "nw_" if network.version == 4 else "ipv6_"
-            fields.append(f"{prefix}{name}={_ofctl_network(network)}")
+    for field, _, _ in rule.match.fields():
+        fields.append(f"{field.ofctl}={_ofctl_value(field, getattr(rule.match, field.attribute))}")
     actions = []
     ins = rule.instructions
     if ins.sample_meter is not None:
@@ -213,8 +316,14 @@ def to_ofctl(rule):
     return ",".join(fields) + " actions=" + (",".join(actions) or "drop")
 
 
-def _ofctl_network(network):
-    return str(network.ip) if network.size == 1 else str(network)
+def _ofctl_value(field, value):
+    if field.kind == "prefix":
+        return str(value.ip) if value.size == 1 else str(value)
+    if field.kind == "metadata":
+        return f"{value:#x}/{METADATA_MASK:#x}"
+    if field.kind == "frag":
+        return value.ofctl
+    return f"{value:#06x}" if field.kind == "hex" else str(value)
 
 
 def _eth_type_of(network):

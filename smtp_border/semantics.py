@@ -15,13 +15,19 @@ from .rules import IP_PROTO_TCP
 IP_PROTO_UDP = 17
 
 
+# What a switch reads as the TCP destination port of a header too short to
+# hold it (a tiny first fragment). No TCP service listens on port 0.
+UNREADABLE_PORT = 0
+
+
 @dataclass(frozen=True)
 class Packet:
     in_port: int
     src: netaddr.IPAddress
     dst: netaddr.IPAddress
     ip_proto: int = IP_PROTO_TCP
-    dst_port: Optional[int] = None
+    dst_port: Optional[int] = None  # as the switch reads it: UNREADABLE_PORT if it cannot
+    fragment: str = "no"  # "no", "first" (offset 0, more follow) or "later" (no transport header)
 
 
 def is_allowed(policy, dpid, packet, now=None):
@@ -29,6 +35,10 @@ def is_allowed(policy, dpid, packet, now=None):
     spec = policy.switch_spec(dpid)
     if spec is None:
         return True  # an inside switch forwards everything
+    if packet.fragment == "later":
+        return True  # no ports of its own: it goes with its first fragment, judged below
+    if packet.ip_proto == IP_PROTO_TCP and packet.dst_port == UNREADABLE_PORT:
+        return False  # the port may be 25: a border that cannot see it does not let it through
     if packet.ip_proto != IP_PROTO_TCP or packet.dst_port not in policy.smtp_ports:
         return True  # the policy is about connections to the SMTP port only
     if spec.by_port:

@@ -39,7 +39,7 @@ def match_key(match):
 
 
 class FakeSwitch:
-    def __init__(self, dpid, bundles=True):
+    def __init__(self, dpid, bundles=True, fragment_modes=True):
         self.id = dpid
         self.ofproto = OFP
         self.ofproto_parser = PARSER
@@ -56,6 +56,8 @@ class FakeSwitch:
         self.answers_echo = True  # False: a dead connection that never answers
         self.closed = False  # the controller closed this connection
         self.table_history = []  # the table after each flow mod applied outside a bundle
+        self.config_flags = 0  # OFPC_* of the switch config: fragment handling "normal"
+        self.fragment_modes = fragment_modes  # False: a switch that keeps "normal" whatever it is told
 
     # -- the Datapath interface the app uses ------------------------------------
 
@@ -146,6 +148,15 @@ class FakeSwitch:
                     self.app._barrier_reply(ofp_event.EventOFPEchoReply(reply))
             elif msg_type == OFP.OFPT_MULTIPART_REQUEST:
                 self._multipart(xid, data)
+            elif msg_type == OFP.OFPT_GET_CONFIG_REQUEST:
+                reply = PARSER.OFPGetConfigReply(self, flags=self.config_flags, miss_send_len=128)
+                reply.xid = xid
+                self.app._config_reply(ofp_event.EventOFPGetConfigReply(reply))
+            elif msg_type == OFP.OFPT_SET_CONFIG:
+                flags, miss_send_len = struct.unpack_from(OFP.OFP_SWITCH_CONFIG_PACK_STR, data, OFP.OFP_HEADER_SIZE)
+                self.log.append(("set_config", flags))
+                if self.fragment_modes:
+                    self.config_flags = flags
             elif msg_type == OFP.OFPT_METER_MOD:
                 command, flags, meter_id = _METER_MOD.unpack_from(data, OFP.OFP_HEADER_SIZE)
                 band_rate = struct.unpack_from("!HHII", data, OFP.OFP_HEADER_SIZE + _METER_MOD.size)[2]

@@ -4,25 +4,33 @@ Highest priority match wins in each table, metadata is written under its mask,
 goto_table moves on, a table miss drops (the OpenFlow 1.3 default). Used to
 check compiled rules against smtp_border.semantics.
 """
-from smtp_border.rules import CLASSIFY_TABLE, ETH_TYPE_IPV4, ETH_TYPE_IPV6, METADATA_MASK
+from smtp_border.rules import CLASSIFY_TABLE, ETH_TYPE_IPV4, ETH_TYPE_IPV6, IP_PROTO_TCP, METADATA_MASK, IpFrag
+
+FRAGMENT_BITS = {"no": IpFrag.NO.value[0], "first": IpFrag.FIRST.value[0], "later": IpFrag.LATER.value[0]}
 
 
-def _matches(match, packet, metadata):
-    eth_type = ETH_TYPE_IPV4 if packet.src.version == 4 else ETH_TYPE_IPV6
-    checks = [
-        (match.in_port, packet.in_port),
-        (match.eth_type, eth_type),
-        (match.ip_proto, packet.ip_proto),
-        (match.tcp_dst, packet.dst_port if packet.ip_proto == 6 else None),
-    ]
-    if any(want is not None and want != have for want, have in checks):
-        return False
-    if match.metadata is not None and metadata & METADATA_MASK != match.metadata:
-        return False
-    if match.ip_src is not None and packet.src not in match.ip_src:
-        return False
-    if match.ip_dst is not None and packet.dst not in match.ip_dst:
-        return False
+def packet_fields(packet):
+    """The packet as a switch classifies it: OXM field name -> value. A later
+    fragment has no transport header, so Open vSwitch reads its ports as 0."""
+    family = "ipv4" if packet.src.version == 4 else "ipv6"
+    fields = {
+        "in_port": packet.in_port,
+        "eth_type": ETH_TYPE_IPV4 if family == "ipv4" else ETH_TYPE_IPV6,
+        "ip_proto": packet.ip_proto,
+        f"{family}_src": packet.src.value,
+        f"{family}_dst": packet.dst.value,
+        "ip_frag": FRAGMENT_BITS[packet.fragment],
+    }
+    if packet.ip_proto == IP_PROTO_TCP:
+        fields["tcp_dst"] = 0 if packet.fragment == "later" else packet.dst_port
+    return fields
+
+
+def _matches(match, fields, metadata):
+    for field, value, mask in match.fields():
+        have = metadata if field.attribute == "metadata" else fields.get(field.oxm)
+        if have is None or (have if mask is None else have & mask) != value:
+            return False
     return True
 
 
@@ -41,11 +49,11 @@ def outcomes(rules, packet):
     by_table = {}
     for rule in rules:
         by_table.setdefault(rule.table, []).append(rule)
-    return _walk(by_table, CLASSIFY_TABLE, 0, packet)
+    return _walk(by_table, CLASSIFY_TABLE, 0, packet_fields(packet))
 
 
-def _walk(by_table, table, metadata, packet):
-    candidates = [r for r in by_table.get(table, []) if _matches(r.match, packet, metadata)]
+def _walk(by_table, table, metadata, fields):
+    candidates = [r for r in by_table.get(table, []) if _matches(r.match, fields, metadata)]
     if not candidates:
         return {False}  # table miss: OpenFlow 1.3 drops
     best = max(r.priority for r in candidates)
@@ -60,5 +68,5 @@ def _walk(by_table, table, metadata, packet):
         if ins.goto_table <= table:
             raise AssertionError("goto_table must move forward")
         written = metadata if ins.write_metadata is None else (metadata & ~METADATA_MASK) | ins.write_metadata
-        found |= _walk(by_table, ins.goto_table, written, packet)
+        found |= _walk(by_table, ins.goto_table, written, fields)
     return found

@@ -101,6 +101,10 @@ def switch_of(policy):
     return st.one_of(st.sampled_from(listed), st.integers(1, 4)) if listed else st.integers(1, 4)
 
 
+# 0: what a switch reads from a TCP header too short to hold the ports.
+OTHER_PORTS = [25, 465, 587, 2525, 80, 0]
+
+
 @st.composite
 def packets(draw, policy=None, dpid=None):
     version = draw(st.sampled_from([4, 6]))
@@ -113,6 +117,8 @@ def packets(draw, policy=None, dpid=None):
         src=draw(address),
         dst=draw(address),
         ip_proto=draw(st.sampled_from([IP_PROTO_TCP, IP_PROTO_TCP, IP_PROTO_TCP, IP_PROTO_UDP])),
-        dst_port=draw(st.one_of(st.sampled_from(policy.smtp_ports), st.sampled_from([25, 465, 587, 2525, 80]))
-                      if policy is not None else st.sampled_from([25, 465, 587, 2525, 80])),
+        dst_port=draw(st.one_of(st.sampled_from(policy.smtp_ports), st.sampled_from(OTHER_PORTS))
+                      if policy is not None else st.sampled_from(OTHER_PORTS)),
+        # Mostly whole packets; fragments, where only the first carries ports.
+        fragment=draw(st.sampled_from(["no"] * 6 + ["first", "later"])),
     )

@@ -95,7 +95,9 @@ def random_packets(rng, policy, count):
             return netaddr.IPAddress(value, version)
 
         proto = rng.choice([IP_PROTO_TCP] * 4 + [IP_PROTO_UDP])
-        yield Packet(rng.choice(PORTS), address(), address(), proto, rng.choice(list(policy.smtp_ports) + [25, 587, 80]))
+        port = rng.choice(list(policy.smtp_ports) + [25, 587, 80, 0])  # 0: a header too short for the ports
+        fragment = rng.choice(["no"] * 6 + ["first", "later"])
+        yield Packet(rng.choice(PORTS), address(), address(), proto, port, fragment)
 
 
 def trace(packet):
@@ -105,7 +107,9 @@ def trace(packet):
         addresses = f"ipv6_src={packet.src},ipv6_dst={packet.dst}"
     else:
         addresses = f"nw_src={packet.src},nw_dst={packet.dst}"
-    flow = f"in_port={packet.in_port},{family},{addresses},{proto}_src=40000,{proto}_dst={packet.dst_port},dl_dst=ff:ff:ff:ff:ff:ff"
+    # A later fragment has no transport header (Open vSwitch reads its ports as 0).
+    ports = "" if packet.fragment == "later" else f",{proto}_src=40000,{proto}_dst={packet.dst_port}"
+    flow = f"in_port={packet.in_port},{family},{addresses},nw_frag={packet.fragment}{ports},dl_dst=ff:ff:ff:ff:ff:ff"
     out = subprocess.run(["ovs-appctl", "ofproto/trace", BRIDGE, flow], capture_output=True, text=True, check=True).stdout
     actions = re.search(r"^Datapath actions: (.*)$", out, re.M).group(1)
     while "(" in actions:  # drop meter(...), userspace(...): what is left are output ports

@@ -152,7 +152,8 @@ def test_expired_exception_leaves_no_flow():
 def test_family_without_campus_prefix_has_no_rules():
     policy = policy_of("campus: {prefixes: [10.0.0.0/8]}\n")
     rules = compile_switch(policy, 1, NOW)
-    assert all(r.match.eth_type in (None, 0x0800) for r in rules)
+    # IPv6 only in the drops of what the switch cannot classify, which hold whatever the campus.
+    assert all(r.match.eth_type != 0x86DD for r in rules if r.clause != Clause.UNCLASSIFIABLE)
     packet = Packet(2, netaddr.IPAddress("2001:db8::1"), netaddr.IPAddress("2001:db8::2"), dst_port=25)
     assert forwards(rules, packet)
 
@@ -194,7 +195,10 @@ def test_rules_are_well_formed():
     for rule in rules:
         assert cookie_clause(rule.cookie) is not None
         if rule.table == CLASSIFY_TABLE and rule.match.tcp_dst is not None:
-            assert rule.instructions.goto_table == POLICY_TABLE
+            if rule.clause == Clause.UNCLASSIFIABLE:
+                assert rule.match.tcp_dst == 0 and rule.instructions.drops
+            else:
+                assert rule.instructions.goto_table == POLICY_TABLE
         if rule.table == FORWARD_TABLE:
             assert rule.instructions.output_normal
     # every table has a lowest-priority catch-all, so no packet hits a table
@@ -207,8 +211,12 @@ def test_rules_are_well_formed():
 def test_ofctl_rendering():
     rules = sorted_rules(compile_switch(load_policy(ROOT / "policy.yaml"), 1, NOW))
     lines = [to_ofctl(r) for r in rules]
-    assert lines[0].startswith("cookie=0x534d02")
-    assert "table=0,priority=300,in_port=1,dl_type=0x0800,nw_proto=6,tp_dst=25 actions=write_metadata:0x2/0x7,goto_table:1" in lines[0] + lines[1]
+    assert lines[0].startswith("cookie=0x534d23")
+    assert any(l.endswith(",table=0,priority=400,dl_type=0x0800,nw_proto=6,tp_dst=0,nw_frag=not_later actions=drop")
+               for l in lines)
+    assert any(l.endswith(",table=0,priority=400,dl_type=0x8100 actions=drop") for l in lines)
+    uplink = next(l for l in lines if l.startswith("cookie=0x534d02"))
+    assert uplink.endswith("table=0,priority=300,in_port=1,dl_type=0x0800,nw_proto=6,tp_dst=25 actions=write_metadata:0x2/0x7,goto_table:1")
     assert any(l.endswith("table=2,priority=0 actions=NORMAL") for l in lines)
     assert any("ipv6_dst=fd00:20:0:1::5 actions=goto_table:2" in l for l in lines)
     assert any("metadata=0x1/0x7,dl_type=0x0800 actions=meter:2,CONTROLLER:128" in l for l in lines)

@@ -126,6 +126,37 @@ def test_flows_deleted_behind_the_controllers_back_are_repaired_by_the_audit(mak
     assert app.counters[("drift", "missing")] == len(desired(app))
 
 
+def test_an_enforcing_switch_reads_first_fragments_ports_before_it_gets_flows(make_app):
+    """OpenFlow's default fragment handling reads every fragment's ports as
+    0; the app sets Nicira's nx-match (ports of first fragments) first."""
+    app = make_app()
+    switch = connect(app)
+    assert switch.config_flags & 3 == smtp_policy.FRAG_NX_MATCH
+    kinds = [name for name, _ in switch.log]
+    assert kinds.index("set_config") < kinds.index("bundle")
+    assert app.switch_status(1)["fragments"] == "nx-match"
+    inside = connect(app, dpid=9)  # forwarding only: its fragment handling is not ours to set
+    assert inside.sent("set_config") == [] and app.switch_status(9)["fragments"] is None
+
+
+def test_fragment_handling_changed_behind_the_controllers_back_is_restored(make_app):
+    app = make_app()
+    switch = connect(app)
+    switch.config_flags = 0  # ovs-ofctl set-frags br normal
+    assert settle(app, lambda: switch.config_flags == smtp_policy.FRAG_NX_MATCH and app.switches[1].in_sync)
+    assert app.counters[("drift", "config")] == 1
+    assert switch.rules() == desired(app)
+
+
+def test_a_switch_that_keeps_normal_fragment_handling_is_still_enforced_and_says_so(make_app):
+    """It drops every first TCP fragment (they read as port 0): closed, not open."""
+    app = make_app()
+    switch = connect(app, fragment_modes=False)
+    assert switch.rules() == desired(app)
+    assert switch.config_flags == 0
+    assert app.switch_status(1)["fragments"].startswith("mode 0: first TCP fragments are dropped")
+
+
 def test_an_allow_flow_added_by_hand_is_removed_by_the_audit(make_app):
     app = make_app()
     switch = connect(app)

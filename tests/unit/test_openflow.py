@@ -30,6 +30,8 @@ def expected_fields(match):
             fields[name] = getattr(match, name)
     if match.metadata is not None:
         fields["metadata"] = (match.metadata, METADATA_MASK)
+    if match.ip_frag is not None:
+        fields["ip_frag"] = match.ip_frag.value  # (value, mask): Nicira's nw_frag
     for side, network in (("src", match.ip_src), ("dst", match.ip_dst)):
         if network is not None:
             family = "ipv4" if network.version == 4 else "ipv6"
@@ -65,8 +67,8 @@ def test_every_rule_survives_serialisation():
         assert ("OFPInstructionWriteMetadata" in kinds) == (ins.write_metadata is not None)
         assert ("OFPInstructionActions" in kinds) == (ins.output_normal or ins.sample_meter is not None)
         assert ("OFPInstructionMeter" in kinds) == (ins.sample_meter is not None)
-        if ins.drops:
-            # A dropped packet goes nowhere but, through the meter, to the controller.
+        if ins.drops and ins.sample_meter is not None:
+            # A sampled drop goes nowhere but, through the meter, to the controller.
             outputs = [a for i in parsed.instructions for a in getattr(i, "actions", [])]
             assert [(a.port, a.max_len) for a in outputs] == [(DP.ofproto.OFPP_CONTROLLER, 128)]
             meter = next(i for i in parsed.instructions if type(i).__name__ == "OFPInstructionMeter")
