@@ -29,6 +29,7 @@ import campus
 
 HERE = Path(__file__).resolve().parent
 PROBE = HERE / "probe.py"
+CRAFT = HERE / "craft.py"
 MAILSERVER = HERE / "mailserver.py"
 SENDMAIL = HERE / "sendmail.py"
 VENV_BIN = Path(sys.executable).parent
@@ -325,6 +326,40 @@ class Lab:
             out, _ = proc.communicate(timeout=timeout + 10)
             results[p] = out.decode(errors="replace").strip() or f"error:exit {proc.returncode}"
         return results
+
+    def craft(self, sends, watch, seconds=6.0):
+        """Send crafted frames (mininet/craft.py) and see what arrives where.
+
+        `sends` maps a client host to its cases; every host in `watch`
+        records the IP frames on its interface while they are sent. Returns
+        {host: [frame descriptions]}."""
+        watchers = {}
+        try:
+            for name in watch:
+                command = [sys.executable, str(CRAFT), "watch", "--iface", str(self.host(name).defaultIntf()),
+                           "--seconds", str(seconds)]
+                watchers[name] = self.host(name).popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            for name, process in watchers.items():  # each must be capturing before anything is sent
+                line = process.stdout.readline()
+                if b"ready" not in line:
+                    raise RuntimeError(f"craft watcher on {name} did not start: {line!r} {process.stderr.read()!r}")
+            senders = []
+            for name, cases in sends.items():
+                path = self.workdir / f"craft-{name}.json"
+                path.write_text(json.dumps(cases))
+                command = [sys.executable, str(CRAFT), "send", "--iface", str(self.host(name).defaultIntf()), str(path)]
+                senders.append(self.host(name).popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+            for sender in senders:
+                out, _ = sender.communicate(timeout=60)
+                if sender.returncode:
+                    raise RuntimeError(f"craft send failed: {out.decode(errors='replace')[-2000:]}")
+            return {name: [json.loads(line) for line in process.communicate(timeout=seconds + 30)[0].splitlines()]
+                    for name, process in watchers.items()}
+        finally:
+            for process in watchers.values():
+                if process.poll() is None:
+                    process.kill()
+                    process.wait()
 
     def start_probe_loop(self, client, dst, port, seconds, family=4, limit=500):
         """A bounded loop of TCP probes on a host, in the background; its
