@@ -37,6 +37,8 @@ from smtp_border.rules import AUDIT_METERS, sorted_rules, to_ofctl  # noqa: E402
 
 BRIDGE = "smtpbench"
 EXCEPTION_SPACE = netaddr.IPNetwork("10.20.128.0/17")  # room for 16,384 spaced exceptions
+# Beyond that, per-host IPv6 exceptions (as an IPv6 campus grants them).
+EXCEPTION_SPACE_V6 = netaddr.IPNetwork("fd00:20:0:8000::/64")
 
 
 # -- helpers ------------------------------------------------------------------
@@ -50,13 +52,21 @@ def percentile(values, fraction):
     return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))]
 
 
+def exception_address(i):
+    """The i-th bench exception: every other IPv4 address of EXCEPTION_SPACE
+    (so that none merge), then every other IPv6 address of EXCEPTION_SPACE_V6."""
+    room = EXCEPTION_SPACE.size // 2
+    if i < room:
+        return netaddr.IPAddress(EXCEPTION_SPACE.first + 2 * i)
+    return netaddr.IPAddress(EXCEPTION_SPACE_V6.first + 2 * (i - room), 6)
+
+
 def policy_with(count, path, uplinks=(1,)):
     """The shipped policy plus `count` exceptions, alternately inbound and
-    outbound, every other address so that none merge."""
+    outbound, none adjacent, so that none merge."""
     document = yaml.safe_load((ROOT / "policy.yaml").read_text())
-    base = int(EXCEPTION_SPACE.first)
     document["exceptions"] += [
-        {"address": str(netaddr.IPAddress(base + 2 * i)), "direction": "inbound" if i % 2 else "outbound", "reason": "bench"}
+        {"address": str(exception_address(i)), "direction": "inbound" if i % 2 else "outbound", "reason": "bench"}
         for i in range(count)
     ]
     document["switches"] = [{"dpid": 1, "name": "bench", "uplinks": list(uplinks)}]
@@ -198,7 +208,7 @@ def bench_rest_firewall(count, workdir):
     """The same allow rules, one REST request each: smtp-border exceptions
     (each answered after the barrier) against rest_firewall rules, until the
     last one is on the switch."""
-    addresses = [str(netaddr.IPAddress(int(EXCEPTION_SPACE.first) + 2 * i)) for i in range(count)]
+    addresses = [str(exception_address(i)) for i in range(count)]
     results = {}
     policy = policy_with(0, workdir / "firewall-ours.yaml")
     with Bridge() as bridge:

@@ -14,6 +14,7 @@ changes flow one way: request -> Border -> diffs -> switches.
 An invalid change raises (PolicyError, Conflict, NotFound) and a change
 that cannot be saved raises StateUnavailable; in every case nothing changed.
 """
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Dict
 
@@ -112,11 +113,14 @@ class Border:
                        self._spread(self._index.update(removed=expired)))
 
     def _apply(self, change, now=None):
-        incremental = change.file_policy is self.store.file_policy
+        incremental = _only_exceptions_differ(change.file_policy, self.store.file_policy)
         self.store.commit(change)  # StateUnavailable: nothing changed
         if incremental:
-            # Exceptions alone: their flows, whatever the size of the policy.
-            return Outcome(change, self._spread(self._index.update(change.added, change.removed)))
+            # Exceptions alone (an API change, or a reload that changed only
+            # exceptions): their flows, whatever the size of the policy. One
+            # the file gives already expired is not in force.
+            added = [e for e in change.added if e.is_active(self._as_of)]
+            return Outcome(change, self._spread(self._index.update(added, change.removed)))
         self._rebuild(now or utc_now())
         diffs = {}
         for dpid, old in self._desired.items():
@@ -136,3 +140,12 @@ class Border:
             diffs[dpid] = diff
         return diffs
 
+
+
+def _only_exceptions_differ(new, old):
+    """True if two file policies differ in their exceptions at most: then
+    every other flow stays, and the exception index can take the change."""
+    if new is old:
+        return True
+    return all(getattr(new, f.name) == getattr(old, f.name)
+               for f in dataclasses.fields(old) if f.name not in ("exceptions", "source"))

@@ -1,10 +1,13 @@
 """policy.yaml parsing and validation: every rejection names file, key and problem."""
 import datetime
+import re
 import textwrap
 
 import netaddr
 import pytest
+import yaml
 
+from smtp_border import policy as policy_module
 from smtp_border.policy import Direction, PolicyError, load_policy, parse_policy
 
 from conftest import ROOT
@@ -92,7 +95,7 @@ def test_switch_dpid_forms():
     [
         ("", "policy.yaml: the file is empty; it needs at least campus.prefixes"),
         ("- a\n- b\n", "policy.yaml: top level: expected a mapping of keys, got a list"),
-        ("campus: [\n", "policy.yaml: line 2, column 1: YAML syntax error: expected the node content, but found '<stream end>'"),
+        ("campus: [\n", "policy.yaml: line 2, column 1: YAML syntax error: did not find expected node content"),
         ("gateways: []\n", "policy.yaml: campus: missing required key"),
         ("campus: {}\n", "policy.yaml: campus.prefixes: missing required key"),
         ("campus: {prefixes: []}\n", "policy.yaml: campus.prefixes: expected a non-empty list of IP addresses or networks"),
@@ -165,3 +168,67 @@ def test_error_is_one_line_and_has_parts():
     err = caught.value
     assert "\n" not in str(err)
     assert (err.source, err.path) == ("policy.yaml", "exceptions[1].direction")
+
+
+# -- the libyaml-backed loader reads policies exactly as the pure-Python one --
+
+PURE = policy_module._strict_loader(yaml.SafeLoader)
+
+
+def parse_with(loader, text):
+    saved = policy_module._StrictLoader
+    policy_module._StrictLoader = loader
+    try:
+        return parse_policy(text, source="policy.yaml")
+    except PolicyError as err:
+        return str(err)
+    finally:
+        policy_module._StrictLoader = saved
+
+
+def documented_policies():
+    """policy.yaml, every policy in the docs' YAML blocks, and the test campus's."""
+    texts = {"policy.yaml": (ROOT / "policy.yaml").read_text()}
+    for page in sorted((ROOT / "docs").glob("*.md")):
+        for n, block in enumerate(re.findall(r"```yaml\n(.*?)```", page.read_text(), re.S)):
+            texts[f"{page.name} block {n}"] = block
+    return texts
+
+
+def test_the_loader_is_libyamls():
+    assert issubclass(policy_module._StrictLoader, yaml.CSafeLoader)
+
+
+@pytest.mark.parametrize("name", sorted(documented_policies()))
+def test_every_shipped_and_documented_policy_reads_as_with_the_pure_python_loader(name):
+    text = documented_policies()[name]
+    fast, pure = parse_with(policy_module._StrictLoader, text), parse_with(PURE, text)
+    assert fast == pure
+    if name == "policy.yaml":
+        assert isinstance(fast, policy_module.Policy)
+
+
+@pytest.mark.parametrize("text", [
+    "campus: {prefixes: [10.0.0.0/8]}\ncampus: {prefixes: [10.0.0.0/8]}\n",
+    "campus:\n  prefixes: [10.0.0.0/8]\nexceptions:\n  - {address: 10.0.0.1, direction: both, reason: a, reason: b}\n",
+    "campus:\n  prefixes: [10.0.0.0/8]\n  prefixes: [10.1.0.0/16]\n",
+    "campus: {prefixes: [10.0.0.0/8]}\n1: a\n0x1: b\n",
+])
+def test_duplicate_keys_are_refused_at_their_line_by_both_loaders(text):
+    fast, pure = parse_with(policy_module._StrictLoader, text), parse_with(PURE, text)
+    assert fast == pure
+    assert re.match(r"policy.yaml: line \d+, column \d+: YAML syntax error: duplicate key", fast), fast
+
+
+def test_syntax_errors_name_the_same_line_and_column_with_both_loaders():
+    for text in ("campus: [\n", "campus:\n  prefixes: [10.0.0.0/8\n", "a: b: c\n", "campus: {prefixes: [10.0.0.0/8]}\n  bad indent: 1\n"):
+        fast, pure = parse_with(policy_module._StrictLoader, text), parse_with(PURE, text)
+        assert fast.split(": YAML syntax error")[0] == pure.split(": YAML syntax error")[0], (text, fast, pure)
+        assert "line" in fast
+
+
+def test_a_large_policy_reads_as_with_the_pure_python_loader():
+    entries = "".join(f"  - {{address: 10.{i // 250}.{i % 250}.1, direction: {('inbound', 'outbound', 'both')[i % 3]},"
+                      f" reason: 'r {i}', expires: 2031-0{1 + i % 9}-01}}\n" for i in range(2000))
+    text = "campus: {prefixes: [10.0.0.0/8]}\nexceptions:\n" + entries
+    assert parse_with(policy_module._StrictLoader, text) == parse_with(PURE, text)
