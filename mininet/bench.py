@@ -2,7 +2,7 @@
 """Benchmarks: how fast policies reach the switch, what they cost, against the floor
 and against Ryu's own rest_firewall. Run as root after `make setup`:
 
-    .venv/bin/python mininet/bench.py [--quick] [--json results/bench.json]
+    .venv/bin/python mininet/bench.py [--quick] [--only cold,...] [--json results/bench.json]
 
 Prints one table per measurement and writes every figure to JSON.
 docs/performance.md explains each figure and what limits it. --quick runs
@@ -27,7 +27,7 @@ import netaddr
 import yaml
 
 import campus
-from lab import RYU_MANAGER, Controller, free_port
+from lab import RYU_MANAGER, VENV_BIN, Controller, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -516,6 +516,101 @@ def bench_convergence(size, workdir, samples=5):
             "switches_get_all_ms": [round(v, 2) for v in switches_ms]}
 
 
+# -- 8. cold paths: start-up, first install, reload, check ---------------------
+
+def api_answering_s(controller, started, timeout=120):
+    """Seconds from `started` until the REST API answers a request."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if controller.api("GET", "/smtp/v1/switches", timeout=2)[0] == 200:
+                return time.monotonic() - started
+        except OSError:
+            pass
+        time.sleep(0.005)
+    raise TimeoutError("the API did not answer")
+
+
+def process_rss_mib(pid):
+    with open(f"/proc/{pid}/status") as stream:
+        kib = next(int(line.split()[1]) for line in stream if line.startswith("VmRSS:"))
+    return round(kib / 1024, 1)
+
+
+def bench_cold(sizes, workdir, repeats=3):
+    """What an operator meets after a restart or a big edit, at `size`
+    exceptions: `smtp-border check` of the file; ryu-manager start to the
+    API answering; the first install after that fresh start (from the
+    switch's hello, which comes with its connection, to the barrier) beside
+    the following installs and the ovs-ofctl --bundle floor; a POST /reload
+    after changing one line of the file (one exception's direction), from
+    the request to the barrier-confirmed answer; the controller's memory."""
+    rows = []
+    for size in sizes:
+        policy = policy_with(size, workdir / f"cold-{size}.yaml")
+        flows = [to_ofctl(r) for r in sorted_rules(compile_switch(load_policy(policy), 1))]
+        flow_file = workdir / f"cold-flows-{size}.txt"
+        flow_file.write_text("\n".join(flows) + "\n")
+        checks = []
+        for _ in range(repeats):
+            started = time.monotonic()
+            run(str(VENV_BIN / "smtp-border"), "check", str(policy))
+            checks.append(time.monotonic() - started)
+        with Bridge() as bridge:
+            controller = Controller(policy, workdir / f"cold-{size}.txt", state_file=workdir / f"cold-{size}.json",
+                                    audit_seconds=None)
+            started = time.monotonic()
+            controller.start()
+            try:
+                start_s = api_answering_s(controller, started)
+                installs = []
+                for attempt in range(1, repeats + 2):
+                    bridge.clear()
+                    bridge.connect(controller.of_port)
+                    controller.wait_installs({1: attempt}, timeout=300)
+                    installs.append(installed_ms(controller, attempt)[1])
+                    assert bridge.flow_count() == len(flows)
+                    if attempt <= repeats:
+                        bridge.disconnect()
+                rss = process_rss_mib(controller.process.pid)
+                # The switch: Open vSwitch's memory holding the flows (the whole daemon).
+                switch_rss = process_rss_mib(int(run("pidof", "ovs-vswitchd").stdout.split()[0]))
+                reloads, text = [], policy.read_text()
+                for n in range(repeats):
+                    # One line: the last bench exception's direction, back and forth.
+                    last = text.rindex("direction: ")
+                    end = text.index("\n", last)
+                    now = text[last:end]
+                    text = text[:last] + ("direction: both" if now != "direction: both" else "direction: inbound") + text[end:]
+                    policy.write_text(text)
+                    started = time.monotonic()
+                    status, body = controller.api("POST", "/smtp/v1/reload")
+                    reloads.append((time.monotonic() - started) * 1000)
+                    assert status == 200 and body["switches"]["enforced"] == ["0000000000000001"], (status, body)
+            finally:
+                controller.stop()
+            floors = []
+            for _ in range(repeats):
+                bridge.clear()
+                for meter in AUDIT_METERS:
+                    run("ovs-ofctl", "-O", "OpenFlow13", "add-meter", bridge.name,
+                        f"meter={meter},pktps,burst,band=type=drop,rate=10,burst_size=10")
+                started = time.monotonic()
+                run("ovs-ofctl", "-O", "OpenFlow13", "--bundle", "add-flows", bridge.name, str(flow_file))
+                floors.append((time.monotonic() - started) * 1000)
+        median = statistics.median
+        floor = median(floors)
+        rows.append({
+            "exceptions": size, "flows": len(flows), "check_s": round(min(checks), 2), "start_to_api_s": round(start_s, 2),
+            "first_install_ms": round(installs[0], 1), "following_installs_ms": round(median(installs[1:]), 1),
+            "ovs_ofctl_bundle_ms": round(floor, 1), "first_to_floor": round(installs[0] / floor, 2),
+            "reload_one_line_ms": round(median(reloads), 1), "controller_rss_mib": rss, "ovs_vswitchd_rss_mib": switch_rss,
+            "installs_all_ms": installs, "reloads_all_ms": [round(v, 1) for v in reloads],
+            "floors_all_ms": [round(v, 1) for v in floors], "checks_all_s": [round(v, 2) for v in checks],
+        })
+    return rows
+
+
 def switches_latency_under_changes(controller, pairs):
     """GET /smtp/v1/switches, one after another, while another client adds and
     removes an exception `pairs` times: the read must not wait for changes."""
@@ -565,10 +660,14 @@ def table(title, rows):
         print("  " + "  ".join(str(row[h]).rjust(w) for h, w in zip(headers, widths)))
 
 
+SECTIONS = ("install", "change", "firewall", "dataplane", "convergence", "cold", "scale")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="every measurement at a small size (for the test suite)")
     parser.add_argument("--json", default=str(ROOT / "results" / "bench.json"), help="where to write the figures")
+    parser.add_argument("--only", help=f"comma-separated sections to run (default all): {', '.join(SECTIONS)}")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         parser.error("run as root (Open vSwitch and Mininet)")
@@ -576,26 +675,40 @@ def main(argv=None):
     change_sizes = (10, 100) if args.quick else (10, 1000, 10000)
     changes = 5 if args.quick else 200
     seconds = 1 if args.quick else 4
+    wanted = set(args.only.split(",")) if args.only else set(SECTIONS)
+    unknown = wanted - set(SECTIONS)
+    if unknown:
+        parser.error(f"unknown section(s) {', '.join(sorted(unknown))}; choose from {', '.join(SECTIONS)}")
     with tempfile.TemporaryDirectory(prefix="smtp-border-bench-") as tmp:
         workdir = Path(tmp)
         results = {"machine": {"cores": os.cpu_count(), "ovs": run("ovs-vsctl", "--version").stdout.splitlines()[0],
                                "python": sys.version.split()[0]}}
-        results["full_install"] = bench_full_install(sizes, workdir)
-        table("1. Full install: switch connect to last barrier, against ovs-ofctl --bundle add-flows", results["full_install"])
-        results["one_change"] = bench_one_change(change_sizes, changes, workdir)
-        table("2. One change: REST request to barrier-confirmed answer", results["one_change"])
-        results["rest_firewall"] = bench_rest_firewall(20 if args.quick else 1000, workdir)
-        table("3. Against ryu.app.rest_firewall: the same allow rules, one REST request each", [results["rest_firewall"]])
-        results["data_plane"] = bench_data_plane(100 if args.quick else 10000, seconds, workdir,
-                                                 rounds=2 if args.quick else 7, controller_seconds=None if args.quick else 12)
-        table("4-5. Data plane (iperf3, TCP connects to port 2525) and controller cost", [results["data_plane"]])
-        results["convergence"] = [bench_convergence(size, workdir, samples=2 if args.quick else 5)
-                                  for size in ((10,) if args.quick else (100, 10000))]
-        table("7. Convergence: reconnect in sync, GET /switches during changes, audit by counts, full audit, repair after del-flows (audit every 1 s)",
-              results["convergence"])
-        results["scale"] = bench_scale(workdir)
-        table("6. Flows per switch", results["scale"]["rows"])
-        print(f"\n  shipped policy.yaml: {results['scale']['shipped_policy_flows']} flows on the border switch")
+        if "install" in wanted:
+            results["full_install"] = bench_full_install(sizes, workdir)
+            table("1. Full install: switch connect to last barrier, against ovs-ofctl --bundle add-flows", results["full_install"])
+        if "change" in wanted:
+            results["one_change"] = bench_one_change(change_sizes, changes, workdir)
+            table("2. One change: REST request to barrier-confirmed answer", results["one_change"])
+        if "firewall" in wanted:
+            results["rest_firewall"] = bench_rest_firewall(20 if args.quick else 1000, workdir)
+            table("3. Against ryu.app.rest_firewall: the same allow rules, one REST request each", [results["rest_firewall"]])
+        if "dataplane" in wanted:
+            results["data_plane"] = bench_data_plane(100 if args.quick else 10000, seconds, workdir,
+                                                     rounds=2 if args.quick else 7, controller_seconds=None if args.quick else 12)
+            table("4-5. Data plane (iperf3, TCP connects to port 2525) and controller cost", [results["data_plane"]])
+        if "convergence" in wanted:
+            results["convergence"] = [bench_convergence(size, workdir, samples=2 if args.quick else 5)
+                                      for size in ((10,) if args.quick else (100, 10000))]
+            table("7. Convergence: reconnect in sync, GET /switches during changes, audit by counts, full audit, repair after del-flows (audit every 1 s)",
+                  results["convergence"])
+        if "cold" in wanted:
+            results["cold"] = bench_cold((100, 1000) if args.quick else (10000, 50000), workdir, repeats=2 if args.quick else 3)
+            table("8. Cold paths: check, start to API, first install after start (from hello) against the following ones"
+                  " and the ovs-ofctl --bundle floor, reload after a one-line edit, memory", results["cold"])
+        if "scale" in wanted:
+            results["scale"] = bench_scale(workdir)
+            table("6. Flows per switch", results["scale"]["rows"])
+            print(f"\n  shipped policy.yaml: {results['scale']['shipped_policy_flows']} flows on the border switch")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nfigures written to {args.json}")

@@ -20,7 +20,7 @@ from typing import Dict
 
 from .compiler import ExceptionIndex, compile_switch
 from .diff import RuleDiff, diff_rules
-from .policy import utc_now
+from .policy import cyclic_gc_paused, utc_now
 from .store import Change, PolicyStore
 
 NO_CHANGE = RuleDiff((), ())
@@ -42,9 +42,10 @@ class Border:
     def __init__(self, policy_file, state_file=None, now=None):
         """PolicyError if policy.yaml (or the state file) cannot be read;
         API exceptions the file contradicts are quarantined, not fatal."""
-        self.store = PolicyStore(policy_file, state_file)
-        self._desired = {}  # dpid -> set of FlowRule the switch should hold
-        self._rebuild(now or utc_now())
+        with cyclic_gc_paused():  # hundreds of thousands of objects, no garbage
+            self.store = PolicyStore(policy_file, state_file)
+            self._desired = {}  # dpid -> set of FlowRule the switch should hold
+            self._rebuild(now or utc_now())
 
     @property
     def policy(self):
@@ -96,7 +97,8 @@ class Border:
         return self._apply(self.store.propose_batch(additions, removals, now))
 
     def reload(self, now=None):
-        return self._apply(self.store.propose_reload(), now)
+        with cyclic_gc_paused():
+            return self._apply(self.store.propose_reload(), now)
 
     def expire(self, now):
         """Withdraw the exceptions whose time has come; None if none has."""

@@ -151,16 +151,22 @@ class ExceptionIndex:
                 if _allows(exception, inbound):
                     merged = self.merged[inbound]
                     gone, new = merged.add(exception.address) if adding else merged.remove(exception.address)
-                    gone_rules = {exception_rule(n, inbound) for n in gone}
-                    new_rules = {exception_rule(n, inbound) for n in new}
-                    # In place: a batch of thousands must not copy the sets per exception.
-                    add.difference_update(gone_rules)
-                    add.update(new_rules)
-                    delete.difference_update(new_rules)
-                    delete.update(gone_rules)
+                    # The net effect on the switch: a flow removed then made
+                    # again in one change (an exception whose direction
+                    # widened) is left alone, not re-added with its counters reset.
+                    for rule in (exception_rule(n, inbound) for n in gone):
+                        if rule in add:
+                            add.discard(rule)
+                        else:
+                            delete.add(rule)
+                    for rule in (exception_rule(n, inbound) for n in new):
+                        if rule in delete:
+                            delete.discard(rule)
+                        else:
+                            add.add(rule)
         # Unsorted: within a change the order of flow mods does not matter
         # (adds go before deletes), and sorting thousands costs more than sending them.
-        return RuleDiff(add=tuple(add - delete), delete=tuple(delete - add))
+        return RuleDiff(add=tuple(add), delete=tuple(delete))
 
 
 def _allows(exception, inbound):

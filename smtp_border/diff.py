@@ -8,7 +8,7 @@ never holds neither version.
 from dataclasses import dataclass
 from typing import Tuple
 
-from .rules import FlowRule, sorted_rules
+from .rules import FlowRule
 
 
 @dataclass(frozen=True)
@@ -24,9 +24,14 @@ class RuleDiff:
 
 
 def diff_rules(old, new):
-    """What turns a switch holding `old` into one holding `new`."""
+    """What turns a switch holding `old` into one holding `new`.
+
+    Unsorted: within a bundle the order of flow mods does not matter, and
+    without bundles smtp_border/ordering.py decides it. Sorting 10,000 rules
+    by their matches took 230 ms of a 350 ms full install (py-spy on the
+    running controller): twice everything else the controller does for it."""
     old_by_key = {rule.key: rule for rule in old}
     new_by_key = {rule.key: rule for rule in new}
-    add = [rule for key, rule in new_by_key.items() if old_by_key.get(key) != rule]
-    delete = [rule for key, rule in old_by_key.items() if key not in new_by_key]
-    return RuleDiff(add=tuple(sorted_rules(add)), delete=tuple(sorted_rules(delete)))
+    add = tuple(rule for key, rule in new_by_key.items() if old_by_key.get(key) != rule)
+    delete = tuple(rule for key, rule in old_by_key.items() if key not in new_by_key)
+    return RuleDiff(add=add, delete=delete)

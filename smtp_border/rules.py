@@ -192,8 +192,9 @@ class Match:
             raise ValueError("match on ip_frag needs an IP eth_type")
 
     def sort_key(self):
-        # Wildcards sort first; netaddr orders IPv4 before IPv6.
-        return tuple((0,) if v is None else (1, v.value if isinstance(v, IpFrag) else v) for v in vars(self).values())
+        # Wildcards sort first; networks by netaddr's own key (IPv4 before
+        # IPv6), computed once here rather than at every comparison.
+        return tuple((0,) if v is None else (1, _sortable(v)) for v in vars(self).values())
 
     def fields(self):
         """(MatchField, value, mask) for every field matched, in wire order;
@@ -324,6 +325,12 @@ def _ofctl_value(field, value):
     if field.kind == "frag":
         return value.ofctl
     return f"{value:#06x}" if field.kind == "hex" else str(value)
+
+
+def _sortable(value):
+    if isinstance(value, netaddr.IPNetwork):
+        return value.sort_key()
+    return value.value if isinstance(value, IpFrag) else value
 
 
 def _eth_type_of(network):

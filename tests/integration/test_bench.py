@@ -39,4 +39,11 @@ def test_bench_quick(tmp_path):
     assert convergence["exceptions"] == 10 and len(convergence["reconnect_in_sync_all_ms"]) == 2
     assert len(convergence["audit_full_all_ms"]) == 2 and convergence["del_flows_repaired_ms"] > 0
     assert convergence["switches_get_all_ms"] and convergence["switches_get_p99_ms"] > 0
+    cold = figures["cold"]
+    assert [r["exceptions"] for r in cold] == [100, 1000]
+    for row in cold:
+        assert min(row["check_s"], row["start_to_api_s"], row["first_install_ms"], row["ovs_ofctl_bundle_ms"],
+                   row["reload_one_line_ms"], row["controller_rss_mib"]) > 0
+        assert len(row["installs_all_ms"]) == 3 and len(row["reloads_all_ms"]) == len(row["floors_all_ms"]) == 2
+        assert row["flows"] > row["exceptions"]
     assert subprocess.run(["ovs-vsctl", "list-br"], capture_output=True, text=True).stdout == ""

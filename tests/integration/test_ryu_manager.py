@@ -29,7 +29,7 @@ def run_ryu_manager(policy_file, cwd, timeout=30):
         ),
         ("campus: {prefixes: [10.20.0.0/16]}\nswitchs: []\n",
          "smtp-border: policy.yaml: switchs: unknown key 'switchs'; did you mean 'switches'?"),
-        ("campus: [\n", "smtp-border: policy.yaml: line 2, column 1: YAML syntax error: expected the node content, but found '<stream end>'"),
+        ("campus: [\n", "smtp-border: policy.yaml: line 2, column 1: YAML syntax error: did not find expected node content"),
     ],
 )
 def test_bad_policy_stops_ryu_manager_with_one_line(tmp_path, content, message):

@@ -69,6 +69,30 @@ def test_each_change_keeps_every_switch_equal_to_a_fresh_compile(border, tmp_pat
     assert border.expire(LATER) is None
 
 
+def test_a_reload_that_changes_only_exceptions_touches_only_their_flows(border, tmp_path, monkeypatch):
+    """Without recompiling a switch: the exception index takes the change,
+    as for an API change (a reload of 10,000 exceptions is then milliseconds)."""
+    import smtp_border.border as border_module
+
+    def no_compile(*args, **kwargs):
+        raise AssertionError("an exceptions-only reload recompiled a switch")
+
+    before = snapshot(border)
+    edited = textwrap.dedent(POLICY).replace(
+        "  - {address: 10.20.1.5, direction: inbound, reason: dept}\n",
+        "  - {address: 10.20.1.5, direction: both, reason: dept}\n"
+        "  - {address: 10.20.1.6, direction: outbound, reason: new}\n"
+        "  - {address: 10.20.1.7, direction: outbound, reason: gone, expires: 2020-01-01T00:00:00Z}\n")
+    (tmp_path / "policy.yaml").write_text(edited)
+    monkeypatch.setattr(border_module, "compile_switch", no_compile)
+    outcome = border.reload()
+    monkeypatch.undo()
+    assert_consistent(border, before, outcome)
+    # 10.20.1.5 now outbound too, 10.20.1.6 outbound; the expired one gets nothing.
+    assert len(outcome.diffs[1].add) == 2 and not outcome.diffs[1].delete and not outcome.diffs[9]
+    assert not any("10.20.1.7" in str(r.match) for r in border.flows(1))
+
+
 def test_a_refused_change_changes_nothing(border):
     before = snapshot(border)
     for bad in ({"address": "10.20.1.5", "direction": "both", "reason": "in the file"},

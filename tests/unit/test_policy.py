@@ -6,6 +6,8 @@ import textwrap
 import netaddr
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from smtp_border import policy as policy_module
 from smtp_border.policy import Direction, PolicyError, load_policy, parse_policy
@@ -232,3 +234,20 @@ def test_a_large_policy_reads_as_with_the_pure_python_loader():
                       f" reason: 'r {i}', expires: 2031-0{1 + i % 9}-01}}\n" for i in range(2000))
     text = "campus: {prefixes: [10.0.0.0/8]}\nexceptions:\n" + entries
     assert parse_with(policy_module._StrictLoader, text) == parse_with(PURE, text)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(
+    st.from_regex(r"\A[-+0-9a-fA-FxXoObB_:.eEtTzZ ]{0,24}\Z"),
+    st.ip_addresses().map(str),
+    st.sampled_from(["1.2.3", "1.0", ".inf", "-.Inf", ".nan", "2001-12-14t21:59:43.10-05:00", "190:20:30.15", "1_000.5",
+                     "10.20.0.0/16", "yes", "~", "null", "0x1f", "0o17", "..."]),
+))
+def test_resolving_scalars_agrees_with_pyyaml(value):
+    """The loader's shortcuts for plain scalars (two dots: text; the cache)
+    give every value the tag PyYAML's own resolver gives it."""
+    ours = policy_module._StrictLoader("")
+    stock = yaml.SafeLoader("")
+    for implicit in ((True, False), (False, True)):
+        for _ in range(2):  # the second time from the cache
+            assert ours.resolve(yaml.ScalarNode, value, implicit) == stock.resolve(yaml.ScalarNode, value, implicit)
