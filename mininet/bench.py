@@ -117,16 +117,38 @@ def installed_ms(controller, count):
 
 # -- 1. full install against the ovs-ofctl --bundle floor --------------------
 
+def policy_and_flows(size, workdir, name):
+    """A bench policy of `size` exceptions, and its flows for dpid 1 in a
+    file that `ovs-ofctl add-flows` reads: (policy path, flows, flow file)."""
+    policy = policy_with(size, workdir / f"{name}-{size}.yaml")
+    flows = [to_ofctl(r) for r in sorted_rules(compile_switch(load_policy(policy), 1))]
+    flow_file = workdir / f"{name}-flows-{size}.txt"
+    flow_file.write_text("\n".join(flows) + "\n")
+    return policy, flows, flow_file
+
+
+def floor_ms(bridge, flow_file, repeats):
+    """The floor: the same flows onto the bare bridge with `ovs-ofctl --bundle
+    add-flows`, meters first as the controller makes them; ms of each run."""
+    floors = []
+    for _ in range(repeats):
+        bridge.clear()
+        for meter in AUDIT_METERS:
+            run("ovs-ofctl", "-O", "OpenFlow13", "add-meter", bridge.name,
+                f"meter={meter},pktps,burst,band=type=drop,rate=10,burst_size=10")
+        started = time.monotonic()
+        run("ovs-ofctl", "-O", "OpenFlow13", "--bundle", "add-flows", bridge.name, str(flow_file))
+        floors.append((time.monotonic() - started) * 1000)
+    return floors
+
+
 def bench_full_install(sizes, workdir, repeats=5):
     """Median of `repeats` installs onto an empty bridge, each on a new
     connection, against the median of as many `ovs-ofctl --bundle` runs."""
     rows = []
     for size in sizes:
-        policy = policy_with(size, workdir / f"policy-{size}.yaml")
-        flows = [to_ofctl(r) for r in sorted_rules(compile_switch(load_policy(policy), 1))]
-        flow_file = workdir / f"flows-{size}.txt"
-        flow_file.write_text("\n".join(flows) + "\n")
-        walls, apps, since_hellos, floors = [], [], [], []
+        policy, flows, flow_file = policy_and_flows(size, workdir, "policy")
+        walls, apps, since_hellos = [], [], []
         with Bridge() as bridge:
             controller = Controller(policy, workdir / f"install-{size}.txt", state_file=workdir / f"state-{size}.json", audit_seconds=None).start()
             try:
@@ -143,15 +165,8 @@ def bench_full_install(sizes, workdir, repeats=5):
                     bridge.disconnect()
             finally:
                 controller.stop()
-            for _ in range(repeats):
-                bridge.clear()
-                for meter in AUDIT_METERS:  # as the controller makes them, before the flows that use them
-                    run("ovs-ofctl", "-O", "OpenFlow13", "add-meter", bridge.name,
-                        f"meter={meter},pktps,burst,band=type=drop,rate=10,burst_size=10")
-                started = time.monotonic()
-                run("ovs-ofctl", "-O", "OpenFlow13", "--bundle", "add-flows", bridge.name, str(flow_file))
-                floors.append((time.monotonic() - started) * 1000)
-                assert bridge.flow_count() == len(flows)
+            floors = floor_ms(bridge, flow_file, repeats)
+            assert bridge.flow_count() == len(flows)
         median = statistics.median
         rows.append({"exceptions": size, "flows": len(flows), "set_controller_to_barrier_ms": round(median(walls), 1),
                      "hello_to_barrier_ms": round(median(since_hellos), 1), "app_compile_bundle_barrier_ms": round(median(apps), 1),
@@ -547,10 +562,7 @@ def bench_cold(sizes, workdir, repeats=3):
     the request to the barrier-confirmed answer; the controller's memory."""
     rows = []
     for size in sizes:
-        policy = policy_with(size, workdir / f"cold-{size}.yaml")
-        flows = [to_ofctl(r) for r in sorted_rules(compile_switch(load_policy(policy), 1))]
-        flow_file = workdir / f"cold-flows-{size}.txt"
-        flow_file.write_text("\n".join(flows) + "\n")
+        policy, flows, flow_file = policy_and_flows(size, workdir, "cold")
         checks = []
         for _ in range(repeats):
             started = time.monotonic()
@@ -589,15 +601,7 @@ def bench_cold(sizes, workdir, repeats=3):
                     assert status == 200 and body["switches"]["enforced"] == ["0000000000000001"], (status, body)
             finally:
                 controller.stop()
-            floors = []
-            for _ in range(repeats):
-                bridge.clear()
-                for meter in AUDIT_METERS:
-                    run("ovs-ofctl", "-O", "OpenFlow13", "add-meter", bridge.name,
-                        f"meter={meter},pktps,burst,band=type=drop,rate=10,burst_size=10")
-                started = time.monotonic()
-                run("ovs-ofctl", "-O", "OpenFlow13", "--bundle", "add-flows", bridge.name, str(flow_file))
-                floors.append((time.monotonic() - started) * 1000)
+            floors = floor_ms(bridge, flow_file, repeats)
         median = statistics.median
         floor = median(floors)
         rows.append({

@@ -5,13 +5,16 @@ through ryu_apps.wire, everything else through Ryu's parser) and wraps a
 change in an ONF bundle (the OpenFlow 1.3 extension that Open
 vSwitch implements) so that a switch applies it all at once or not at all.
 """
+import collections.abc
+import struct
+
 import netaddr
 from ryu.ofproto import ofproto_parser, ofproto_v1_3_parser
 from ryu.ofproto import ofproto_v1_3 as ofp
 from ryu.ofproto.ofproto_v1_3 import OFPP_CONTROLLER
 
 from ryu_apps import wire
-from smtp_border.rules import METADATA_MASK, SAMPLE_BYTES, FlowRule, Instructions, Match
+from smtp_border.rules import MATCH_FIELDS, METADATA_MASK, SAMPLE_BYTES, FlowRule, Instructions, Match
 
 def match_of(parser, match):
     """Ryu's OFPMatch for a Match, its fields in the declared order (Ryu
@@ -31,7 +34,7 @@ def rule_from_flow(stats):
     app would never install: another field, mask, action or instruction."""
     match = _match_from(stats.match)
     instructions = _instructions_from(stats.instructions)
-    if match is None or instructions is None:
+    if match is None or instructions is None or stats.idle_timeout or stats.hard_timeout:
         return None
     try:
         return FlowRule(stats.table_id, stats.priority, match, instructions, stats.cookie)
@@ -42,12 +45,17 @@ def rule_from_flow(stats):
 def _match_from(ofp_match):
     fields = []
     for name, value in ofp_match.items():
+        if name not in _FIELD_NAMES:
+            return None  # a field the policy never matches (a MAC address, a UDP port, ...)
         value, mask = value if isinstance(value, tuple) else (value, None)
-        if isinstance(value, str):  # an address, in Ryu's text
+        if isinstance(value, str):  # an IP address, in Ryu's text
             value = netaddr.IPAddress(value).value
             mask = None if mask is None else netaddr.IPAddress(mask).value
         fields.append((name, value, mask))
     return Match.from_fields(fields)
+
+
+_FIELD_NAMES = {field.oxm for field in MATCH_FIELDS}
 
 
 def _instructions_from(instructions):
@@ -104,25 +112,73 @@ def set_meter(datapath, meter_id, rate, command):
 
 class Foreign:
     """A flow in the owned tables that this app would never install (added
-    by hand, or by another release): deleted by its own match."""
+    by hand, or by another release): deleted by its own match, unless a
+    desired flow takes its place (same key: the add replaces it)."""
 
-    def __init__(self, stats):
-        self.stats = stats
-        self.table = stats.table_id
-        self.priority = stats.priority
-        self.key = ("foreign", stats.table_id, stats.priority, str(stats.match))
+    def __init__(self, entry):
+        self.table = entry.table_id
+        self.priority = entry.priority
+        self.match = entry.match
+        self.key = entry.key
 
 
 def delete_foreign(datapath, foreign):
     """Delete exactly the flow a switch reported (table, priority, match)."""
-    ofp, parser = datapath.ofproto, datapath.ofproto_parser
-    stats = foreign.stats
-    msg = parser.OFPFlowMod(
-        datapath, table_id=stats.table_id, command=ofp.OFPFC_DELETE_STRICT, priority=stats.priority,
-        out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY, match=stats.match,
-    )
-    msg.serialize()
-    return wire.Encodable(ofp.OFPT_FLOW_MOD, bytes(msg.buf[8:]))
+    return wire.delete_by_match(foreign.table, foreign.priority, foreign.match)
+
+
+class FlowStatsBody(collections.abc.Sequence):
+    """The entries of one flow-stats reply, kept as the bytes the switch sent.
+
+    This app reads them with `entries()` (ryu_apps.wire.flow_entries: the
+    flows it installed straight into FlowRules, about 200 ms faster than
+    Ryu's objects for 10,000 flows). For any other Ryu app in the process it
+    is the list of OFPFlowStats Ryu would have made, parsed when first used."""
+
+    def __init__(self, data):
+        self.data = data
+        self._parsed = None
+
+    def entries(self):
+        return wire.flow_entries(self.data)
+
+    def _stats(self):
+        if self._parsed is None:
+            self._parsed, offset = [], 0
+            while offset < len(self.data):
+                stats = ofproto_v1_3_parser.OFPFlowStats.parser(self.data, offset)
+                self._parsed.append(stats)
+                offset += stats.length
+        return self._parsed
+
+    def __getitem__(self, index):
+        return self._stats()[index]
+
+    def __len__(self):
+        return len(self._stats())
+
+
+def install_flow_stats_reader():
+    """Make Ryu hand each OpenFlow 1.3 flow-stats reply over with a
+    FlowStatsBody for its body, every other message as before (idempotent)."""
+    parsers = ofproto_v1_3_parser._MSG_PARSERS
+    original = parsers[ofp.OFPT_MULTIPART_REPLY]
+    if getattr(original, "_smtp_border", False):
+        return
+
+    def parser(datapath, version, msg_type, msg_len, xid, buf):
+        kind, flags = struct.unpack_from(ofp.OFP_MULTIPART_REPLY_PACK_STR, buf, ofp.OFP_HEADER_SIZE)
+        if kind != ofp.OFPMP_FLOW:
+            return original(datapath, version, msg_type, msg_len, xid, buf)
+        reply = ofproto_v1_3_parser.OFPFlowStatsReply
+        msg = super(ofproto_v1_3_parser.OFPMultipartReply, reply).parser(
+            datapath, version, msg_type, msg_len, xid, buf)
+        msg.type, msg.flags = kind, flags
+        msg.body = FlowStatsBody(bytes(buf[ofp.OFP_MULTIPART_REPLY_SIZE:msg_len]))
+        return msg
+
+    parser._smtp_border = True
+    parsers[ofp.OFPT_MULTIPART_REPLY] = parser
 
 
 def flow_mod(datapath, op, item):

@@ -213,6 +213,7 @@ class SmtpPolicy(app_manager.RyuApp):
         self.change_lock = hub.Semaphore(1)
         rest.register(kwargs["wsgi"], self)
         tls.install()  # before Ryu starts its OpenFlow server (after every app is made)
+        openflow.install_flow_stats_reader()  # flow-stats replies read as bytes (ryu_apps/wire.py)
         hub.spawn(self._expiry_loop)
 
     @property
@@ -477,7 +478,9 @@ class SmtpPolicy(app_manager.RyuApp):
             rules, foreign = held or self._read_flows(switch)
             if switch.bundles:
                 diff = diff_rules(rules, desired)
-                messages = openflow.apply_diff(diff) + [openflow.delete_foreign(dp, f) for f in foreign]
+                # A foreign flow in a desired flow's place is replaced by its add, not deleted after it.
+                keys = {r.key for r in desired} if foreign else ()
+                messages = openflow.apply_diff(diff) + [openflow.delete_foreign(dp, f) for f in foreign if f.key not in keys]
                 sent = len(messages)
                 if sent:
                     try:
@@ -575,13 +578,12 @@ class SmtpPolicy(app_manager.RyuApp):
             if not any(replies[r.xid][0].flow_count for r in requests):
                 return set(), []
         rules, foreign = set(), []
-        flows = self.switch_flows(dp)
-        for stats in flows:
-            if stats.table_id not in OWNED_TABLES:
+        entries = self.switch_flows(dp)
+        for entry in entries:
+            if entry.table_id not in OWNED_TABLES:
                 continue
-            rule = openflow.rule_from_flow(stats)
-            (foreign.append(openflow.Foreign(stats)) if rule is None else rules.add(rule))
-        self._observe_blocks(switch.dpid, flows)
+            (foreign.append(openflow.Foreign(entry)) if entry.rule is None else rules.add(entry.rule))
+        self._observe_blocks(switch.dpid, entries)
         return rules, foreign
 
     def _read_counters_before(self, switch, diff):
@@ -591,16 +593,17 @@ class SmtpPolicy(app_manager.RyuApp):
 
     def read_block_counters(self, switch):
         dp = switch.dp
-        flows = self._exchange(dp, [], [openflow.flow_stats_request(dp, BLOCK_COOKIE, BLOCK_COOKIE_MASK)])
-        self._observe_blocks(switch.dpid, next(iter(flows.values())))
+        request = openflow.flow_stats_request(dp, BLOCK_COOKIE, BLOCK_COOKIE_MASK)
+        replies = self._exchange(dp, [], [request])
+        self._observe_blocks(switch.dpid, [e for body in replies[request.xid] for e in body.entries()])
 
-    def _observe_blocks(self, dpid, flows):
+    def _observe_blocks(self, dpid, entries):
         readings = []
-        for stats in flows:
-            clause = cookie_clause(stats.cookie)
-            if clause in DIRECTIONS and stats.table_id in OWNED_TABLES:
-                key = (stats.table_id, stats.priority, str(stats.match))
-                readings.append((key, DIRECTIONS[clause][0], stats.packet_count, stats.byte_count))
+        for entry in entries:
+            clause = cookie_clause(entry.cookie)
+            if clause in DIRECTIONS and entry.table_id in OWNED_TABLES:
+                key = (entry.table_id, entry.priority, entry.match)
+                readings.append((key, DIRECTIONS[clause][0], entry.packet_count, entry.byte_count))
         self.block_counters.observe(dpid, readings)
 
     def _role(self, dpid):
@@ -709,9 +712,9 @@ class SmtpPolicy(app_manager.RyuApp):
         return waiter.replies
 
     def switch_flows(self, dp):
-        """Every flow on the switch, as OFPFlowStats."""
+        """Every flow on the switch, as ryu_apps.wire.FlowEntry."""
         request = openflow.flow_stats_request(dp)
-        return self._exchange(dp, [], [request])[request.xid]
+        return [entry for body in self._exchange(dp, [], [request])[request.xid] for entry in body.entries()]
 
     def meter_stats(self, dp):
         """OFPMeterStats of the audit meters (empty without them)."""

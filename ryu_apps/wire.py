@@ -14,11 +14,12 @@ implementation to trust. Ryu still builds
 every other message (barriers, meters, statistics, bundle control).
 """
 import struct
+from typing import NamedTuple, Optional
 
 from ryu.ofproto import ofproto_common
 from ryu.ofproto import ofproto_v1_3 as ofp
 
-from smtp_border.rules import MATCH_FIELDS, METADATA_MASK, SAMPLE_BYTES
+from smtp_border.rules import MATCH_FIELDS, METADATA_MASK, SAMPLE_BYTES, FlowRule, Instructions, Match
 
 _HEADER = struct.Struct(ofp.OFP_HEADER_PACK_STR)  # version, type, length, xid
 _FLOW_MOD = struct.Struct(ofp.OFP_FLOW_MOD_PACK_STR0)  # cookie ... flags, without the match
@@ -143,3 +144,113 @@ def _flow_mod_body(cookie, table_id, command, priority, out_port, out_group, tai
         cookie, 0, table_id, command, 0, 0, priority, ofp.OFP_NO_BUFFER, out_port, out_group, 0
     ) + tail
 
+
+
+# -- reading flows back -----------------------------------------------------------
+#
+# A switch reports its flows in flow-stats replies. Ryu turns each entry into
+# an OFPFlowStats holding an OFPMatch and instruction objects: for 10,000 flows
+# about 200 ms, most of reconnecting to a switch that already holds the policy
+# (docs/performance.md, section 8). The entries this app installed have the
+# few shapes it sends, so they are read here straight into FlowRules; any
+# other entry reads as foreign (rule None), as openflow.rule_from_flow would
+# read it (tests/unit/test_wire.py compares the two on every shape).
+
+_FLOW_STATS = struct.Struct(ofp.OFP_FLOW_STATS_0_PACK_STR)  # length, table ... cookie, packets, bytes; 48 bytes
+_INSTRUCTION = struct.Struct("!HH")
+_OUTPUT = struct.Struct("!HHIH6x")
+_BY_NUMBER = {(f.oxm_class, f.number): f for f in MATCH_FIELDS}
+
+
+class FlowEntry(NamedTuple):
+    """One entry of a flow-stats reply. `match` is the ofp_match as the
+    switch sent it (padded), enough to delete the flow by; `rule` is the
+    FlowRule it is, or None for a flow this app would never install; `key`
+    identifies it as a FlowRule.key does where its match reads as a Match
+    (so that a foreign flow in a desired flow's place is replaced, not
+    deleted after the replacement), else by its bytes."""
+
+    table_id: int
+    priority: int
+    cookie: int
+    packet_count: int
+    byte_count: int
+    match: bytes
+    rule: Optional[FlowRule]
+    key: tuple
+
+
+def flow_entries(data):
+    """The FlowEntries of a flow-stats reply body (its ofp_flow_stats, one after another)."""
+    entries, offset = [], 0
+    while offset + _FLOW_STATS.size <= len(data):
+        length, table_id, _, _, priority, idle, hard, _, cookie, packets, octets = _FLOW_STATS.unpack_from(data, offset)
+        if length < _FLOW_STATS.size:
+            raise ValueError(f"flow-stats entry of {length} bytes")
+        match_start = offset + _FLOW_STATS.size
+        match_length = _MATCH_HEADER.unpack_from(data, match_start)[1]
+        match_end = match_start + match_length + (-match_length % 8)
+        match = data[match_start:match_end]
+        found = _match_of(match, match_length)
+        rule = None
+        if found is not None and not (idle or hard):  # the app's flows never time out
+            ins = _instructions_of(data[match_end:offset + length])
+            rule = None if ins is None else FlowRule(table_id, priority, found, ins, cookie)
+        key = ("foreign", table_id, priority, match) if found is None else (table_id, priority, found)
+        entries.append(FlowEntry(table_id, priority, cookie, packets, octets, match, rule, key))
+        offset += length
+    return entries
+
+
+def _match_of(match, length):
+    fields, offset = [], _MATCH_HEADER.size
+    while offset < length:
+        header = _OXM_HEADER.unpack_from(match, offset)[0]
+        field = _BY_NUMBER.get((header >> 16, (header >> 9) & 0x7F))
+        masked, size = (header >> 8) & 1, header & 0xFF
+        width = size // 2 if masked else size
+        if field is None or width != field.width:
+            return None
+        start = offset + _OXM_HEADER.size
+        value = int.from_bytes(match[start:start + width], "big")
+        mask = int.from_bytes(match[start + width:start + size], "big") if masked else None
+        fields.append((field.oxm, value, mask))
+        offset = start + size
+    return Match.from_fields(fields)
+
+
+def _instructions_of(data):
+    found, offset = {}, 0
+    while offset + _INSTRUCTION.size <= len(data):
+        kind, length = _INSTRUCTION.unpack_from(data, offset)
+        if length < _INSTRUCTION.size:
+            return None
+        if kind == ofp.OFPIT_GOTO_TABLE:
+            found["goto_table"] = data[offset + 4]
+        elif kind == ofp.OFPIT_WRITE_METADATA:
+            _, _, metadata, mask = _WRITE_METADATA.unpack_from(data, offset)
+            if mask != METADATA_MASK:
+                return None
+            found["write_metadata"] = metadata
+        elif kind == ofp.OFPIT_METER:
+            found["sample_meter"] = _METER.unpack_from(data, offset)[2]
+        elif kind == ofp.OFPIT_APPLY_ACTIONS and length == _APPLY_OUTPUT.size:
+            action, action_length, port, max_len = _OUTPUT.unpack_from(data, offset + 8)
+            if action != ofp.OFPAT_OUTPUT or action_length != ofp.OFP_ACTION_OUTPUT_SIZE:
+                return None
+            if port == ofp.OFPP_NORMAL:
+                found["output_normal"] = True
+            elif not (port == ofp.OFPP_CONTROLLER and max_len == SAMPLE_BYTES and "sample_meter" in found):
+                return None
+        else:
+            return None
+        offset += length
+    return Instructions(**found)
+
+
+def delete_by_match(table_id, priority, match):
+    """Delete exactly the flow a switch reported: its table, priority and
+    ofp_match bytes as it sent them (a flow this app would not install)."""
+    return Encodable(ofp.OFPT_FLOW_MOD, _flow_mod_body(
+        0, table_id, ofp.OFPFC_DELETE_STRICT, priority, ofp.OFPP_ANY, ofp.OFPG_ANY, match,
+    ))

@@ -217,7 +217,12 @@ class FakeSwitch:
                      if table_id in (OFP.OFPTT_ALL, s.table_id) and s.cookie & mask == cookie & mask]
             self.log.append(("flow_stats" if kind == OFP.OFPMP_FLOW else "aggregate", (table_id, cookie, mask)))
             if kind == OFP.OFPMP_FLOW:
-                reply = PARSER.OFPFlowStatsReply(self, body=list(flows), flags=0)
+                # As a switch sends them, bytes, through Ryu's message parser
+                # as the app has set it up (an empty reply included).
+                body = b"".join(_stats_bytes(s) for s in flows)
+                data = struct.pack("!BBHIHH4x", OFP.OFP_VERSION, OFP.OFPT_MULTIPART_REPLY,
+                                   OFP.OFP_MULTIPART_REPLY_SIZE + len(body), xid, OFP.OFPMP_FLOW, 0) + body
+                reply = ofproto_parser.msg(self, OFP.OFP_VERSION, OFP.OFPT_MULTIPART_REPLY, len(data), xid, data)
                 event = ofp_event.EventOFPFlowStatsReply
             else:
                 total = PARSER.OFPAggregateStats(
@@ -235,6 +240,18 @@ class FakeSwitch:
             raise Refused(OFP.OFPET_BAD_REQUEST, OFP.OFPBRC_BAD_MULTIPART)
         reply.xid = xid
         self.app._multipart_reply(event(reply))
+
+
+def _stats_bytes(stats):
+    """An ofp_flow_stats entry for a flow, as a switch would send it."""
+    buf = bytearray(OFP.OFP_FLOW_STATS_0_SIZE)
+    stats.match.serialize(buf, len(buf))
+    for instruction in stats.instructions:
+        instruction.serialize(buf, len(buf))
+    struct.pack_into(OFP.OFP_FLOW_STATS_0_PACK_STR, buf, 0, len(buf), stats.table_id, 0, 0, stats.priority,
+                     stats.idle_timeout, stats.hard_timeout, stats.flags, stats.cookie, stats.packet_count,
+                     stats.byte_count)
+    return bytes(buf)
 
 
 def _parse_flow_mod(encodable):

@@ -22,6 +22,7 @@ from smtp_border.rules import (
 from smtp_border.semantics import Packet, is_allowed
 
 from conftest import ROOT
+import fakeswitch
 from fakeswitch import FakeSwitch
 from flowsim import outcomes
 
@@ -111,6 +112,22 @@ def test_stale_and_foreign_flows_are_replaced_on_connection(make_app):
     hole = FlowRule(POLICY_TABLE, 350, Match(metadata=2, eth_type=0x800, ip_dst=netaddr.IPNetwork("10.20.3.0/24")),
                     Instructions(goto_table=2), 0x1234)
     switch.add_behind_the_back(wire.add_flow(hole))
+    switch.connect(app)
+    assert settle(app)
+    assert switch.rules() == desired(app)
+
+
+def test_a_foreign_flow_in_a_desired_flows_place_is_replaced_not_deleted_after(make_app):
+    """Same table, priority and match as a desired flow, other actions (or a
+    timeout): the add replaces it; deleting it by its match afterwards would
+    delete the desired flow too."""
+    app = make_app()
+    switch = FakeSwitch(1)
+    target = next(r for r in desired(app) if r.clause == Clause.PART2_BLOCK)
+    impostor = fakeswitch._stats_of(fakeswitch._parse_flow_mod(wire.add_flow(target)))
+    impostor.instructions = [switch.ofproto_parser.OFPInstructionActions(
+        switch.ofproto.OFPIT_APPLY_ACTIONS, [switch.ofproto_parser.OFPActionOutput(3)])]
+    switch.add_behind_the_back(impostor)
     switch.connect(app)
     assert settle(app)
     assert switch.rules() == desired(app)

@@ -8,8 +8,9 @@ from ryu_apps import openflow, wire
 from smtp_border.compiler import compile_switch
 from smtp_border.policy import load_policy
 from smtp_border.diff import diff_rules
-from smtp_border.rules import METADATA_MASK, with_version
+from smtp_border.rules import METADATA_MASK, sorted_rules, with_version
 
+import fakeswitch
 from conftest import ROOT
 
 DP = ofproto_protocol.ProtocolDesc(ofproto_v1_3.OFP_VERSION)
@@ -139,3 +140,29 @@ def test_error_description_names_type_code_and_offending_message():
     truncated = DP.ofproto_parser.OFPErrorMsg(DP, type_=ofp.OFPET_BAD_REQUEST, code=ofp.OFPBRC_BAD_TYPE, data=b"\x04\x0e\x00")
     truncated.xid = 1
     assert openflow.describe_error(DP, truncated) == "type=OFPET_BAD_REQUEST code=OFPBRC_BAD_TYPE xid=1 offending=0x040e00"
+
+
+def test_flow_stats_replies_reach_the_app_as_bytes_and_other_apps_as_ryus_objects():
+    """install_flow_stats_reader: a flow-stats reply's body keeps the
+    switch's bytes (read by ryu_apps.wire), reads as Ryu's OFPFlowStats for
+    any other app, an empty one included; other replies are parsed as before."""
+    import struct
+
+    openflow.install_flow_stats_reader()
+    openflow.install_flow_stats_reader()  # idempotent
+    ofp = DP.ofproto
+    rules = sorted_rules(compile_switch(load_policy(ROOT / "policy.yaml"), 1))
+    entries = b"".join(fakeswitch._stats_bytes(fakeswitch._stats_of(roundtrip(wire.add_flow(r)))) for r in rules)
+
+    def reply(kind, body, xid=5):
+        data = struct.pack("!BBHIHH4x", 4, ofp.OFPT_MULTIPART_REPLY, 16 + len(body), xid, kind, 1) + body
+        return ofproto_parser.msg(DP, 4, ofp.OFPT_MULTIPART_REPLY, len(data), xid, data)
+
+    full = reply(ofp.OFPMP_FLOW, entries)
+    assert type(full).__name__ == "OFPFlowStatsReply" and (full.flags, full.xid) == (1, 5)
+    assert [e.rule for e in full.body.entries()] == rules
+    assert [openflow.rule_from_flow(s) for s in full.body] == rules  # what another app would see
+    empty = reply(ofp.OFPMP_FLOW, b"")
+    assert list(empty.body) == [] and empty.body.entries() == []
+    aggregate = reply(ofp.OFPMP_AGGREGATE, struct.pack("!QQI4x", 1, 2, 3))
+    assert aggregate.body.flow_count == 3

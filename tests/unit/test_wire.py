@@ -14,8 +14,10 @@ from ryu.ofproto import ofproto_protocol, ofproto_v1_3
 from ryu_apps import openflow, wire
 from smtp_border.compiler import compile_switch
 from smtp_border.policy import load_policy
+from smtp_border import rules as rules_module
 from smtp_border.rules import sorted_rules, with_version
 
+import fakeswitch
 from conftest import ROOT
 from strategies import NOW, policies
 
@@ -101,3 +103,75 @@ def test_open_vswitch_decodes_every_flow_mod_we_send(tmp_path):
     decoded = [line for line in text.splitlines() if line.startswith("OFPT_FLOW_MOD")]
     assert len(decoded) == 2 * len(rules)
     assert any("nw_frag=not_later" in line for line in decoded)
+
+
+# -- reading flows back: wire.flow_entries against Ryu's parser ------------------
+
+def reported(flow_mod, idle=0, packets=0):
+    """The ofp_flow_stats entry a switch reports for a flow mod, serialised
+    by Ryu's own classes (tests/fakeswitch.py) from Ryu's parse of it."""
+    flow_mod.set_xid(1)
+    flow_mod.serialize()
+    parsed = PARSER.OFPFlowMod.parser(DP, OFP.OFP_VERSION, OFP.OFPT_FLOW_MOD, len(flow_mod.buf), 1, bytes(flow_mod.buf))
+    stats = fakeswitch._stats_of(parsed)
+    stats.idle_timeout, stats.packet_count = idle, packets
+    return fakeswitch._stats_bytes(stats)
+
+
+def read_both(data):
+    """(our FlowEntries, Ryu's OFPFlowStats) for the same reply body."""
+    ryu, offset = [], 0
+    while offset < len(data):
+        stats = PARSER.OFPFlowStats.parser(data, offset)
+        ryu.append(stats)
+        offset += stats.length
+    return wire.flow_entries(data), ryu
+
+
+@settings(max_examples=200, deadline=None)
+@given(policy=policies(), dpid=st.integers(1, 4))
+def test_every_flow_the_app_installs_reads_back_as_itself_as_through_ryu(policy, dpid):
+    rules = compile_switch(policy, dpid, NOW)
+    rules = sorted_rules(rules | {with_version(r, 1) for r in rules})
+    ours, ryu = read_both(b"".join(reported(wire.add_flow(r), packets=n) for n, r in enumerate(rules)))
+    assert [e.rule for e in ours] == rules == [openflow.rule_from_flow(s) for s in ryu]
+    assert [e.key for e in ours] == [r.key for r in rules]
+    assert [(e.table_id, e.priority, e.cookie, e.packet_count) for e in ours] == [
+        (s.table_id, s.priority, s.cookie, s.packet_count) for s in ryu]
+
+
+def test_flows_the_app_would_not_install_read_as_foreign_as_through_ryu():
+    goto = [PARSER.OFPInstructionGotoTable(2)]
+    output = [PARSER.OFPInstructionActions(OFP.OFPIT_APPLY_ACTIONS, [PARSER.OFPActionOutput(3)])]
+    foreign = [
+        (PARSER.OFPMatch(eth_type=0x800, ipv4_src="10.0.0.1", udp_dst=53), goto),
+        (PARSER.OFPMatch(metadata=(1, 0x3)), goto),
+        (PARSER.OFPMatch(eth_type=0x800, ipv4_dst=("10.0.0.0", "255.0.255.0")), goto),
+        (PARSER.OFPMatch(), output),
+        (PARSER.OFPMatch(), [PARSER.OFPInstructionActions(OFP.OFPIT_APPLY_ACTIONS,
+                                                          [PARSER.OFPActionOutput(OFP.OFPP_CONTROLLER, 128)])]),
+        (PARSER.OFPMatch(), [PARSER.OFPInstructionWriteMetadata(1, 0xff), PARSER.OFPInstructionGotoTable(1)]),
+        (PARSER.OFPMatch(eth_type=0x800, ip_proto=6, tcp_dst=25), output),  # our match, other actions
+        (PARSER.OFPMatch(eth_dst="00:00:00:00:00:01"), goto),
+    ]
+    flows = [PARSER.OFPFlowMod(DP, table_id=1, priority=5, match=m, instructions=i) for m, i in foreign]
+    data = b"".join(reported(f) for f in flows)
+    ours, ryu = read_both(data)
+    assert [e.rule for e in ours] == [None] * len(foreign) == [openflow.rule_from_flow(s) for s in ryu]
+    # Where the match is one the app uses, the key is a FlowRule's: an add in its place replaces it.
+    assert ours[-2].key == (1, 5, rules_module.Match(eth_type=0x800, ip_proto=6, tcp_dst=25))
+    assert ours[0].key[0] == "foreign"
+    # A flow of the app's shape with a timeout is not one it installed.
+    rule = max(compile_switch(load_policy(ROOT / "policy.yaml"), 1), key=lambda r: r.cookie)
+    timed, ryu_timed = read_both(reported(wire.add_flow(rule), idle=30))
+    assert timed[0].rule is None is openflow.rule_from_flow(ryu_timed[0]) and timed[0].key == rule.key
+
+
+def test_a_foreign_flow_is_deleted_by_the_match_it_was_reported_with():
+    flow = PARSER.OFPFlowMod(DP, table_id=1, priority=5, match=PARSER.OFPMatch(eth_type=0x800, ipv4_src="10.0.0.1"),
+                             instructions=[PARSER.OFPInstructionGotoTable(2)])
+    entry = wire.flow_entries(reported(flow))[0]
+    deletion = wire_bytes(wire.delete_by_match(entry.table_id, entry.priority, entry.match), 7)
+    reference = PARSER.OFPFlowMod(DP, table_id=1, command=OFP.OFPFC_DELETE_STRICT, priority=5, out_port=OFP.OFPP_ANY,
+                                  out_group=OFP.OFPG_ANY, match=PARSER.OFPMatch(eth_type=0x800, ipv4_src="10.0.0.1"))
+    assert deletion == wire_bytes(reference, 7)
