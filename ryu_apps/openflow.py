@@ -73,10 +73,7 @@ def _instructions_from(instructions):
             ports = [(a.port, a.max_len) for a in instruction.actions if isinstance(a, ofproto_v1_3_parser.OFPActionOutput)]
             if len(ports) != len(instruction.actions) or len(ports) != 1:
                 return None
-            port, max_len = ports[0]
-            if port == ofp.OFPP_NORMAL:
-                found["output_normal"] = True
-            elif not (port == ofp.OFPP_CONTROLLER and max_len == SAMPLE_BYTES and "sample_meter" in found):
+            if not wire.take_output(found, *ports[0]):
                 return None
         else:
             return None

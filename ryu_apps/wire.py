@@ -238,14 +238,21 @@ def _instructions_of(data):
             action, action_length, port, max_len = _OUTPUT.unpack_from(data, offset + 8)
             if action != ofp.OFPAT_OUTPUT or action_length != ofp.OFP_ACTION_OUTPUT_SIZE:
                 return None
-            if port == ofp.OFPP_NORMAL:
-                found["output_normal"] = True
-            elif not (port == ofp.OFPP_CONTROLLER and max_len == SAMPLE_BYTES and "sample_meter" in found):
+            if not take_output(found, port, max_len):
                 return None
         else:
             return None
         offset += length
     return Instructions(**found)
+
+
+def take_output(found, port, max_len):
+    """An apply-actions output the app sends, noted in `found` (Instructions
+    fields so far): NORMAL, or the sample after its meter. False for any other."""
+    if port == ofp.OFPP_NORMAL:
+        found["output_normal"] = True
+        return True
+    return port == ofp.OFPP_CONTROLLER and max_len == SAMPLE_BYTES and "sample_meter" in found
 
 
 def delete_by_match(table_id, priority, match):
