@@ -237,6 +237,18 @@ def _strict_loader(base):
             self._resolved = {}  # (text, implicit) -> tag, for this document
 
         def construct_mapping(self, node, deep=False):
+            if all(key_node.tag == _STR_TAG for key_node, _ in node.value):
+                # Text keys only (no merge keys): what PyYAML's constructor
+                # would build, without its generic steps for other keys; a
+                # 10,000-exception policy has 10,000 such mappings.
+                mapping = {}
+                for key_node, value_node in node.value:
+                    if key_node.value in mapping:
+                        raise yaml.constructor.ConstructorError(
+                            None, None, f"duplicate key {key_node.value!r}", key_node.start_mark
+                        )
+                    mapping[key_node.value] = self.construct_object(value_node, deep=deep)
+                return mapping
             seen = set()
             for key_node, _ in node.value:
                 # Keys are plain scalars here; only other keys need constructing to compare.
@@ -298,6 +310,10 @@ _SWITCH_KEYS = {"dpid": True, "uplinks": False, "name": False, "access": False, 
 
 _remembered_before = {}  # exception entry (as a key) -> MailException, from the last read
 _remembered_now = {}  # the same, from the read under way
+# Campus prefixes, and the ids of exception addresses found inside them: an
+# address's id is a function of the address, so the set holds while the
+# prefixes are the same. A read with other prefixes starts it again.
+_inside = ((), set())
 
 
 class _PolicyReader:
@@ -332,17 +348,23 @@ class _PolicyReader:
         self.unique([g.name for g in gateways], "gateways", "name")
 
         exceptions = []
-        first_seen = {}
+        first_seen = {}  # id (a function of the address) -> index
+        global _inside
+        if _inside[0] != prefixes:
+            _inside = (prefixes, set())
+        inside = _inside[1]  # ids of addresses known to be inside these prefixes
         for i, item in self.items(top.get("exceptions", []), "exceptions"):
-            exception = self.remembered_exception(item, f"exceptions[{i}]")
-            check_inside(exception.address, f"exceptions[{i}].address")
-            if exception.address in first_seen:
+            exception = self.remembered_exception(item, i)
+            if exception.id not in inside:
+                check_inside(exception.address, f"exceptions[{i}].address")
+                inside.add(exception.id)
+            if exception.id in first_seen:
                 self.fail(
                     f"exceptions[{i}].address",
-                    f"{exception.address} is already listed at exceptions[{first_seen[exception.address]}]"
+                    f"{exception.address} is already listed at exceptions[{first_seen[exception.id]}]"
                     " (give one entry with direction: both)",
                 )
-            first_seen[exception.address] = i
+            first_seen[exception.id] = i
             exceptions.append(exception)
 
         switches = None
@@ -384,7 +406,7 @@ class _PolicyReader:
         if not any(network in prefix for prefix in prefixes):
             self.fail(path, f"{network} is not inside the campus prefixes ({_join(prefixes)})")
 
-    def remembered_exception(self, item, path):
+    def remembered_exception(self, item, index):
         """exception(), remembering what the last read made of each entry:
         a reload of 10,000 exceptions after a one-line edit validates one.
 
@@ -400,7 +422,7 @@ class _PolicyReader:
         except TypeError:
             key, found = None, None
         if found is None:
-            found = self.exception(item, path)
+            found = self.exception(item, f"exceptions[{index}]")
         if key is not None:
             _remembered_now[key] = found
         return found

@@ -164,6 +164,8 @@ MATCH_FIELDS = (
     MatchField("ip_frag", "ip_frag", NXM_1, 26, 1, "nw_frag", "frag"),
 )
 _BY_OXM = {f.oxm: f for f in MATCH_FIELDS}
+# What Match.fields() walks for every flow it encodes: the declaration, unpacked once.
+_FIELD_PLAN = tuple((f, f.attribute, f.kind, f.version, 8 * f.width) for f in MATCH_FIELDS)
 
 
 @dataclass(frozen=True)
@@ -200,17 +202,18 @@ class Match:
         """(MatchField, value, mask) for every field matched, in wire order;
         values and masks are integers, mask None for an exact match."""
         found = []
-        for field in MATCH_FIELDS:
-            value = getattr(self, field.attribute)
-            if value is None or (field.version is not None and value.version != field.version):
+        for field, attribute, kind, version, bits in _FIELD_PLAN:
+            value = getattr(self, attribute)
+            if value is None:
                 continue
-            if field.kind == "prefix":
+            if kind == "prefix":
+                if value.version != version:
+                    continue
                 # A host is an exact match; only a real network needs a mask.
-                mask = None if value.prefixlen == 8 * field.width else value.netmask.value
-                found.append((field, value.value, mask))
-            elif field.kind == "metadata":
+                found.append((field, value.value, None if value.prefixlen == bits else value.netmask.value))
+            elif kind == "metadata":
                 found.append((field, value, METADATA_MASK))
-            elif field.kind == "frag":
+            elif kind == "frag":
                 found.append((field, *value.value))
             else:
                 found.append((field, value, None))

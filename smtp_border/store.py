@@ -218,8 +218,9 @@ class PolicyStore:
         api, quarantined = _partition(file_policy, candidates)
         old = {e.id: e for e in self.policy.exceptions}
         new = {e.id: e for e in _effective(file_policy, api).exceptions}
-        added = tuple(e for i, e in new.items() if old.get(i) != e)
-        removed = tuple(e for i, e in old.items() if new.get(i) != e)
+        # Identity first: a reload of an unchanged entry gives the same object back.
+        added = tuple(e for i, e in new.items() if old.get(i) is not e and old.get(i) != e)
+        removed = tuple(e for i, e in old.items() if new.get(i) is not e and new.get(i) != e)
         return Change(file_policy, api, added=added, removed=removed, quarantined=quarantined)
 
     def commit(self, change):
