@@ -251,3 +251,55 @@ def test_resolving_scalars_agrees_with_pyyaml(value):
     for implicit in ((True, False), (False, True)):
         for _ in range(2):  # the second time from the cache
             assert ours.resolve(yaml.ScalarNode, value, implicit) == stock.resolve(yaml.ScalarNode, value, implicit)
+
+
+# -- what one read remembers for the next cannot go stale -------------------------
+
+def fresh_parse(text):
+    """parse_policy with nothing remembered from earlier reads."""
+    policy_module._remembered_before, policy_module._remembered_now = {}, {}
+    policy_module._inside = ((), set())
+    try:
+        return parse_policy(text, source="policy.yaml")
+    except PolicyError as err:
+        return str(err)
+
+
+def remembering_parse(text):
+    try:
+        return parse_policy(text, source="policy.yaml")
+    except PolicyError as err:
+        return str(err)
+
+
+REMEMBERED = """
+campus: {prefixes: [10.20.0.0/16, "fd00:20::/48"]}
+exceptions:
+  - {address: 10.20.1.5, direction: inbound, reason: dept, contact: a@example.edu, expires: 2031-01-01T00:00:00Z}
+  - {address: "fd00:20::5", direction: both, reason: lab}
+"""
+
+
+@pytest.mark.parametrize("edited", [
+    REMEMBERED,  # unchanged
+    REMEMBERED.replace("direction: inbound", "direction: both"),
+    REMEMBERED.replace("reason: dept", "reason: physics"),
+    REMEMBERED.replace("contact: a@example.edu", "contact: b@example.edu"),
+    REMEMBERED.replace("2031-01-01T00:00:00Z", "2032-01-01T00:00:00Z"),
+    REMEMBERED.replace("2031-01-01T00:00:00Z", "'2031-01-01T00:00:00Z'"),  # text, not a YAML timestamp
+    REMEMBERED.replace("10.20.1.5", "10.20.1.6"),
+    REMEMBERED.replace("10.20.1.5", "10.20.1.5/33"),  # now invalid
+    REMEMBERED.replace("reason: dept", "reason: 5"),  # now invalid: not text
+    REMEMBERED.replace("10.20.0.0/16", "10.30.0.0/16"),  # the same entry is no longer inside the campus
+    REMEMBERED.replace('"fd00:20::5", direction: both', '10.20.1.5, direction: both'),  # now a duplicate
+    REMEMBERED.replace("direction: inbound", "direction: 1").replace("reason: lab", "reason: true"),
+])
+def test_a_read_after_another_is_what_a_fresh_read_makes(edited):
+    """Each read reuses what the previous one made of identical entries,
+    and the campus prefixes' verdicts while they are the same: edit any
+    field, or the prefixes, and the result is a fresh read's."""
+    for before in (REMEMBERED, edited):
+        remembering_parse(before)
+        assert remembering_parse(edited) == fresh_parse(edited)
+        remembering_parse(before)
+        assert remembering_parse(edited) == fresh_parse(edited)
