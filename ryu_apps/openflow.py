@@ -11,7 +11,6 @@ import struct
 import netaddr
 from ryu.ofproto import ofproto_parser, ofproto_v1_3_parser
 from ryu.ofproto import ofproto_v1_3 as ofp
-from ryu.ofproto.ofproto_v1_3 import OFPP_CONTROLLER
 
 from ryu_apps import wire
 from smtp_border.rules import MATCH_FIELDS, METADATA_MASK, SAMPLE_BYTES, FlowRule, Instructions, Match

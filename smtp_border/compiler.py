@@ -46,7 +46,6 @@ from .rules import (
     Match,
     drop_and_sample,
     make_cookie,
-    sorted_rules,
 )
 
 # Priorities inside CLASSIFY_TABLE.

@@ -415,7 +415,6 @@ class _PolicyReader:
         with each value's type; only entries that passed are remembered, and
         a MailException cannot change. Where an entry will not hash (a list
         where text belongs), it is read as usual and fails."""
-        global _remembered_before, _remembered_now
         try:
             key = tuple((k, type(v), v) for k, v in item.items()) if isinstance(item, dict) else None
             found = _remembered_before.get(key) or _remembered_now.get(key)
