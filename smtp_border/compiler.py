@@ -187,7 +187,7 @@ def _in_family(networks, eth_type):
     return [n for n in networks if n.version == version]
 
 
-def _unclassifiable_rules():
+def _unclassifiable_rules(table=CLASSIFY_TABLE, priority=PRIO_UNCLASSIFIABLE):
     """Drop, on an enforcing switch, packets whose SMTP port the switch
     cannot see: otherwise they would pass as 'not SMTP' (docs/security.md).
 
@@ -201,13 +201,12 @@ def _unclassifiable_rules():
       reports next header 0. RFC 7112 lets a node drop such first fragments.
     """
     for eth_type in UNCLASSIFIABLE_ETH_TYPES:
-        yield _rule(CLASSIFY_TABLE, PRIO_UNCLASSIFIABLE, Match(eth_type=eth_type), DROP,
-                    Clause.UNCLASSIFIABLE, f"{eth_type:#06x}")
+        yield _rule(table, priority, Match(eth_type=eth_type), DROP, Clause.UNCLASSIFIABLE, f"{eth_type:#06x}")
     for eth_type in (ETH_TYPE_IPV4, ETH_TYPE_IPV6):
         match = Match(eth_type=eth_type, ip_proto=IP_PROTO_TCP, tcp_dst=UNREADABLE_PORT, ip_frag=IpFrag.NOT_LATER)
-        yield _rule(CLASSIFY_TABLE, PRIO_UNCLASSIFIABLE, match, DROP, Clause.UNCLASSIFIABLE, f"{eth_type:#06x}/tcp")
-    yield _rule(CLASSIFY_TABLE, PRIO_UNCLASSIFIABLE, Match(eth_type=ETH_TYPE_IPV6, ip_proto=0), DROP,
-                Clause.UNCLASSIFIABLE, "ipv6-chain")
+        yield _rule(table, priority, match, DROP, Clause.UNCLASSIFIABLE, f"{eth_type:#06x}/tcp")
+    yield _rule(table, priority, Match(eth_type=ETH_TYPE_IPV6, ip_proto=0), DROP, Clause.UNCLASSIFIABLE,
+                "ipv6-chain")
 
 
 def _classify_rules(policy, spec, eth_type):

@@ -34,22 +34,22 @@ def _matches(match, fields, metadata):
     return True
 
 
-def forwards(rules, packet):
+def forwards(rules, packet, start=CLASSIFY_TABLE):
     """True if the rules hand the packet to NORMAL forwarding, False if dropped."""
-    possible = outcomes(rules, packet)
+    possible = outcomes(rules, packet, start)
     if len(possible) > 1:
         raise AssertionError(f"overlapping rules at one priority disagree on {packet}")
     return possible.pop()
 
 
-def outcomes(rules, packet):
+def outcomes(rules, packet, start=CLASSIFY_TABLE):
     """Every verdict a switch may reach: where flows of equal priority overlap
     with different instructions, OpenFlow leaves the choice to the switch
     (mid-change tables have such pairs), so each choice is followed."""
     by_table = {}
     for rule in rules:
         by_table.setdefault(rule.table, []).append(rule)
-    return _walk(by_table, CLASSIFY_TABLE, 0, packet_fields(packet))
+    return _walk(by_table, start, 0, packet_fields(packet))
 
 
 def _walk(by_table, table, metadata, fields):
