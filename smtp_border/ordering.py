@@ -62,7 +62,9 @@ def is_allow_only(diff):
 def current_version(rules):
     """The version most of the switch's classifying flows write, or None if
     none writes one (empty tables, or flows that are not ours)."""
-    counts = collections.Counter(rule_version(r) for r in rules if r.table == CLASSIFY_TABLE)
+    # Flows that are not ours (no instructions we know) write no version.
+    counts = collections.Counter(rule_version(r) for r in rules
+                                 if r.table == CLASSIFY_TABLE and hasattr(r, "instructions"))
     counts.pop(None, None)
     return counts.most_common(1)[0][0] if counts else None
 

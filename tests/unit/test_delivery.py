@@ -117,6 +117,21 @@ def test_stale_and_foreign_flows_are_replaced_on_connection(make_app):
     assert switch.rules() == desired(app)
 
 
+@pytest.mark.parametrize("bundles", ["auto", "off"])
+def test_foreign_flows_in_every_owned_table_are_removed_with_or_without_bundles(make_app, bundles):
+    app = make_app(bundles=bundles)
+    switch = FakeSwitch(1, bundles=bundles == "auto")
+    parser, ofp = switch.ofproto_parser, switch.ofproto
+    for table in (0, 1, 2):
+        switch.add_behind_the_back(parser.OFPFlowStats(
+            table_id=table, duration_sec=0, duration_nsec=0, priority=1234, idle_timeout=0, hard_timeout=0, flags=0,
+            cookie=0, packet_count=0, byte_count=0, match=parser.OFPMatch(eth_type=0x800, ipv4_src="192.0.2.1"),
+            instructions=[parser.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, [parser.OFPActionOutput(3)])]))
+    switch.connect(app)
+    assert settle(app)
+    assert switch.rules() == desired(app)
+
+
 def test_a_foreign_flow_in_a_desired_flows_place_is_replaced_not_deleted_after(make_app):
     """Same table, priority and match as a desired flow, other actions (or a
     timeout): the add replaces it; deleting it by its match afterwards would
