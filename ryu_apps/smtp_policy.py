@@ -27,7 +27,6 @@ controller is away.
 """
 import collections
 import contextlib
-import gc
 import hashlib
 import itertools
 import os
@@ -50,6 +49,7 @@ from smtp_border.border import Border
 from smtp_border.counters import BlockCounters
 from smtp_border.diff import diff_rules
 from smtp_border.policy import PolicyError, utc_now
+from smtp_border.policy import cyclic_gc_paused as gc_paused
 from smtp_border.rules import (
     AUDIT_METERS, COOKIE_APP_TAG, OWNED_TABLES, POLICY_TABLE, Clause, cookie_clause, with_version,
 )
@@ -94,27 +94,6 @@ BLOCK_COOKIE_MASK = (0xFFFF << 48) | (0xFC << 40)
 # policy's flows assume (docs/security.md). A switch that will not take it
 # still fails closed: its first TCP fragments meet the port-0 drop.
 FRAG_NX_MATCH = 3
-
-_gc_pauses = 0  # pushes under way that hold the cyclic garbage collector off
-
-
-@contextlib.contextmanager
-def gc_paused():
-    """Hold off Python's cyclic garbage collector, across nested and
-    concurrent (green-thread) users. Compiling and encoding 10,000 flows
-    makes some 10^5 objects at once, and the collections that triggers walk
-    every object of the controller: up to a third of a full install, in
-    spikes. The pause lasts one push; refcounting frees memory meanwhile."""
-    global _gc_pauses
-    _gc_pauses += 1
-    gc.disable()
-    try:
-        yield
-    finally:
-        _gc_pauses -= 1
-        if not _gc_pauses:
-            gc.enable()
-
 
 class SwitchFailed(Exception):
     def __init__(self, message, codes=()):

@@ -186,21 +186,29 @@ def load_policy(path):
     return parse_policy(text, source=str(path))
 
 
+_gc_pauses = [0, True]  # pauses under way; whether the collector ran before the first
+
+
 @contextlib.contextmanager
 def cyclic_gc_paused():
-    """Python's cyclic garbage collector off for a while, as it was after.
+    """Python's cyclic garbage collector off for a while, across nested and
+    concurrent (green-thread) users; as it was once the last one ends.
 
-    Reading a policy allocates hundreds of thousands of objects and frees
-    none, so the collector runs again and again over everything the process
-    holds, to find nothing: in a controller holding a 10,000-exception
-    policy that is 45% of a reload (170 ms with it paused, 300-380 ms
-    without; docs/performance.md). Reference counting still frees memory."""
-    enabled = gc.isenabled()
+    Reading a policy, or compiling and encoding 10,000 flows, allocates
+    hundreds of thousands of objects and frees none, so the collector runs
+    again and again over everything the process holds, to find nothing: 45%
+    of a reload of a 10,000-exception policy (170 ms with it paused, 300-380 ms
+    without), up to a third of a full install, in spikes (docs/performance.md).
+    Reference counting still frees memory meanwhile."""
+    if not _gc_pauses[0]:
+        _gc_pauses[1] = gc.isenabled()
+    _gc_pauses[0] += 1
     gc.disable()
     try:
         yield
     finally:
-        if enabled:
+        _gc_pauses[0] -= 1
+        if not _gc_pauses[0] and _gc_pauses[1]:
             gc.enable()
 
 

@@ -303,3 +303,23 @@ def test_a_read_after_another_is_what_a_fresh_read_makes(edited):
         assert remembering_parse(edited) == fresh_parse(edited)
         remembering_parse(before)
         assert remembering_parse(edited) == fresh_parse(edited)
+
+
+def test_the_collector_pause_holds_until_the_last_user_and_restores_what_was():
+    import gc
+
+    a, b = policy_module.cyclic_gc_paused(), policy_module.cyclic_gc_paused()
+    try:
+        gc.enable()
+        a.__enter__()
+        b.__enter__()  # a second user, as a green thread would start one
+        a.__exit__(None, None, None)  # the first ends before the second
+        assert not gc.isenabled()
+        b.__exit__(None, None, None)
+        assert gc.isenabled()
+        gc.disable()  # off already: it stays off
+        with policy_module.cyclic_gc_paused():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
