@@ -39,6 +39,7 @@ from .rules import (
     FROM_OUTSIDE,
     IP_PROTO_TCP,
     POLICY_TABLE,
+    UNREADABLE_PORT,
     IpFrag,
     Clause,
     FlowRule,
@@ -77,9 +78,6 @@ UNCLASSIFIABLE_ETH_TYPES = (
     0x8847,  # MPLS unicast
     0x8848,  # MPLS multicast
 )
-# The TCP destination port a switch reports when the header is too short to
-# hold the ports (a tiny first fragment). No TCP service listens on port 0.
-UNREADABLE_PORT = 0
 
 
 def compile_switch(policy, dpid, now=None):

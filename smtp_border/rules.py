@@ -28,6 +28,9 @@ OWNED_TABLES = (CLASSIFY_TABLE, POLICY_TABLE, FORWARD_TABLE)
 ETH_TYPE_IPV4 = 0x0800
 ETH_TYPE_IPV6 = 0x86DD
 IP_PROTO_TCP = 6
+# The TCP destination port a switch reports when the header is too short to
+# hold the ports (a tiny first fragment). No TCP service listens on port 0.
+UNREADABLE_PORT = 0
 
 # The meters that cap blocked-packet samples sent to the controller: one for
 # Part 1 (inbound) and one for Part 2 (outbound), so that a scan from outside

@@ -10,14 +10,9 @@ from typing import Optional
 import netaddr
 
 from .policy import utc_now
-from .rules import IP_PROTO_TCP
+from .rules import IP_PROTO_TCP, UNREADABLE_PORT
 
 IP_PROTO_UDP = 17
-
-
-# What a switch reads as the TCP destination port of a header too short to
-# hold it (a tiny first fragment). No TCP service listens on port 0.
-UNREADABLE_PORT = 0
 
 
 @dataclass(frozen=True)
