@@ -123,26 +123,23 @@ def delete_foreign(datapath, foreign):
     return wire.delete_by_match(foreign.table, foreign.priority, foreign.match)
 
 
-class FlowStatsBody(collections.abc.Sequence):
-    """The entries of one flow-stats reply, kept as the bytes the switch sent.
+class _BytesBody(collections.abc.Sequence):
+    """The body of one multipart reply, kept as the bytes the switch sent:
+    this app reads them straight (ryu_apps.wire), and for any other Ryu app
+    in the process it is the list of stats objects Ryu would have made,
+    parsed when first used."""
 
-    This app reads them with `entries()` (ryu_apps.wire.flow_entries: the
-    flows it installed straight into FlowRules, about 200 ms faster than
-    Ryu's objects for 10,000 flows). For any other Ryu app in the process it
-    is the list of OFPFlowStats Ryu would have made, parsed when first used."""
+    STATS = None  # the Ryu stats class of one entry
 
     def __init__(self, data):
         self.data = data
         self._parsed = None
 
-    def entries(self):
-        return wire.flow_entries(self.data)
-
     def _stats(self):
         if self._parsed is None:
             self._parsed, offset = [], 0
             while offset < len(self.data):
-                stats = ofproto_v1_3_parser.OFPFlowStats.parser(self.data, offset)
+                stats = self.STATS.parser(self.data, offset)
                 self._parsed.append(stats)
                 offset += stats.length
         return self._parsed
@@ -154,9 +151,42 @@ class FlowStatsBody(collections.abc.Sequence):
         return len(self._stats())
 
 
+class FlowStatsBody(_BytesBody):
+    """A flow-stats reply. `entries()` reads the flows this app installed
+    straight into FlowRules (ryu_apps.wire.flow_entries), about 200 ms faster
+    than Ryu's objects for 10,000 flows."""
+
+    STATS = ofproto_v1_3_parser.OFPFlowStats
+
+    def entries(self):
+        return wire.flow_entries(self.data)
+
+
+class TableFeaturesBody(_BytesBody):
+    """A table-features reply. `features()` reads what the profile choice
+    needs (ryu_apps.wire.table_features): Open vSwitch's 1.2 MB answer in a
+    few ms rather than Ryu's 280."""
+
+    STATS = ofproto_v1_3_parser.OFPTableFeaturesStats
+
+    def features(self):
+        from smtp_border.pipeline import TableFeatures
+
+        return [TableFeatures(table_id, max_entries, frozenset(instructions), frozenset(next_tables),
+                              frozenset(matches), name)
+                for table_id, name, max_entries, instructions, next_tables, matches in wire.table_features(self.data)]
+
+
+_BODIES = {
+    ofp.OFPMP_FLOW: (ofproto_v1_3_parser.OFPFlowStatsReply, FlowStatsBody),
+    ofp.OFPMP_TABLE_FEATURES: (ofproto_v1_3_parser.OFPTableFeaturesStatsReply, TableFeaturesBody),
+}
+
+
 def install_flow_stats_reader():
-    """Make Ryu hand each OpenFlow 1.3 flow-stats reply over with a
-    FlowStatsBody for its body, every other message as before (idempotent)."""
+    """Make Ryu hand each OpenFlow 1.3 flow-stats and table-features reply
+    over with its body as bytes (FlowStatsBody, TableFeaturesBody), every
+    other message as before (idempotent)."""
     parsers = ofproto_v1_3_parser._MSG_PARSERS
     original = parsers[ofp.OFPT_MULTIPART_REPLY]
     if getattr(original, "_smtp_border", False):
@@ -164,13 +194,13 @@ def install_flow_stats_reader():
 
     def parser(datapath, version, msg_type, msg_len, xid, buf):
         kind, flags = struct.unpack_from(ofp.OFP_MULTIPART_REPLY_PACK_STR, buf, ofp.OFP_HEADER_SIZE)
-        if kind != ofp.OFPMP_FLOW:
+        if kind not in _BODIES:
             return original(datapath, version, msg_type, msg_len, xid, buf)
-        reply = ofproto_v1_3_parser.OFPFlowStatsReply
+        reply, body = _BODIES[kind]
         msg = super(ofproto_v1_3_parser.OFPMultipartReply, reply).parser(
             datapath, version, msg_type, msg_len, xid, buf)
         msg.type, msg.flags = kind, flags
-        msg.body = FlowStatsBody(bytes(buf[ofp.OFP_MULTIPART_REPLY_SIZE:msg_len]))
+        msg.body = body(bytes(buf[ofp.OFP_MULTIPART_REPLY_SIZE:msg_len]))
         return msg
 
     parser._smtp_border = True
@@ -251,3 +281,22 @@ def _error_code_name(ofp, type_name, code):
     }
     prefix = prefixes.get(type_name)
     return _constant_name(ofp, prefix, code) if prefix else str(code)
+
+
+# -- what a switch says of itself (the capability probe) -----------------------
+
+
+def table_features_request(datapath):
+    """A table-features *query*: an empty body. (A body would be a request to
+    reconfigure the tables, which this app never makes.)"""
+    return datapath.ofproto_parser.OFPTableFeaturesStatsRequest(datapath, 0, [])
+
+
+def meter_features_request(datapath):
+    return datapath.ofproto_parser.OFPMeterFeaturesStatsRequest(datapath, 0)
+
+
+def table_features(bodies):
+    """pipeline.TableFeatures of every table in a table-features reply (its
+    bodies, one per message: a large answer comes in several)."""
+    return tuple(t for body in bodies for t in body.features())

@@ -25,6 +25,9 @@ the listed switches that confirmed it and those that did not, with why:
              retries by itself (GET /switches shows progress)
     500      saved, but delivering it crashed (a bug; the log has it); retried
     503      not saved (the state file cannot be written): nothing changed
+    409      refused: a conflicting exception, or a switch's flow table
+             would overflow ("budget": which switch, entries needed and
+             available); nothing changed
 
 Sending the same request again is always safe: an exception already in
 force is answered 200, one already removed 404.
@@ -47,6 +50,7 @@ from ryu_apps.metrics import registry_for
 from smtp_border.audit import format_time, parse_time
 from smtp_border.inventory import inventory
 from smtp_border.policy import PolicyError, utc_now
+from smtp_border.pipeline import OverBudget
 from smtp_border.state import StateUnavailable
 from smtp_border.store import Conflict, NotFound
 
@@ -156,6 +160,8 @@ def api(access=None):
                 if err.existing is not None:
                     document["existing"] = err.existing.to_dict()
                 return json_response(409, document)
+            except OverBudget as err:
+                return json_response(409, {"error": f"refused, nothing changed: {err}", "budget": err.to_dict()})
             except NotFound as err:
                 return json_response(404, {"error": str(err)})
             except StateUnavailable as err:
@@ -416,7 +422,7 @@ class SmtpRestController(ControllerBase):
         def reload(border):
             try:
                 return border.reload()
-            except PolicyError:
+            except (PolicyError, OverBudget):
                 self.app.counters["reload_failures"] += 1
                 raise
 

@@ -51,8 +51,9 @@ from smtp_border.diff import diff_rules
 from smtp_border.policy import PolicyError, utc_now
 from smtp_border.policy import cyclic_gc_paused as gc_paused
 from smtp_border.rules import (
-    AUDIT_METERS, COOKIE_APP_TAG, OWNED_TABLES, POLICY_TABLE, Clause, cookie_clause, with_version,
+    AUDIT_METERS, COOKIE_APP_TAG, Clause, cookie_clause, with_version,
 )
+from smtp_border.pipeline import MULTI, Capabilities
 
 POLICY_FILE_ENV = "SMTP_POLICY_FILE"
 STATE_FILE_ENV = "SMTP_POLICY_STATE"
@@ -148,7 +149,13 @@ class Switch:
         self.full_audit_ms = None
         self.meter_rate = None  # audit meter rate set on the switch
         self.fragments = None  # its fragment handling once checked: "nx-match", or why not
+        self.choice = None  # pipeline.Choice: its profile, once probed (smtp_border/pipeline.py)
         self.wake = hub.Event()
+
+    @property
+    def tables(self):
+        """The tables its profile owns: read, audited and reconciled."""
+        return self.choice.profile.table_ids
 
     def unsynced(self, reason):
         self.in_sync = False
@@ -183,6 +190,7 @@ class SmtpPolicy(app_manager.RyuApp):
         self.switches = {}  # dpid -> Switch, for the live connection of each dpid
         # Datapath -> when its hello arrived, to report install time from connect.
         self._hello_at = weakref.WeakKeyDictionary()
+        self._n_tables = weakref.WeakKeyDictionary()  # Datapath -> n_tables of its features reply
         self._waiters = {}  # (Datapath, xid) -> _Waiter
         self._bundle_ids = itertools.count(1)
         self.bundles_wanted = os.environ.get(BUNDLES_ENV, "auto").lower() != "off"
@@ -309,6 +317,10 @@ class SmtpPolicy(app_manager.RyuApp):
                         raise
                     self._no_bundles(switch)
                     return self._reconcile(switch)
+            elif switch.choice.profile.name != MULTI:
+                for phase in ordering.one_table_phases(diff.add, diff.delete):
+                    self._exchange(dp, [openflow.flow_mod(dp, op, r) for op, r in phase], [self._barrier(dp)])
+                how = "with ordered flow mods"
             elif ordering.is_allow_only(diff):
                 version = switch.version
                 adds = [wire.add_flow(with_version(r, version)) for r in diff.add]
@@ -337,6 +349,10 @@ class SmtpPolicy(app_manager.RyuApp):
     def _hello(self, ev):
         self._hello_at[ev.msg.datapath] = time.monotonic()
 
+    @set_ev_cls(ofp_event.EventOFPSwitchFeatures, CONFIG_DISPATCHER)
+    def _features(self, ev):
+        self._n_tables[ev.msg.datapath] = ev.msg.n_tables
+
     @set_ev_cls(ofp_event.EventOFPStateChange, [MAIN_DISPATCHER, DEAD_DISPATCHER])
     def _state_change(self, ev):
         dp = ev.datapath
@@ -351,7 +367,7 @@ class SmtpPolicy(app_manager.RyuApp):
                 self._manage(dp)
         elif dp.id is not None and dp.id in self.switches and self.switches[dp.id].dp is dp:
             del self.switches[dp.id]
-            self.border.forget(dp.id)
+            self.border.disconnected(dp.id)
             for waiter in self._waiters_for(dp):
                 waiter.fail("switch disconnected before answering")
             self.logger.info("smtp-border: switch %016x disconnected; its flows stay in force", dp.id)
@@ -378,7 +394,8 @@ class SmtpPolicy(app_manager.RyuApp):
         return False
 
     def _manage(self, dp):
-        switch = Switch(dp, self.bundles_wanted)
+        spec = self.policy.switch_spec(dp.id)
+        switch = Switch(dp, self.bundles_wanted and getattr(spec, "bundles", None) is not False)
         self.switches[dp.id] = switch
         hub.spawn(self._worker, switch)
 
@@ -451,6 +468,12 @@ class SmtpPolicy(app_manager.RyuApp):
         dp = switch.dp
         started = time.monotonic()
         with gc_paused():
+            if switch.choice is None:
+                self._probe(switch)
+            over = self.border.over_budget(switch.dpid)
+            if over is not None:
+                raise SwitchFailed(f"{over}: nothing sent (raise switches[].table_size if the switch has more,"
+                                   " or grant fewer exceptions)")
             desired = self.border.flows(switch.dpid)
             self._ensure_fragments(switch)
             self._ensure_meter(switch)
@@ -472,7 +495,10 @@ class SmtpPolicy(app_manager.RyuApp):
                 how, version = "in one bundle", 0
                 counts = (len(diff.add), len(diff.delete) + len(foreign))
             else:
-                version, phases = ordering.plan(list(rules) + foreign, desired)
+                if switch.choice.profile.name == MULTI:
+                    version, phases = ordering.plan(list(rules) + foreign, desired)
+                else:
+                    version, phases = 0, ordering.plan_one_table(list(rules) + foreign, desired)
                 for phase in phases:
                     self._exchange(dp, [openflow.flow_mod(dp, op, item) for op, item in phase], [self._barrier(dp)])
                 how = f"with ordered flow mods ({len(phases)} phases)"
@@ -511,10 +537,10 @@ class SmtpPolicy(app_manager.RyuApp):
         switch.audits += 1
         full = switch.audits % FULL_AUDIT_EVERY == 0
         expected = collections.Counter(r.table for r in desired)
-        requests = [self._aggregate(dp, table) for table in OWNED_TABLES]
+        requests = [self._aggregate(dp, table) for table in switch.tables]
         config = dp.ofproto_parser.OFPGetConfigRequest(dp)
         replies = self._exchange(dp, [], requests + [config])
-        counts = {table: replies[r.xid][0].flow_count for table, r in zip(OWNED_TABLES, requests)}
+        counts = {table: replies[r.xid][0].flow_count for table, r in zip(switch.tables, requests)}
         switch.last_audit = time.time()
         switch.flow_count = sum(counts.values())
         if switch.fragments == "nx-match" and replies[config.xid][0].flags & dp.ofproto.OFPC_FRAG_MASK != FRAG_NX_MATCH:
@@ -525,7 +551,7 @@ class SmtpPolicy(app_manager.RyuApp):
             switch.in_sync, switch.drift = False, True
             switch.pending = "drift: fragment handling changed; repairing"
             return None
-        if not full and all(counts[t] == expected.get(t, 0) for t in OWNED_TABLES):
+        if not full and all(counts[t] == expected.get(t, 0) for t in switch.tables):
             switch.audit_ms = (time.monotonic() - started) * 1000
             return
         rules, foreign = self._read_flows(switch, dump=True)
@@ -549,17 +575,22 @@ class SmtpPolicy(app_manager.RyuApp):
 
     def _read_flows(self, switch, dump=False):
         """The switch's flows in the owned tables: (FlowRules, foreign flows).
-        Empty tables (a fresh switch) are told by their counts, without a dump."""
+        Flows with our cookie in other tables (left by another profile) are
+        foreign too. Empty tables (a fresh switch) are told by their counts,
+        without a dump."""
         dp = switch.dp
+        tables = switch.tables
         if not dump:
-            requests = [self._aggregate(dp, table) for table in OWNED_TABLES]
+            requests = [self._aggregate(dp, table) for table in tables]
             replies = self._exchange(dp, [], requests)
             if not any(replies[r.xid][0].flow_count for r in requests):
                 return set(), []
         rules, foreign = set(), []
         entries = self.switch_flows(dp)
         for entry in entries:
-            if entry.table_id not in OWNED_TABLES:
+            if entry.table_id not in tables:
+                if cookie_clause(entry.cookie) is not None:
+                    foreign.append(openflow.Foreign(entry))
                 continue
             (foreign.append(openflow.Foreign(entry)) if entry.rule is None else rules.add(entry.rule))
         self._observe_blocks(switch.dpid, entries)
@@ -577,16 +608,55 @@ class SmtpPolicy(app_manager.RyuApp):
         self._observe_blocks(switch.dpid, [e for body in replies[request.xid] for e in body.entries()])
 
     def _observe_blocks(self, dpid, entries):
+        switch = self.switches.get(dpid)
+        tables = switch.tables if switch is not None and switch.choice is not None else ()
         readings = []
         for entry in entries:
             clause = cookie_clause(entry.cookie)
-            if clause in DIRECTIONS and entry.table_id in OWNED_TABLES:
+            if clause in DIRECTIONS and entry.table_id in tables:
                 key = (entry.table_id, entry.priority, entry.match)
                 readings.append((key, DIRECTIONS[clause][0], entry.packet_count, entry.byte_count))
         self.block_counters.observe(dpid, readings)
 
     def _role(self, dpid):
         return "enforcing" if self.policy.switch_spec(dpid) else "inside (forwarding only)"
+
+    def _probe(self, switch):
+        """Ask a switch that just connected what it can do (table features,
+        meter features; its table count came with its features reply), and
+        give it its profile (smtp_border/pipeline.py). A switch that refuses
+        a request simply does not have that to offer; one that does not
+        answer fails the attempt, which is retried."""
+        dp = switch.dp
+        started = time.monotonic()
+        tables = max_meters = None
+        features, meters = openflow.table_features_request(dp), openflow.meter_features_request(dp)
+        try:  # both at once: one round trip for a switch that answers both, as most do
+            replies = self._exchange(dp, [], [features, meters])
+            tables = openflow.table_features(replies[features.xid])
+            max_meters = replies[meters.xid][0].max_meter if replies[meters.xid] else 0
+        except SwitchFailed as err:
+            if not err.codes:
+                raise
+            for request in (openflow.table_features_request(dp), openflow.meter_features_request(dp)):
+                try:
+                    reply = self._exchange(dp, [], [request])[request.xid]
+                except SwitchFailed as err:
+                    if not err.codes:
+                        raise
+                    reply = None  # refused: the switch does not have it to offer
+                if isinstance(request, dp.ofproto_parser.OFPTableFeaturesStatsRequest):
+                    tables = None if reply is None else openflow.table_features(reply)
+                else:
+                    max_meters = reply[0].max_meter if reply else 0
+        frag = None if tables is None else any("ip_frag" in t.matches for t in tables)
+        capabilities = Capabilities(self._n_tables.get(dp), tables or None, max_meters, frag)
+        switch.choice = self.border.probed(dp.id, capabilities)
+        self.logger.info("smtp-border: switch %016x: pipeline %s, %s; budget %s (%.1f ms to probe)",
+                         switch.dpid, switch.choice.profile.describe(), "; ".join(switch.choice.reasons),
+                         "none known" if switch.choice.budget is None
+                         else f"{switch.choice.budget} entries ({switch.choice.budget_source})",
+                         (time.monotonic() - started) * 1000)
 
     def _ensure_fragments(self, switch):
         """An enforcing switch must read the ports of first fragments
@@ -617,7 +687,8 @@ class SmtpPolicy(app_manager.RyuApp):
         rate, before any flow uses them."""
         dp = switch.dp
         rate = self.policy.audit.sample_rate
-        if not rate or not self.policy.switch_spec(dp.id) or switch.meter_rate == rate:
+        if (not rate or not self.policy.switch_spec(dp.id) or switch.meter_rate == rate
+                or not switch.choice.profile.meters):
             return
         ofp, parser = dp.ofproto, dp.ofproto_parser
         # Ask first rather than try and fail: an error here would read like a
@@ -730,6 +801,12 @@ class SmtpPolicy(app_manager.RyuApp):
         )
         if not switch.bundles:
             status["version"] = switch.version
+        if switch.choice is not None:
+            needed, available, _ = self.border.budget(dpid)
+            status["pipeline"] = switch.choice.to_dict()
+            status["entries"] = {"table": switch.choice.profile.exception_table, "needed": needed,
+                                 "available": available,
+                                 "headroom": None if available is None else available - needed}
         return status
 
     def verify(self, dpid):
@@ -766,7 +843,8 @@ class SmtpPolicy(app_manager.RyuApp):
 
     @set_ev_cls(
         [ofp_event.EventOFPFlowStatsReply, ofp_event.EventOFPMeterConfigStatsReply, ofp_event.EventOFPMeterStatsReply,
-         ofp_event.EventOFPAggregateStatsReply],
+         ofp_event.EventOFPAggregateStatsReply, ofp_event.EventOFPTableFeaturesStatsReply,
+         ofp_event.EventOFPMeterFeaturesStatsReply],
         MAIN_DISPATCHER,
     )
     def _multipart_reply(self, ev):
@@ -790,7 +868,8 @@ class SmtpPolicy(app_manager.RyuApp):
         dp = msg.datapath
         switch = self.switches.get(dp.id)
         if (switch is None or switch.dp is not dp or not self.policy.switch_spec(dp.id)
-                or cookie_clause(msg.cookie) not in SAMPLED or msg.table_id != POLICY_TABLE):
+                or cookie_clause(msg.cookie) not in SAMPLED or switch.choice is None
+                or msg.table_id not in switch.choice.profile.block_tables):
             self.counters[("samples_refused", dp.id)] += 1
             return
         self.counters[("samples", dp.id)] += 1

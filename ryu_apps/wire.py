@@ -202,6 +202,62 @@ def flow_entries(data):
     return entries
 
 
+_TABLE_FEATURES = struct.Struct("!HB5x32sQQII")  # length, table_id, name, metadata match/write, config, max_entries
+_PROPERTY = struct.Struct("!HH")  # type, length (without padding)
+_INSTRUCTION_KINDS = {
+    ofp.OFPIT_GOTO_TABLE: "goto_table",
+    ofp.OFPIT_WRITE_METADATA: "write_metadata",
+    ofp.OFPIT_WRITE_ACTIONS: "write_actions",
+    ofp.OFPIT_APPLY_ACTIONS: "apply_actions",
+    ofp.OFPIT_CLEAR_ACTIONS: "clear_actions",
+    ofp.OFPIT_METER: "meter",
+}
+# OXM class and field -> name, for the fields the policy matches (the rest
+# of a switch's list does not decide anything here).
+_OXM_NAMES = {(f.oxm_class, f.number): f.oxm for f in MATCH_FIELDS}
+
+
+def table_features(data):
+    """(table_id, name, max_entries, instruction kinds, next tables, OXM
+    names) for each ofp_table_features of a table-features reply body,
+    reading only the properties for regular flows that say what a table may
+    match and do. Open vSwitch answers with 254 tables in about 1.2 MB,
+    which Ryu's objects take 280 ms to build; this reads it in a few ms."""
+    tables, offset = [], 0
+    while offset + _TABLE_FEATURES.size <= len(data):
+        length, table_id, name, _, _, _, max_entries = _TABLE_FEATURES.unpack_from(data, offset)
+        if length < _TABLE_FEATURES.size:
+            raise ValueError(f"table-features entry of {length} bytes")
+        instructions, next_tables, matches = set(), set(), set()
+        position, end = offset + _TABLE_FEATURES.size, offset + length
+        while position + _PROPERTY.size <= end:
+            kind, prop_length = _PROPERTY.unpack_from(data, position)
+            if prop_length < _PROPERTY.size:
+                raise ValueError(f"table-features property of {prop_length} bytes")
+            body = data[position + _PROPERTY.size:position + prop_length]
+            if kind == ofp.OFPTFPT_INSTRUCTIONS:
+                inner = 0
+                while inner + 4 <= len(body):
+                    ins_type, ins_length = _PROPERTY.unpack_from(body, inner)
+                    instructions.add(_INSTRUCTION_KINDS.get(ins_type, str(ins_type)))
+                    inner += max(ins_length, 4)
+            elif kind == ofp.OFPTFPT_NEXT_TABLES:
+                next_tables.update(body)
+            elif kind == ofp.OFPTFPT_MATCH:
+                inner = 0
+                while inner + 4 <= len(body):
+                    header = _OXM_HEADER.unpack_from(body, inner)[0]
+                    oxm_class, field = header >> 16, (header >> 9) & 0x7F
+                    if (oxm_class, field) in _OXM_NAMES:
+                        matches.add(_OXM_NAMES[oxm_class, field])
+                    inner += 8 if oxm_class == ofp.OFPXMC_EXPERIMENTER else 4
+            position += prop_length + (-prop_length % 8)
+        tables.append((table_id, name.rstrip(b"\0").decode(errors="replace"), max_entries, instructions,
+                       next_tables, matches))
+        offset += length
+    return tables
+
+
 def _match_of(match, length):
     fields, offset = [], _MATCH_HEADER.size
     while offset < length:

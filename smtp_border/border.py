@@ -11,15 +11,23 @@ flows it no longer knows, reconciles it against `flows(dpid)`, and reports
 back. So there is one place that decides what every switch should hold, and
 changes flow one way: request -> Border -> diffs -> switches.
 
-An invalid change raises (PolicyError, Conflict, NotFound) and a change
-that cannot be saved raises StateUnavailable; in every case nothing changed.
+Each switch has a pipeline profile (smtp_border/pipeline.py: chosen by the
+policy, or from what the switch said of itself when it connected) and
+perhaps an entry budget; its flows are compiled for that profile, and a
+change that would take a switch over its budget is refused before anything
+is saved or sent.
+
+An invalid change raises (PolicyError, Conflict, NotFound), one that does
+not fit a switch OverBudget, and a change that cannot be saved raises
+StateUnavailable; in every case nothing changed.
 """
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Dict
 
-from .compiler import ExceptionIndex, compile_switch
+from .compiler import ExceptionIndex
 from .diff import RuleDiff, diff_rules
+from .pipeline import OverBudget, choose, entries
 from .policy import cyclic_gc_paused, utc_now
 from .store import Change, PolicyStore
 
@@ -45,7 +53,11 @@ class Border:
         with cyclic_gc_paused():  # hundreds of thousands of objects, no garbage
             self.store = PolicyStore(policy_file, state_file)
             self._desired = {}  # dpid -> set of FlowRule the switch should hold
-            self._rebuild(now or utc_now())
+            self._entries = {}  # dpid -> entries its desired flows take in its budgeted table
+            self._capabilities = {}  # dpid -> pipeline.Capabilities from its probe
+            self._choices = {}  # dpid -> pipeline.Choice under the policy in force
+            self._as_of = now or utc_now()
+            self._index = ExceptionIndex(self.policy, self._as_of)
 
     @property
     def policy(self):
@@ -56,25 +68,63 @@ class Border:
         """Ids of the exceptions enforced now (not expired)."""
         return self._index.members
 
-    def _rebuild(self, now):
-        # The index and every compiled switch reflect the same moment, so that
-        # expiry later removes exactly what they hold.
-        self._as_of = now
-        self._index = ExceptionIndex(self.policy, now)
-
     # -- the flows of each switch ----------------------------------------------
+
+    def probed(self, dpid, capabilities):
+        """What switch `dpid` said of itself when it connected (its table
+        features, meters); returns the Choice of profile it gets. Its flows
+        are compiled anew for that profile."""
+        self._capabilities[dpid] = capabilities
+        self._choices.pop(dpid, None)
+        self.forget(dpid)
+        return self.choice(dpid)
+
+    def choice(self, dpid, policy=None):
+        """The profile switch `dpid` gets (pipeline.Choice): the policy's
+        explicit choice, or what its probe allows."""
+        if policy is not None:
+            return choose(policy.switch_spec(dpid), self._capabilities.get(dpid))
+        choice = self._choices.get(dpid)
+        if choice is None:
+            choice = self._choices[dpid] = choose(self.policy.switch_spec(dpid), self._capabilities.get(dpid))
+        return choice
+
+    def profile(self, dpid):
+        return self.choice(dpid).profile
 
     def flows(self, dpid):
         """The rules switch `dpid` should hold now. Compiled once, then kept
         up to date by every change; the caller must not modify the set."""
         rules = self._desired.get(dpid)
         if rules is None:
-            rules = self._desired[dpid] = set(compile_switch(self.policy, dpid, self._as_of))
+            rules = self._desired[dpid] = set(self.profile(dpid).compile(self.policy, dpid, self._as_of))
+            self._count(dpid, self.choice(dpid), rules)
         return rules
 
     def forget(self, dpid):
         """Stop tracking a switch (it disconnected); flows() compiles it anew."""
         self._desired.pop(dpid, None)
+        self._entries.pop(dpid, None)
+
+    def disconnected(self, dpid):
+        """Forget a switch and what it said of itself: it may come back as another device."""
+        self.forget(dpid)
+        self._capabilities.pop(dpid, None)
+        self._choices.pop(dpid, None)
+
+    def budget(self, dpid):
+        """(entries needed, entries available or None, Choice) for a tracked switch."""
+        choice = self.choice(dpid)
+        self.flows(dpid)
+        return self._entries.get(dpid), choice.budget, choice
+
+    def over_budget(self, dpid):
+        """OverBudget if switch `dpid`'s desired flows do not fit its budget, else None."""
+        needed, _, choice = self.budget(dpid)
+        return _over(dpid, self.policy, choice, needed)
+
+    def _count(self, dpid, choice, rules):
+        self._entries[dpid] = entries(rules, choice.profile.exception_table, choice.ipv6_entry_cost)
 
     def enforcing(self, dpid):
         return self.policy.switch_spec(dpid) is not None
@@ -101,7 +151,8 @@ class Border:
             return self._apply(self.store.propose_reload(), now)
 
     def expire(self, now):
-        """Withdraw the exceptions whose time has come; None if none has."""
+        """Withdraw the exceptions whose time has come; None if none has.
+        (Withdrawing only frees entries: no budget can refuse it.)"""
         # One pass, testing only exceptions with an expiry time: this runs
         # every few seconds over policies of 10,000 exceptions.
         active = self._index.members
@@ -111,37 +162,95 @@ class Border:
         self._as_of = now
         if not expired:
             return None
-        return Outcome(Change(self.store.file_policy, self.store.api_exceptions, removed=expired),
-                       self._spread(self._index.update(removed=expired)))
+        diffs = self._spread(self._index.update(removed=expired))
+        self._install(diffs)
+        return Outcome(Change(self.store.file_policy, self.store.api_exceptions, removed=expired), diffs)
 
     def _apply(self, change, now=None):
-        incremental = _only_exceptions_differ(change.file_policy, self.store.file_policy)
-        self.store.commit(change)  # StateUnavailable: nothing changed
-        if incremental:
+        """Validate `change` against every tracked switch's budget, save it,
+        then make it the desired state. OverBudget or StateUnavailable: nothing changed."""
+        if _only_exceptions_differ(change.file_policy, self.store.file_policy):
             # Exceptions alone (an API change, or a reload that changed only
             # exceptions): their flows, whatever the size of the policy. One
             # the file gives already expired is not in force.
             added = [e for e in change.added if e.is_active(self._as_of)]
-            return Outcome(change, self._spread(self._index.update(added, change.removed)))
-        self._rebuild(now or utc_now())
+            network_change = self._index.update(added, change.removed)
+            try:
+                diffs = self._spread(network_change)
+                self._check_budgets(diffs)
+                self.store.commit(change)
+            except BaseException:
+                self._index.revert(network_change)
+                raise
+            self._install(diffs)
+            return Outcome(change, diffs)
+        now = now or utc_now()
+        policy = change.policy
+        new = {}
+        for dpid in self._desired:
+            choice = self.choice(dpid, policy)
+            rules = choice.profile.compile(policy, dpid, now)
+            new[dpid] = choice, rules
+            over = _over(dpid, policy, choice, entries(rules, choice.profile.exception_table, choice.ipv6_entry_cost))
+            if over is not None:
+                raise over
+        index = ExceptionIndex(policy, now)
+        self.store.commit(change)  # StateUnavailable: nothing changed
+        self._as_of, self._index, self._choices = now, index, {}
         diffs = {}
-        for dpid, old in self._desired.items():
-            new = compile_switch(self.policy, dpid, self._as_of)
-            diffs[dpid] = diff_rules(old, new)
-            self._desired[dpid] = set(new)
+        for dpid, (choice, rules) in new.items():
+            diffs[dpid] = diff_rules(self._desired[dpid], rules)
+            self._desired[dpid] = set(rules)
+            self._choices[dpid] = choice
+            self._count(dpid, choice, rules)
         return Outcome(change, diffs)
 
-    def _spread(self, exception_diff):
-        """Exception flows are the same on every enforcing switch and absent on inside ones."""
-        diffs = {}
-        for dpid, rules in self._desired.items():
-            diff = exception_diff if self.enforcing(dpid) else NO_CHANGE
-            if diff:
-                rules.difference_update(diff.delete)
-                rules.update(diff.add)
-            diffs[dpid] = diff
+    def _spread(self, network_change):
+        """The RuleDiff of every tracked switch for a change of exceptions:
+        rendered once per profile (and by-port or not), none on inside switches."""
+        diffs, rendered = {}, {}
+        for dpid in self._desired:
+            spec = self.policy.switch_spec(dpid)
+            if spec is None or not network_change:
+                diffs[dpid] = NO_CHANGE
+                continue
+            profile = self.profile(dpid)
+            key = (profile, spec.by_port)
+            if key not in rendered:
+                rendered[key] = network_change.render(
+                    lambda network, inbound: profile.exception_rule(network, inbound, spec.by_port))
+            diffs[dpid] = rendered[key]
         return diffs
 
+    def _check_budgets(self, diffs):
+        for dpid, diff in diffs.items():
+            choice = self.choice(dpid)
+            if choice.budget is None or not diff:
+                continue
+            table, cost = choice.profile.exception_table, choice.ipv6_entry_cost
+            over = _over(dpid, self.policy, choice,
+                         self._entries[dpid] + entries(diff.add, table, cost) - entries(diff.delete, table, cost))
+            if over is not None:
+                raise over
+
+    def _install(self, diffs):
+        for dpid, diff in diffs.items():
+            if diff:
+                rules = self._desired[dpid]
+                rules.difference_update(diff.delete)
+                rules.update(diff.add)
+                choice = self.choice(dpid)
+                table, cost = choice.profile.exception_table, choice.ipv6_entry_cost
+                self._entries[dpid] += entries(diff.add, table, cost) - entries(diff.delete, table, cost)
+
+
+def _over(dpid, policy, choice, needed):
+    """OverBudget if `needed` entries do not fit the switch's budget, else None."""
+    if choice.budget is None or needed <= choice.budget:
+        return None
+    spec = policy.switch_spec(dpid)
+    return OverBudget(dpid, spec.name if spec else None, choice.profile.exception_table, needed, choice.budget,
+                      choice.budget_source)
 
 
 def _only_exceptions_differ(new, old):

@@ -22,6 +22,9 @@ POLICY_TABLE, highest priority first:
   campus -> anywhere else               drop  (Part 2)
   anything left (outside -> outside)    allow (transit; not the campus's mail)
 """
+from dataclasses import dataclass
+from typing import Tuple
+
 import netaddr
 
 from .diff import RuleDiff
@@ -80,22 +83,24 @@ UNCLASSIFIABLE_ETH_TYPES = (
 )
 
 
-def compile_switch(policy, dpid, now=None):
+def compile_switch(policy, dpid, now=None, meters=True, frag_match=True):
     """The complete rule set for switch `dpid` under `policy` at time `now`.
 
     A switch the policy does not list (when it lists any) is an inside switch:
-    it only gets the pass-through and forwarding rules."""
-    rules = {_rule(CLASSIFY_TABLE, PRIO_DEFAULT, Match(), _GOTO_FORWARD, Clause.NOT_SMTP)}
-    rules.add(_rule(FORWARD_TABLE, PRIO_DEFAULT, Match(), Instructions(output_normal=True), Clause.FORWARD))
+    it only gets the pass-through and forwarding rules. `meters`: False for
+    a switch without meters (blocks drop unsampled); `frag_match`: False for
+    one that cannot match ip_frag (smtp_border/pipeline.py)."""
+    rules = {make_rule(CLASSIFY_TABLE, PRIO_DEFAULT, Match(), _GOTO_FORWARD, Clause.NOT_SMTP)}
+    rules.add(make_rule(FORWARD_TABLE, PRIO_DEFAULT, Match(), Instructions(output_normal=True), Clause.FORWARD))
     spec = policy.switch_spec(dpid)
     if spec is not None:
-        rules.update(_unclassifiable_rules())
+        rules.update(unclassifiable_rules(frag_match=frag_match))
         exceptions = policy.active_exceptions(now or utc_now())
         # Merged once for both families (cidr_merge is most of the compile time).
         merged = {inbound: merged_exception_networks(exceptions, inbound) for inbound in (True, False)}
-        for eth_type in _families(policy, spec):
+        for eth_type in families(policy, spec):
             rules.update(_classify_rules(policy, spec, eth_type))
-            rules.update(_policy_rules(policy, merged, eth_type))
+            rules.update(_policy_rules(policy, merged, eth_type, meters))
         # Only SMTP packets reach the policy table, each marked campus or
         # outside; campus ones all meet a Part 2 block or an allow above, so
         # what falls through is from outside: transit.
@@ -124,6 +129,26 @@ def exception_rule(network, inbound):
     return _allow(PRIO_EXCEPTION, match, Clause.EXCEPTION_OUTBOUND, network)
 
 
+@dataclass(frozen=True)
+class NetworkChange:
+    """What an exception change does to the merged exception networks:
+    (network, inbound) pairs whose flow goes and comes. The same on every
+    enforcing switch; each profile renders it as flows (render)."""
+
+    add: Tuple[Tuple[netaddr.IPNetwork, bool], ...]
+    delete: Tuple[Tuple[netaddr.IPNetwork, bool], ...]
+    applied: Tuple[Tuple[object, bool], ...] = ()  # (exception, added?) in the order applied, for revert
+
+    def __bool__(self):
+        return bool(self.add or self.delete)
+
+    def render(self, exception_rule_of):
+        """The RuleDiff of a switch whose exception flow for (network,
+        inbound) is exception_rule_of(network, inbound)."""
+        return RuleDiff(add=tuple(exception_rule_of(n, i) for n, i in self.add),
+                        delete=tuple(exception_rule_of(n, i) for n, i in self.delete))
+
+
 class ExceptionIndex:
     """The merged exception networks of a policy, updated one exception at a
     time, so that a REST change costs the flows it concerns and not a
@@ -137,12 +162,13 @@ class ExceptionIndex:
         }
 
     def update(self, added=(), removed=()):
-        """Apply exceptions added and removed; returns the RuleDiff for every
-        enforcing switch (exception flows do not depend on the switch)."""
-        add, delete = set(), set()
+        """Apply exceptions added and removed; returns the NetworkChange
+        (exception flows do not depend on the switch, only on its profile)."""
+        add, delete, applied = {}, {}, []
         for exception, adding in [(e, False) for e in removed] + [(e, True) for e in added]:
             if adding == (exception.id in self.members):
                 continue  # removing one that was not in force (expired), or adding one twice
+            applied.append((exception, adding))
             (self.members.add if adding else self.members.discard)(exception.id)
             for inbound in (True, False):
                 if _allows(exception, inbound):
@@ -151,26 +177,36 @@ class ExceptionIndex:
                     # The net effect on the switch: a flow removed then made
                     # again in one change (an exception whose direction
                     # widened) is left alone, not re-added with its counters reset.
-                    for rule in (exception_rule(n, inbound) for n in gone):
-                        if rule in add:
-                            add.discard(rule)
+                    for item in ((n, inbound) for n in gone):
+                        if item in add:
+                            del add[item]
                         else:
-                            delete.add(rule)
-                    for rule in (exception_rule(n, inbound) for n in new):
-                        if rule in delete:
-                            delete.discard(rule)
+                            delete[item] = None
+                    for item in ((n, inbound) for n in new):
+                        if item in delete:
+                            del delete[item]
                         else:
-                            add.add(rule)
+                            add[item] = None
         # Unsorted: within a change the order of flow mods does not matter
         # (adds go before deletes), and sorting thousands costs more than sending them.
-        return RuleDiff(add=tuple(add), delete=tuple(delete))
+        return NetworkChange(add=tuple(add), delete=tuple(delete), applied=tuple(applied))
+
+    def revert(self, change):
+        """Undo `change` (the last update): the merged networks are a function
+        of their members, so undoing each step in reverse restores them exactly."""
+        for exception, adding in reversed(change.applied):
+            (self.members.discard if adding else self.members.add)(exception.id)
+            for inbound in (True, False):
+                if _allows(exception, inbound):
+                    merged = self.merged[inbound]
+                    merged.remove(exception.address) if adding else merged.add(exception.address)
 
 
 def _allows(exception, inbound):
     return exception.direction.allows_inbound if inbound else exception.direction.allows_outbound
 
 
-def _families(policy, spec):
+def families(policy, spec):
     """Which IP versions need rules. By addresses, only families with a
     campus prefix: without one, no IPv6 packet (say) is from or to campus,
     so every one of them is transit. By port, both: an IPv6 packet from a
@@ -180,12 +216,12 @@ def _families(policy, spec):
     return [ETH_TYPE_IPV4 if v == 4 else ETH_TYPE_IPV6 for v in sorted(versions)]
 
 
-def _in_family(networks, eth_type):
+def in_family(networks, eth_type):
     version = 4 if eth_type == ETH_TYPE_IPV4 else 6
     return [n for n in networks if n.version == version]
 
 
-def _unclassifiable_rules(table=CLASSIFY_TABLE, priority=PRIO_UNCLASSIFIABLE):
+def unclassifiable_rules(table=CLASSIFY_TABLE, priority=PRIO_UNCLASSIFIABLE, frag_match=True):
     """Drop, on an enforcing switch, packets whose SMTP port the switch
     cannot see: otherwise they would pass as 'not SMTP' (docs/security.md).
 
@@ -199,11 +235,15 @@ def _unclassifiable_rules(table=CLASSIFY_TABLE, priority=PRIO_UNCLASSIFIABLE):
       reports next header 0. RFC 7112 lets a node drop such first fragments.
     """
     for eth_type in UNCLASSIFIABLE_ETH_TYPES:
-        yield _rule(table, priority, Match(eth_type=eth_type), DROP, Clause.UNCLASSIFIABLE, f"{eth_type:#06x}")
+        yield make_rule(table, priority, Match(eth_type=eth_type), DROP, Clause.UNCLASSIFIABLE, f"{eth_type:#06x}")
     for eth_type in (ETH_TYPE_IPV4, ETH_TYPE_IPV6):
-        match = Match(eth_type=eth_type, ip_proto=IP_PROTO_TCP, tcp_dst=UNREADABLE_PORT, ip_frag=IpFrag.NOT_LATER)
-        yield _rule(table, priority, match, DROP, Clause.UNCLASSIFIABLE, f"{eth_type:#06x}/tcp")
-    yield _rule(table, priority, Match(eth_type=ETH_TYPE_IPV6, ip_proto=0), DROP, Clause.UNCLASSIFIABLE,
+        # A switch that cannot match ip_frag also reads later fragments as
+        # port 0 (OpenFlow's "normal" fragment handling): it drops every TCP
+        # fragment here. Fail closed; TCP sets Don't Fragment in practice.
+        frag = IpFrag.NOT_LATER if frag_match else None
+        match = Match(eth_type=eth_type, ip_proto=IP_PROTO_TCP, tcp_dst=UNREADABLE_PORT, ip_frag=frag)
+        yield make_rule(table, priority, match, DROP, Clause.UNCLASSIFIABLE, f"{eth_type:#06x}/tcp")
+    yield make_rule(table, priority, Match(eth_type=ETH_TYPE_IPV6, ip_proto=0), DROP, Clause.UNCLASSIFIABLE,
                 "ipv6-chain")
 
 
@@ -211,30 +251,30 @@ def _classify_rules(policy, spec, eth_type):
     for port in policy.smtp_ports:
         smtp = dict(eth_type=eth_type, ip_proto=IP_PROTO_TCP, tcp_dst=port)
         for uplink in spec.uplinks:
-            yield _rule(
+            yield make_rule(
                 CLASSIFY_TABLE, PRIO_UPLINK, Match(in_port=uplink, **smtp), _GOTO_POLICY[FROM_OUTSIDE],
                 Clause.FROM_UPLINK, f"{uplink}/{port}",
             )
         if spec.by_port:
             # Not on an uplink: from the campus, whatever the source address says.
-            yield _rule(
+            yield make_rule(
                 CLASSIFY_TABLE, PRIO_OUTSIDE_SOURCE, Match(**smtp), _GOTO_POLICY[FROM_CAMPUS],
                 Clause.NOT_UPLINK, port,
             )
             continue
-        for prefix in _in_family(policy.campus, eth_type):
-            yield _rule(
+        for prefix in in_family(policy.campus, eth_type):
+            yield make_rule(
                 CLASSIFY_TABLE, PRIO_CAMPUS_SOURCE, Match(ip_src=prefix, **smtp), _GOTO_POLICY[FROM_CAMPUS],
                 Clause.FROM_CAMPUS_SOURCE, f"{prefix}/{port}",
             )
-        yield _rule(
+        yield make_rule(
             CLASSIFY_TABLE, PRIO_OUTSIDE_SOURCE, Match(**smtp), _GOTO_POLICY[FROM_OUTSIDE],
             Clause.FROM_OUTSIDE_SOURCE, port,
         )
 
 
-def _policy_rules(policy, merged_exceptions, eth_type):
-    campus = _in_family(policy.campus, eth_type)
+def _policy_rules(policy, merged_exceptions, eth_type, meters=True):
+    campus = in_family(policy.campus, eth_type)
     from_campus = dict(metadata=FROM_CAMPUS, eth_type=eth_type)
     from_outside = dict(metadata=FROM_OUTSIDE, eth_type=eth_type)
 
@@ -242,30 +282,36 @@ def _policy_rules(policy, merged_exceptions, eth_type):
         yield _allow(PRIO_CAMPUS_TO_CAMPUS, Match(ip_dst=prefix, **from_campus), Clause.CAMPUS_TO_CAMPUS, prefix)
 
     gateway_networks = netaddr.cidr_merge(a for g in policy.gateways for a in g.addresses)
-    for network in _in_family(gateway_networks, eth_type):
+    for network in in_family(gateway_networks, eth_type):
         yield _allow(PRIO_GATEWAY, Match(ip_dst=network, **from_outside), Clause.GATEWAY_INBOUND, network)
         yield _allow(PRIO_GATEWAY, Match(ip_src=network, **from_campus), Clause.GATEWAY_OUTBOUND, network)
 
     for inbound in (True, False):
-        for network in _in_family(merged_exceptions[inbound], eth_type):
+        for network in in_family(merged_exceptions[inbound], eth_type):
             yield exception_rule(network, inbound)
 
     # Blocked packets are dropped; with auditing on, a metered sample of them
     # also goes to the controller, which logs who tried to reach whom.
     # Each direction has its own meter: a scan from outside cannot starve the
     # record of campus hosts that try to send mail directly.
-    sampled = bool(policy.audit.sample_rate)
-    inbound = drop_and_sample(INBOUND_METER_ID) if sampled else DROP
-    outbound = drop_and_sample(OUTBOUND_METER_ID) if sampled else DROP
+    inbound, outbound = block_instructions(policy, meters)
     for prefix in campus:
-        yield _rule(POLICY_TABLE, PRIO_BLOCK, Match(ip_dst=prefix, **from_outside), inbound, Clause.PART1_BLOCK, prefix)
+        yield make_rule(POLICY_TABLE, PRIO_BLOCK, Match(ip_dst=prefix, **from_outside), inbound, Clause.PART1_BLOCK, prefix)
     # Campus destinations were allowed above, so what is left from campus goes outside.
-    yield _rule(POLICY_TABLE, PRIO_BLOCK, Match(**from_campus), outbound, Clause.PART2_BLOCK, eth_type)
+    yield make_rule(POLICY_TABLE, PRIO_BLOCK, Match(**from_campus), outbound, Clause.PART2_BLOCK, eth_type)
+
+
+def block_instructions(policy, meters=True):
+    """(Part 1, Part 2) block instructions: drop, and with auditing on (and
+    meters on the switch) a metered sample of each direction to the controller."""
+    if not (meters and policy.audit.sample_rate):
+        return DROP, DROP
+    return drop_and_sample(INBOUND_METER_ID), drop_and_sample(OUTBOUND_METER_ID)
 
 
 def _allow(priority, match, clause, item=""):
-    return _rule(POLICY_TABLE, priority, match, _GOTO_FORWARD, clause, item)
+    return make_rule(POLICY_TABLE, priority, match, _GOTO_FORWARD, clause, item)
 
 
-def _rule(table, priority, match, instructions, clause, item=""):
+def make_rule(table, priority, match, instructions, clause, item=""):
     return FlowRule(table, priority, match, instructions, make_cookie(clause, item))

@@ -130,3 +130,55 @@ def _skeleton(rules):
         r for r in rules
         if r.table != POLICY_TABLE or r.priority <= top or r.instructions.drops
     )
+
+
+# -- one table (the single_table profile) -------------------------------------
+#
+# One table has no metadata to carry a version, so there is no two-phase
+# update. What it can promise instead: at every step each packet gets the
+# old policy's verdict, the new one's, or a drop. It never lets through what
+# both block; a packet both allow may be dropped for the moment between two
+# phases. The order:
+#
+#   1. add the new drops (adding a drop can only turn verdicts into drops);
+#   2. delete the allows that are gone, and add the new allows (a packet
+#      whose winner is now a new allow: every higher new flow that drops is
+#      in place since phase 1, so new allows it too; one whose winner is an
+#      old allow: every old drop is still there, so old allowed it);
+#   3. delete the drops that are gone and flows that are not ours (their
+#      verdict unknown), lowest priority first, one priority per phase: a
+#      packet whose winner goes falls to the highest flow below, and every
+#      leftover below is gone already, so that is a new flow: new's verdict.
+#
+# A flow replaced in place (same key, other instructions) counts as its new
+# self. tests/unit/test_ordering.py checks the promise at every step.
+
+
+def plan_one_table(old, new):
+    """Phases taking a one-table switch holding `old` (FlowRules and flows
+    not ours) to `new`."""
+    held = set(old)
+    keys = {r.key for r in new}
+    return one_table_phases([r for r in new if r not in held], [r for r in old if r.key not in keys])
+
+
+def one_table_phases(adds, gone):
+    """The phases for flows added or replaced (`adds`) and flows whose key is
+    gone (`gone`): a list of phases, each a list of (ADD or DELETE, rule)."""
+    phases = [[(ADD, r) for r in adds if _drops(r)],
+              [(DELETE, r) for r in gone if _allows(r)] + [(ADD, r) for r in adds if not _drops(r)]]
+    leftovers = collections.defaultdict(list)
+    for r in gone:
+        if not _allows(r):
+            leftovers[r.priority].append((DELETE, r))
+    phases += [leftovers[p] for p in sorted(leftovers)]
+    return [phase for phase in phases if phase]
+
+
+def _drops(rule):
+    return rule.instructions.drops
+
+
+def _allows(rule):
+    """An allow of ours; flows not ours (no instructions we know) might drop."""
+    return hasattr(rule, "instructions") and not rule.instructions.drops

@@ -102,6 +102,16 @@ class SwitchSpec:
     # SHA-256 of the certificate (DER) this switch must present over TLS,
     # 64 lowercase hex digits; None: any certificate from the campus CA.
     certificate_sha256: Optional[str] = None
+    # How the policy is laid out in its tables (docs/hardware.md): "auto"
+    # (probe the switch), "multi_table" or "single_table".
+    pipeline: str = "auto"
+    table: Optional[int] = None  # single_table: the table id (a switch's fixed ACL table)
+    table_size: Optional[int] = None  # entries available in the table holding the exceptions
+    ipv6_entry_cost: int = 1  # entries one IPv6 flow takes (2 on many ASICs)
+    # None: as the switch says (meter features; whether it accepts a bundle).
+    # False: never use them on this switch, whatever it says.
+    meters: Optional[bool] = None
+    bundles: Optional[bool] = None
 
     @property
     def by_port(self):
@@ -313,7 +323,13 @@ _AUDIT_KEYS = {"sample_rate": False, "log": False}
 _CAMPUS_KEYS = {"prefixes": True}
 _GATEWAY_KEYS = {"name": True, "addresses": True}
 _EXCEPTION_KEYS = {"address": True, "direction": True, "reason": True, "contact": False, "expires": False}
-_SWITCH_KEYS = {"dpid": True, "uplinks": False, "name": False, "access": False, "certificate_sha256": False}
+_SWITCH_KEYS = {"dpid": True, "uplinks": False, "name": False, "access": False, "certificate_sha256": False,
+                "pipeline": False, "table": False, "table_size": False, "ipv6_entry_cost": False, "meters": False,
+                "bundles": False}
+# switches[].pipeline (smtp_border/pipeline.py; kept here so that reading a
+# policy needs nothing else).
+PIPELINES = ("auto", "multi_table", "single_table")
+MAX_TABLE_ID = 254
 
 
 _remembered_before = {}  # exception entry (as a key) -> MailException, from the last read
@@ -471,12 +487,32 @@ class _PolicyReader:
             self.fail(f"{path}.uplinks", "missing required key (give [] to enforce by addresses alone,"
                                          " or access: true for an access switch)")
         pin = fields.get("certificate_sha256")
+        pipeline = fields.get("pipeline", "auto")
+        if pipeline not in PIPELINES:
+            self.fail(f"{path}.pipeline", f"{pipeline!r} is not a pipeline profile (one of {', '.join(PIPELINES)})"
+                      + _did_you_mean(str(pipeline), list(PIPELINES)))
+        table = fields.get("table")
+        if table is not None:
+            table = self.integer(table, f"{path}.table", 0, MAX_TABLE_ID, "a table id")
+            if pipeline == "multi_table":
+                self.fail(f"{path}.table", "multi_table uses tables 0-2; a table id is for single_table"
+                                           " (or auto, should it choose single_table)")
+        size = fields.get("table_size")
+        if size is not None:
+            size = self.integer(size, f"{path}.table_size", 1, 10_000_000, "a number of table entries")
+        cost = self.integer(fields.get("ipv6_entry_cost", 1), f"{path}.ipv6_entry_cost", 1, 4,
+                            "the entries an IPv6 flow takes")
+        for key in ("meters", "bundles"):
+            if not isinstance(fields.get(key, False), bool):
+                self.fail(f"{path}.{key}", f"{fields[key]!r} is not true or false (leave it out to ask the switch)")
         return SwitchSpec(
             dpid=self.dpid(fields["dpid"], f"{path}.dpid"),
             uplinks=uplinks,
             name=None if name is None else self.text(name, f"{path}.name"),
             access=access,
             certificate_sha256=None if pin is None else self.fingerprint(pin, f"{path}.certificate_sha256"),
+            pipeline=pipeline, table=table, table_size=size, ipv6_entry_cost=cost,
+            meters=fields.get("meters"), bundles=fields.get("bundles"),
         )
 
     def fingerprint(self, value, path):

@@ -17,6 +17,7 @@ from ryu.controller.handler import DEAD_DISPATCHER, MAIN_DISPATCHER
 from ryu.ofproto import ofproto_common, ofproto_parser, ofproto_v1_3, ofproto_v1_3_parser
 
 from ryu_apps import openflow
+import switchshapes
 
 OFP = ofproto_v1_3
 PARSER = ofproto_v1_3_parser
@@ -39,7 +40,8 @@ def match_key(match):
 
 
 class FakeSwitch:
-    def __init__(self, dpid, bundles=True, fragment_modes=True):
+    def __init__(self, dpid, bundles=True, fragment_modes=True, shape="open_vswitch", max_meters=200_000,
+                 n_tables=254):
         self.id = dpid
         self.ofproto = OFP
         self.ofproto_parser = PARSER
@@ -52,12 +54,18 @@ class FakeSwitch:
         self._bundles = {}  # bundle id -> queued messages
         self.log = []  # every message received: (type name, parsed object or bytes)
         self.refuse_flow_mods = 0  # the next N flow mods fail (OFPET_FLOW_MOD_FAILED)
+        self.refuse_code = OFP.OFPFMFC_UNKNOWN  # ... with this code
+        self.flow_limit = None  # per table: a full table refuses adds with OFPFMFC_TABLE_FULL
         self.swallow_barriers = 0  # the next N barriers go unanswered
         self.answers_echo = True  # False: a dead connection that never answers
         self.closed = False  # the controller closed this connection
         self.table_history = []  # the table after each flow mod applied outside a bundle
         self.config_flags = 0  # OFPC_* of the switch config: fragment handling "normal"
         self.fragment_modes = fragment_modes  # False: a switch that keeps "normal" whatever it is told
+        # What it says of itself (tests/switchshapes.py); None: refuses the request.
+        self.table_features = None if shape is None else switchshapes.SHAPES[shape]()
+        self.max_meters = max_meters
+        self.n_tables = n_tables
 
     # -- the Datapath interface the app uses ------------------------------------
 
@@ -81,6 +89,9 @@ class FakeSwitch:
 
     def connect(self, app):
         self.app, self.alive = app, True
+        features = PARSER.OFPSwitchFeatures(self, datapath_id=self.id, n_buffers=0, n_tables=self.n_tables,
+                                            auxiliary_id=0, capabilities=0)
+        app._features(ofp_event.EventOFPSwitchFeatures(features))
         self._state(MAIN_DISPATCHER)
 
     def disconnect(self):
@@ -169,12 +180,27 @@ class FakeSwitch:
             error.xid = xid
             self.app._error(ofp_event.EventOFPErrorMsg(error))
 
+    def _table_features_reply(self, xid):
+        """As a switch answers: bytes, split into messages under 64 KiB, all
+        but the last flagged REPLY_MORE, each through Ryu's parser."""
+        chunks = list(_table_features_chunks(self.table_features))
+        for i, chunk in enumerate(chunks):
+            body = b"".join(chunk)
+            flags = 0 if i == len(chunks) - 1 else OFP.OFPMPF_REPLY_MORE
+            data = struct.pack("!BBHIHH4x", OFP.OFP_VERSION, OFP.OFPT_MULTIPART_REPLY,
+                               OFP.OFP_MULTIPART_REPLY_SIZE + len(body), xid, OFP.OFPMP_TABLE_FEATURES, flags) + body
+            reply = ofproto_parser.msg(self, OFP.OFP_VERSION, OFP.OFPT_MULTIPART_REPLY, len(data), xid, data)
+            self.app._multipart_reply(ofp_event.EventOFPTableFeaturesStatsReply(reply))
+
     def _flow_mod(self, msg, table):
         if self.refuse_flow_mods:
             self.refuse_flow_mods -= 1
-            raise Refused(OFP.OFPET_FLOW_MOD_FAILED, OFP.OFPFMFC_UNKNOWN)
+            raise Refused(OFP.OFPET_FLOW_MOD_FAILED, self.refuse_code)
         key = (msg.table_id, msg.priority, match_key(msg.match))
         if msg.command == OFP.OFPFC_ADD:
+            if (self.flow_limit is not None and key not in table
+                    and sum(k[0] == msg.table_id for k in table) >= self.flow_limit):
+                raise Refused(OFP.OFPET_FLOW_MOD_FAILED, OFP.OFPFMFC_TABLE_FULL)
             table[key] = _stats_of(msg)
         elif msg.command == OFP.OFPFC_DELETE_STRICT:
             table.pop(key, None)
@@ -229,6 +255,15 @@ class FakeSwitch:
                     sum(s.packet_count for s in flows), sum(s.byte_count for s in flows), len(flows))
                 reply = PARSER.OFPAggregateStatsReply(self, body=total, flags=0)
                 event = ofp_event.EventOFPAggregateStatsReply
+        elif kind == OFP.OFPMP_TABLE_FEATURES and self.table_features is not None:
+            self.log.append(("table_features", len(data)))
+            self._table_features_reply(xid)
+            return
+        elif kind == OFP.OFPMP_METER_FEATURES and self.max_meters is not None:
+            reply = PARSER.OFPMeterFeaturesStatsReply(self, body=[PARSER.OFPMeterFeaturesStats(
+                max_meter=self.max_meters, band_types=1 << OFP.OFPMBT_DROP, capabilities=OFP.OFPMF_PKTPS, max_bands=1,
+                max_color=0)], flags=0)
+            event = ofp_event.EventOFPMeterFeaturesStatsReply
         elif kind == OFP.OFPMP_METER_CONFIG:
             reply = PARSER.OFPMeterConfigStatsReply(
                 self, body=[PARSER.OFPMeterConfigStats(meter_id=m, bands=[]) for m in self.meters], flags=0)
@@ -240,6 +275,18 @@ class FakeSwitch:
             raise Refused(OFP.OFPET_BAD_REQUEST, OFP.OFPBRC_BAD_MULTIPART)
         reply.xid = xid
         self.app._multipart_reply(event(reply))
+
+
+def _table_features_chunks(tables, limit=60000):
+    chunk, size = [], 0
+    for stats in tables:
+        data = bytes(stats.serialize())
+        if chunk and size + len(data) > limit:
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(data)
+        size += len(data)
+    yield chunk
 
 
 def _stats_bytes(stats):

@@ -72,7 +72,7 @@ def test_each_change_keeps_every_switch_equal_to_a_fresh_compile(border, tmp_pat
 def test_a_reload_that_changes_only_exceptions_touches_only_their_flows(border, tmp_path, monkeypatch):
     """Without recompiling a switch: the exception index takes the change,
     as for an API change (a reload of 10,000 exceptions is then milliseconds)."""
-    import smtp_border.border as border_module
+    from smtp_border import pipeline
 
     def no_compile(*args, **kwargs):
         raise AssertionError("an exceptions-only reload recompiled a switch")
@@ -84,7 +84,7 @@ def test_a_reload_that_changes_only_exceptions_touches_only_their_flows(border, 
         "  - {address: 10.20.1.6, direction: outbound, reason: new}\n"
         "  - {address: 10.20.1.7, direction: outbound, reason: gone, expires: 2020-01-01T00:00:00Z}\n")
     (tmp_path / "policy.yaml").write_text(edited)
-    monkeypatch.setattr(border_module, "compile_switch", no_compile)
+    monkeypatch.setattr(pipeline.Profile, "compile", no_compile)
     outcome = border.reload()
     monkeypatch.undo()
     assert_consistent(border, before, outcome)
@@ -123,3 +123,51 @@ def test_a_switch_that_connects_later_is_compiled_as_of_the_index(border):
     border.expire(LATER)
     border.forget(2)
     assert border.flows(2) == compile_switch(border.policy, 2, LATER)
+
+
+# -- profiles and budgets (smtp_border/pipeline.py) ------------------------------
+
+
+def test_switches_with_other_profiles_get_their_own_exception_flows(border):
+    """Switch 2 probed as a one-table switch at table 60 without meters:
+    every change keeps each switch equal to a fresh compile in its profile."""
+    from smtp_border.pipeline import Capabilities, Profile
+
+    choice = border.probed(2, Capabilities(n_tables=1, max_meters=0))
+    assert choice.profile == Profile("single_table", meters=False)
+    before = snapshot(border)
+    added = border.add({"address": "10.20.3.10", "direction": "both", "reason": "r"})
+    assert {r.table for r in added.diffs[2].add} == {0} and {r.table for r in added.diffs[1].add} == {1}
+    for dpid in (1, 2, 9):
+        fresh = border.profile(dpid).compile(border.policy, dpid)
+        assert border.flows(dpid) == fresh
+        assert (before[dpid] - set(added.diffs[dpid].delete)) | set(added.diffs[dpid].add) == fresh
+
+
+def test_a_change_over_a_switchs_budget_is_refused_and_changes_nothing(tmp_path):
+    from smtp_border.pipeline import OverBudget
+
+    (tmp_path / "policy.yaml").write_text(textwrap.dedent(POLICY).replace(
+        "{dpid: 2, uplinks: [3]}", "{dpid: 2, uplinks: [3], pipeline: single_table, table_size: 20}"))
+    border = Border(tmp_path / "policy.yaml")
+    for dpid in (1, 2, 9):
+        border.flows(dpid)
+    needed, available, _ = border.budget(2)
+    assert (needed, available) == (19, 20)
+    fits = border.add({"address": "10.20.3.10", "direction": "inbound", "reason": "fits"})  # one flow: 20 of 20
+    before, exceptions = snapshot(border), border.policy.exceptions
+    with pytest.raises(OverBudget) as err:
+        border.add({"address": "10.20.3.11", "direction": "outbound", "reason": "one too many"})
+    assert (err.value.dpid, err.value.needed, err.value.available, err.value.source) == (2, 21, 20, "policy")
+    assert snapshot(border) == before and border.policy.exceptions == exceptions
+    assert border.budget(2)[0] == 20
+    # The index was restored: a removal and an addition that fit go through exactly.
+    border.batch([{"address": "10.20.3.11", "direction": "outbound", "reason": "swap"}], [fits.subject.id])
+    assert border.flows(2) == border.profile(2).compile(border.policy, 2) and border.budget(2)[0] == 20
+    # A reload that grows the switch past its budget is refused too.
+    (tmp_path / "policy.yaml").write_text((tmp_path / "policy.yaml").read_text().replace(
+        "10.20.0.0/16,", "10.20.0.0/16, 10.30.0.0/16,"))
+    before = snapshot(border)
+    with pytest.raises(OverBudget):
+        border.reload()
+    assert snapshot(border) == before and "10.30.0.0/16" not in str(border.policy.campus)

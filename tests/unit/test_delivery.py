@@ -15,7 +15,7 @@ from ryu.lib import hub
 
 from ryu_apps import openflow, smtp_policy, wire
 from smtp_border.compiler import compile_switch
-from smtp_border.policy import load_policy
+from smtp_border.policy import load_policy, parse_policy
 from smtp_border.rules import (
     POLICY_TABLE, Clause, FlowRule, Instructions, Match, cookie_clause, make_cookie, with_version,
 )
@@ -455,3 +455,105 @@ def test_an_api_exception_the_file_contradicts_is_quarantined_and_the_rest_enfor
     assert switch.rules() == desired(app)
     assert any(r.match.ip_src == netaddr.IPNetwork("10.20.3.10/32") for r in switch.rules())
     assert load_policy(app.store.policy_file).exceptions == app.store.file_policy.exceptions
+
+
+# -- pipeline profiles (smtp_border/pipeline.py, issue 14) -------------------------
+
+ONE_TABLE = """
+    campus: {prefixes: [10.20.0.0/16, "fd00:20::/48"]}
+    gateways: [{name: relay, addresses: [10.20.0.25]}]
+    switches: [{dpid: 1, uplinks: [1], %s}]
+"""
+
+
+def hardware_messages(switch):
+    """Everything the app sent that needs more than one plain table: a
+    bundle, a meter, write-metadata, goto-table or a meter instruction."""
+    found = [name for name, _ in switch.log if name in ("bundle", "refused_bundle", "meter_mod")]
+    for mod in flow_mods(switch):
+        for ins in mod.instructions:
+            if ins.type in (switch.ofproto.OFPIT_WRITE_METADATA, switch.ofproto.OFPIT_GOTO_TABLE,
+                            switch.ofproto.OFPIT_METER):
+                found.append(type(ins).__name__)
+    return found
+
+
+def test_single_table_without_meters_or_bundles_sends_only_plain_flow_mods(make_app):
+    app = make_app(ONE_TABLE % "pipeline: single_table, meters: false, bundles: false")
+    switch = connect(app)
+    assert switch.rules() == app.border.flows(1) and {r.table for r in switch.rules()} == {0}
+    _, report = app.change(lambda border: border.add(H1_OUT))
+    assert report["enforced"] == ["0000000000000001"]
+    assert switch.rules() == app.border.flows(1) == app.border.profile(1).compile(app.policy, 1)
+    assert any(r.match.ip_src == netaddr.IPNetwork("10.20.3.10/32") for r in switch.rules())
+    assert hardware_messages(switch) == [] and switch.sent("flow_mod")
+    status = app.switch_status(1)
+    assert status["pipeline"]["pipeline"] == "single_table" and status["pipeline"]["chosen"] == "policy"
+    assert not status["pipeline"]["meters"] and status["bundles"] is False
+    # Its twin on the same fake switch: the three-table pipeline does send them.
+    app = make_app(ONE_TABLE % "pipeline: multi_table")
+    assert hardware_messages(connect(app)) != []
+
+
+@pytest.mark.parametrize("shape, table, meters", [("dell_os9", 0, False), ("of_dpa", 60, True),
+                                                  ("aruba_3810", 100, True), ("open_vswitch", None, True)])
+def test_auto_gives_each_switch_family_the_profile_its_tables_allow(make_app, shape, table, meters):
+    app = make_app(ONE_TABLE % "name: edge")
+    switch = connect(app, shape=shape, max_meters=None if not meters else 4096, bundles=shape == "open_vswitch")
+    profile = app.border.profile(1)
+    if table is None:
+        assert profile.name == "multi_table" and {r.table for r in switch.rules()} == {0, 1, 2}
+    else:
+        assert (profile.name, profile.table, profile.meters) == ("single_table", table, meters)
+        assert {r.table for r in switch.rules()} == {table}
+    assert switch.rules() == app.border.flows(1)
+    assert bool(switch.sent("meter_mod")) == meters
+    status = app.switch_status(1)
+    assert status["pipeline"]["chosen"] == "auto" and status["pipeline"]["reasons"]
+    assert status["entries"]["needed"] == len([r for r in switch.rules() if r.table == profile.exception_table])
+    # A blocked packet's sample counts from the table that blocks it, not another.
+    part2 = make_cookie(Clause.PART2_BLOCK, 0x800)
+    switch.packet_in(part2, syn("10.20.3.10", "198.51.100.25"), table_id=profile.block_tables[0])
+    assert [a.src for a in app.audit.recent] == ["10.20.3.10"]
+    switch.packet_in(part2, syn("10.20.3.11", "198.51.100.25"), table_id=7)
+    assert app.counters[("samples_refused", 1)] == 1
+
+
+def test_a_switch_over_its_budget_gets_nothing_and_says_why(make_app):
+    app = make_app(ONE_TABLE % "pipeline: single_table, table_size: 10")
+    switch = FakeSwitch(1)
+    switch.connect(app)
+    assert settle(app, until=lambda: app.switches[1].failures)
+    assert flow_mods(switch) == [] and switch.rules() == set()
+    reason = app.switch_status(1)["pending"]
+    needed = app.border.budget(1)[0]
+    assert f"would need {needed} entries in table 0, and has 10 (from policy)" in reason and needed > 10
+
+
+def test_an_api_change_past_the_tables_size_is_refused_and_one_that_fits_goes_through(make_app):
+    from smtp_border.pipeline import SINGLE, OverBudget, Profile
+
+    text = textwrap.dedent(ONE_TABLE % "pipeline: single_table")
+    size = len(Profile(SINGLE).compile(parse_policy(text), 1)) + 1  # room for one exception flow
+    app = make_app(ONE_TABLE % f"pipeline: single_table, table_size: {size}")
+    switch = connect(app)
+    _, report = app.change(lambda border: border.add(H1_OUT))  # fits exactly
+    assert report["enforced"] == ["0000000000000001"] and len(switch.rules()) == size
+    before = switch.rules()
+    with pytest.raises(OverBudget) as err:
+        app.change(lambda border: border.add({"address": "10.20.3.11", "direction": "both", "reason": "r"}))
+    assert (err.value.needed, err.value.available) == (size + 1, size)
+    assert switch.rules() == before == app.border.flows(1)
+    assert "10.20.3.11" not in str([e.address for e in app.policy.exceptions])
+
+
+def test_a_switch_whose_table_is_full_gets_nothing_half_applied_and_the_answer_says_so(make_app):
+    app = make_app(ONE_TABLE % "pipeline: single_table")
+    switch = connect(app)
+    before = switch.rules()
+    switch.flow_limit = len(before)  # full: the switch, not the budget, refuses
+    _, report = app.change(lambda border: border.add(H1_OUT))
+    assert report["enforced"] == [] and "OFPFMFC_TABLE_FULL" in report["pending"][0]["reason"]
+    assert switch.rules() == before  # the bundle failed whole
+    switch.flow_limit = None
+    assert settle(app) and switch.rules() == app.border.flows(1)

@@ -51,19 +51,26 @@ def test_applying_a_diff_gives_exactly_the_new_rules(old, new, dpid):
 @SETTINGS
 @given(data=st.data(), policy=policies())
 def test_incremental_exception_changes_equal_a_full_compile(data, policy):
-    """What a REST change sends (the exception index) leaves a switch exactly
-    where a full compilation of the new policy would."""
+    """What a REST change sends (the exception index, rendered for the
+    switch's profile) leaves a switch exactly where a full compilation of the
+    new policy would; and reverting a change restores the index exactly."""
     import dataclasses
 
     from smtp_border.compiler import ExceptionIndex
+    from smtp_border.pipeline import MULTI_TABLE, SINGLE, Profile
     from smtp_border.policy import Direction, MailException
 
     from strategies import networks_in
 
     dpid = data.draw(switch_of(policy))
+    profile = data.draw(st.sampled_from([MULTI_TABLE, Profile(SINGLE), Profile(SINGLE, table=60, meters=False)]))
     index = ExceptionIndex(policy, NOW)
-    rules = set(compile_switch(policy, dpid, NOW))
-    enforcing = policy.switch_spec(dpid) is not None
+    rules = set(profile.compile(policy, dpid, NOW))
+    spec = policy.switch_spec(dpid)
+    enforcing = spec is not None
+
+    def render(change):
+        return change.render(lambda network, inbound: profile.exception_rule(network, inbound, spec.by_port))
     for _ in range(data.draw(st.integers(1, 6))):
         current = list(policy.exceptions)
         if current and data.draw(st.booleans()):
@@ -76,7 +83,12 @@ def test_incremental_exception_changes_equal_a_full_compile(data, policy):
                 continue
             new = MailException(address=address, direction=data.draw(st.sampled_from(list(Direction))), reason="api")
             policy = dataclasses.replace(policy, exceptions=tuple(current) + (new,))
+            if data.draw(st.booleans()):  # refused (over budget, say): reverted, nothing changes
+                before = {k: set(m.blocks) for k, m in index.merged.items()}, set(index.members)
+                index.revert(index.update(added=[new]))
+                assert ({k: set(m.blocks) for k, m in index.merged.items()}, set(index.members)) == before
             diff = index.update(added=[new])
         if enforcing:
+            diff = render(diff)
             rules = (rules - set(diff.delete)) | set(diff.add)
-        assert frozenset(rules) == compile_switch(policy, dpid, NOW)
+        assert frozenset(rules) == profile.compile(policy, dpid, NOW)
