@@ -109,6 +109,24 @@ class PolicyCollector:
         for pending in report["pending"]:
             in_sync.add_metric([pending["dpid"]], 0)
         yield in_sync
+        needed = GaugeMetricFamily(
+            "smtp_border_table_entries", "Entries the policy takes in the table of a connected switch that holds its"
+            " exceptions (IPv6 flows counted as the switch's ipv6_entry_cost), by switch and table.",
+            labels=["switch", "table"])
+        budget = GaugeMetricFamily(
+            "smtp_border_table_budget", "Entries available in that table (switches[].table_size, or the switch's"
+            " table features); absent when unknown. A change that would exceed it is refused.",
+            labels=["switch", "table"])
+        for dpid, switch in sorted(app.switches.items()):
+            if switch.choice is None:
+                continue
+            entries, available, choice = app.border.budget(dpid)
+            labels = [f"{dpid:016x}", str(choice.profile.exception_table)]
+            needed.add_metric(labels, entries)
+            if available is not None:
+                budget.add_metric(labels, available)
+        yield needed
+        yield budget
         yield GaugeMetricFamily("smtp_border_switches_connected", "Switches connected to the controller.",
                                 value=len(app.switches))
         yield CounterMetricFamily("smtp_border_policy_reloads", "Successful policy reloads.",

@@ -17,6 +17,7 @@ Against a running controller's REST API (--url or $SMTP_BORDER_URL,
 Errors are one line on standard error and exit status 1.
 """
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -24,7 +25,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
-from .compiler import compile_switch
+from .pipeline import choose, entries
 from .policy import PolicyError, load_policy
 from .rules import sorted_rules, to_ofctl
 
@@ -68,8 +69,13 @@ def build_parser():
     flows = commands.add_parser("flows", help="print the flows a policy compiles to, as ovs-ofctl would show them")
     flows.add_argument("file")
     flows.add_argument("--dpid", type=lambda text: int(text, 0), help="one switch (default: every listed switch)")
-    flows.add_argument("--count", action="store_true", help="only count the flows of each switch")
-    flows.add_argument("--table-size", type=int, metavar="N", help="warn when a switch needs more than N flows")
+    flows.add_argument("--count", action="store_true",
+                       help="only count each switch's flows, and the entries its budget table needs, with headroom")
+    flows.add_argument("--table-size", type=int, metavar="N",
+                       help="the budget of every switch, whatever the policy says (warns when one needs more)")
+    flows.add_argument("--pipeline", choices=["multi_table", "single_table"],
+                       help="compile every switch in this profile (default: the policy's; auto means multi_table"
+                            " here, as the switch is not there to ask)")
     flows.set_defaults(run=cmd_flows)
 
     exceptions = commands.add_parser("exceptions", help="list, add or remove exceptions").add_subparsers(
@@ -124,17 +130,28 @@ def cmd_flows(args):
     else:
         switches = [(s.dpid, s.name or "") for s in policy.switches]
     for dpid, name in switches:
-        rules = sorted_rules(compile_switch(policy, dpid))
+        spec = policy.switch_spec(dpid)
+        if args.pipeline is not None and spec is not None:
+            spec = dataclasses.replace(spec, pipeline=args.pipeline)
+        choice = choose(spec, None)
+        profile = choice.profile
+        rules = sorted_rules(profile.compile(policy, dpid))
         label = f"dpid {dpid:016x}" + (f" ({name})" if name else "")
+        needed = entries(rules, profile.exception_table, choice.ipv6_entry_cost)
+        budget, source = (args.table_size, "--table-size") if args.table_size is not None else (
+            choice.budget, "switches[].table_size")
         if args.count:
-            print(f"{label}: {len(rules)} flows")
+            room = ("no budget known (the switch tells it when it connects; switches[].table_size sets it)"
+                    if budget is None else f"budget {budget} ({source}), headroom {budget - needed}")
+            print(f"{label}: {len(rules)} flows, {profile.describe()}; {needed} entries in table "
+                  f"{profile.exception_table}, {room}")
         else:
-            print(f"# {label}: {len(rules)} flows")
+            print(f"# {label}: {len(rules)} flows, {profile.describe()}")
             for rule in rules:
                 print(" " + to_ofctl(rule))
-        if args.table_size is not None and len(rules) > args.table_size:
-            print(f"smtp-border: warning: {label} needs {len(rules)} flows, more than the table size {args.table_size}",
-                  file=sys.stderr)
+        if budget is not None and needed > budget:
+            print(f"smtp-border: warning: {label} needs {needed} entries in table {profile.exception_table}, more "
+                  f"than its budget {budget} ({source})", file=sys.stderr)
 
 
 def _switch_name(policy, dpid):

@@ -17,7 +17,7 @@ import yaml
 import campus
 from conftest import ROOT, wait_for
 from lab import Lab, Probe
-from smtp_border.compiler import compile_switch
+from smtp_border.pipeline import choose
 from smtp_border.policy import load_policy
 from smtp_border.rules import AUDIT_METERS, sorted_rules, to_ofctl, with_version
 
@@ -31,11 +31,13 @@ SCRATCH = "smtpcmp"  # a bridge with no ports, to compare a switch's flows with
 
 
 def policy_for(variant, directory):
-    """The shipped policy, plus an exception that has expired, in three variants:
+    """The shipped policy, plus an exception that has expired, in four variants:
     'uplinks' as shipped (s1 enforces by port: port 1 faces outside), with the
     campus switch s2 declared an access switch (every port campus-side);
     'no-bundles' as shipped (s1 alone); 'addresses' without `switches` (every
-    switch enforces by address)."""
+    switch enforces by address); 'single-table' as 'uplinks' with both
+    switches in the one-table profile, without meters (and without bundles:
+    the fixture turns them off), as a hardware switch would have it."""
     with open(ROOT / "policy.yaml") as stream:
         document = yaml.safe_load(stream)
     ip4, ip6, _ = campus.HOST_ADDRESSES[EXPIRED_FOR]
@@ -48,8 +50,11 @@ def policy_for(variant, directory):
         })
     if variant == "addresses":
         del document["switches"]
-    elif variant == "uplinks":  # no-bundles keeps s1 alone, so that s1 is seen to hold Part 2 by port too
+    elif variant in ("uplinks", "single-table"):  # no-bundles keeps s1 alone, so that s1 holds Part 2 by port too
         document["switches"].append({"dpid": 2, "name": "campus access", "access": True})
+    if variant == "single-table":
+        for switch in document["switches"]:
+            switch.update(pipeline="single_table", meters=False)
     path = directory / f"policy-{variant}.yaml"
     path.write_text(yaml.safe_dump(document, sort_keys=False))
     return path
@@ -57,11 +62,11 @@ def policy_for(variant, directory):
 
 # uplinks: the shipped policy; addresses: without `switches`; no-bundles: the
 # shipped policy with bundles turned off, as for a switch that has none.
-@pytest.fixture(scope="module", params=["uplinks", "addresses", "no-bundles"])
+@pytest.fixture(scope="module", params=["uplinks", "addresses", "no-bundles", "single-table"])
 def lab(request, tmp_path_factory):
     directory = tmp_path_factory.mktemp(request.param)
     policy = policy_for(request.param, directory)
-    with Lab(policy, directory, bundles=request.param != "no-bundles") as running:
+    with Lab(policy, directory, bundles=request.param not in ("no-bundles", "single-table")) as running:
         running.variant = request.param
         yield running
         errors = running.controller.openflow_errors()
@@ -121,7 +126,8 @@ def installed_differences(lab, dpid, policy):
     status = next(s for s in lab.controller.api("GET", "/smtp/v1/switches")[1]["switches"] if s["dpid"] == f"{dpid:016x}")
     version = status.get("version", 0)
     expected = lab.workdir / f"expected-{dpid}.flows"
-    rules = [with_version(r, version) for r in sorted_rules(compile_switch(policy, dpid))]
+    profile = choose(policy.switch_spec(dpid), None).profile  # explicit, or auto: what Open vSwitch gets
+    rules = [with_version(r, version) for r in sorted_rules(profile.compile(policy, dpid))]
     expected.write_text("\n".join(to_ofctl(r) for r in rules) + "\n")
     subprocess.run(["ovs-vsctl", "--if-exists", "del-br", SCRATCH, "--", "add-br", SCRATCH, "--", "set", "bridge", SCRATCH,
                     "datapath_type=netdev", "protocols=OpenFlow13", "fail_mode=secure"], check=True)
@@ -151,6 +157,10 @@ def test_switches_hold_exactly_the_compiled_flows(lab):
                 assert part1 or re.search(r"cookie=0x534d21", line), line
                 assert line.endswith(f"actions=meter:{1 if part1 else 2},CONTROLLER:128"), line
         assert "timeout" not in dump
+        if lab.variant == "single-table" and policy.switch_spec(dpid) is not None:
+            # (Inside switches are auto: Open vSwitch gets three tables.) One table, no metadata, goto or meter: what the profile promises a hardware switch.
+            assert not re.search(r"table=[1-9]|write_metadata|goto_table|meter", dump), dump
+            assert lab.ofctl("dump-meters", f"s{dpid}").count("meter=") == 0
 
 
 # -- packets a switch cannot classify (crafted with scapy: mininet/craft.py) --
@@ -330,3 +340,51 @@ def test_switch_restart_is_resynchronised(lab):
     assert blocked_and_allowed(lab) == ["timeout", "open", "open"]
     assert blocked_and_allowed(lab, family=6) == ["timeout", "open", "open"]
     assert installed_differences(lab, campus.BORDER_DPID, load_policy(lab.controller.policy_file)) == ""
+
+
+# -- table budgets (single-table variant; last, as it reconnects s1) ------------
+
+
+@pytest.mark.parametrize("lab", ["single-table"], indirect=True)
+def test_a_change_past_the_switchs_flow_limit_is_refused_whole(lab):
+    """s1's table 0 limited to one entry more than it holds (Open vSwitch
+    refuses past flow_limit, as a full hardware table does): the switch says
+    so in its table features when it reconnects; an exception that needs two
+    flows is refused with the numbers, the policy in force stays whole; one
+    that needs one flow fits, and is enforced."""
+    held = lab.ofctl("dump-flows", "s1").count("cookie=")
+    subprocess.run(["ovs-vsctl", "--", "--id=@t", "create", "Flow_Table", f"flow_limit={held + 1}",
+                    "overflow_policy=refuse", "--", "set", "bridge", "s1", "flow_tables:0=@t"], check=True)
+    try:
+        before = lab.controller.installs(campus.BORDER_DPID)
+        with lab.cut_off("s1"):
+            assert wait_for(lambda: not _status(lab, campus.BORDER_DPID)["connected"], 10)
+        lab.controller.wait_installs({campus.BORDER_DPID: before + 1})
+        status = _status(lab, campus.BORDER_DPID)
+        assert status["entries"] == {"table": 0, "needed": held, "available": held + 1, "headroom": 1}
+        assert status["pipeline"]["budget_source"] == "table features"
+        ip4 = campus.HOST_ADDRESSES["h1"][0]
+        code, body = lab.controller.api("POST", "/smtp/v1/exceptions",
+                                        {"address": ip4, "direction": "both", "reason": "test: too big"})
+        assert code == 409 and body["budget"] == {"dpid": f"{campus.BORDER_DPID:016x}", "name": "border",
+                                                  "table": 0, "needed": held + 2, "available": held + 1,
+                                                  "budget_from": "table features"}, body
+        assert "would need" in body["error"] and ip4 not in str(lab.controller.api("GET", "/smtp/v1/exceptions")[1])
+        assert installed_differences(lab, campus.BORDER_DPID, load_policy(lab.controller.policy_file)) == ""
+        assert list(lab.run_probes([Probe("outhost", "h1", 25), Probe("outhost", "h1", 2525)]).values()) == [
+            "timeout", "open"]
+        code, body = lab.controller.api("POST", "/smtp/v1/exceptions",
+                                        {"address": ip4, "direction": "inbound", "reason": "test: fits"})
+        assert code == 201, body
+        try:
+            results = lab.run_probes([Probe("outhost", "h1", 25), Probe("outhost", "h2", 25)])
+            assert list(results.values()) == ["open", "timeout"]
+            assert _status(lab, campus.BORDER_DPID)["entries"]["headroom"] == 0
+        finally:
+            assert lab.controller.api("DELETE", f"/smtp/v1/exceptions/{body['id']}")[0] == 200
+    finally:
+        subprocess.run(["ovs-vsctl", "clear", "bridge", "s1", "flow_tables"], check=True)
+
+
+def _status(lab, dpid):
+    return next(s for s in lab.controller.api("GET", "/smtp/v1/switches")[1]["switches"] if s["dpid"] == f"{dpid:016x}")

@@ -11,6 +11,7 @@ import pytest
 from conftest import ROOT
 from lab import Controller
 from smtp_border.compiler import compile_switch
+from smtp_border.pipeline import Profile
 from smtp_border.policy import load_policy
 from smtp_border.rules import sorted_rules, to_ofctl
 
@@ -40,13 +41,23 @@ def test_flows_prints_what_the_policy_compiles_to():
     assert code == 0
     expected = [to_ofctl(r) for r in sorted_rules(compile_switch(load_policy(ROOT / "policy.yaml"), 1))]
     lines = out.splitlines()
-    assert lines[0] == f"# dpid 0000000000000001 (border): {len(expected)} flows"
+    assert lines[0] == f"# dpid 0000000000000001 (border): {len(expected)} flows, multi_table"
     assert [line.strip() for line in lines[1:]] == expected
-    assert run("flows", str(ROOT / "policy.yaml"), "--count")[1] == f"dpid 0000000000000001 (border): {len(expected)} flows\n"
-    assert run("flows", str(ROOT / "policy.yaml"), "--dpid", "0x2", "--count")[1] == "dpid 0000000000000002 (inside switch): 2 flows\n"
+    in_table_1 = sum(",table=1," in line for line in expected)
+    assert run("flows", str(ROOT / "policy.yaml"), "--count")[1] == (
+        f"dpid 0000000000000001 (border): {len(expected)} flows, multi_table; {in_table_1} entries in table 1, no budget"
+        " known (the switch tells it when it connects; switches[].table_size sets it)\n")
+    assert run("flows", str(ROOT / "policy.yaml"), "--dpid", "0x2", "--count")[1].startswith(
+        "dpid 0000000000000002 (inside switch): 2 flows, multi_table; 0 entries in table 1")
     code, out, err = run("flows", str(ROOT / "policy.yaml"), "--count", "--table-size", "16")
-    assert code == 0 and err == (
-        f"smtp-border: warning: dpid 0000000000000001 (border) needs {len(expected)} flows, more than the table size 16\n")
+    assert code == 0 and f"budget 16 (--table-size), headroom {16 - in_table_1}" in out and err == ""
+    # One table: every flow counts, and 16 is too few (a warning, not an error: this is a preview).
+    single = [to_ofctl(r) for r in sorted_rules(
+        Profile("single_table").compile(load_policy(ROOT / "policy.yaml"), 1))]
+    code, out, err = run("flows", str(ROOT / "policy.yaml"), "--count", "--table-size", "16", "--pipeline", "single_table")
+    assert code == 0 and f"{len(single)} entries in table 0, budget 16 (--table-size), headroom {16 - len(single)}" in out
+    assert err == (f"smtp-border: warning: dpid 0000000000000001 (border) needs {len(single)} entries in table 0, more"
+                   " than its budget 16 (--table-size)\n")
 
 
 @pytest.mark.parametrize("command", [[], ["check"], ["flows"], ["exceptions"], ["exceptions", "add"], ["exceptions", "rm"],

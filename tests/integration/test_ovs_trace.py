@@ -220,8 +220,9 @@ def test_without_bundles_no_step_opens_what_both_policies_block(bridge, tmp_path
 
 def test_one_table_decides_every_traced_packet_as_the_reference(bridge, tmp_path):
     """The single_table profile's flows (smtp_border/single_table.py), loaded
-    with ovs-ofctl (the app does not select the profile yet), judged by Open
-    vSwitch itself against the reference: the shipped policy and the random ones."""
+    with ovs-ofctl, judged by Open vSwitch itself against the reference: the
+    shipped policy and the random ones. (The app delivering them is tested
+    in test_campus_mininet.py's single-table variant.)"""
     ofctl("set-frags", bridge, "nx-match")  # as the app sets it on every enforcing switch
     for meter in AUDIT_METERS:
         ofctl("add-meter", bridge, f"meter={meter},pktps,burst,band=type=drop,rate=10,burst_size=10")

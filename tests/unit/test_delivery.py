@@ -557,3 +557,13 @@ def test_a_switch_whose_table_is_full_gets_nothing_half_applied_and_the_answer_s
     assert switch.rules() == before  # the bundle failed whole
     switch.flow_limit = None
     assert settle(app) and switch.rules() == app.border.flows(1)
+
+
+def test_metrics_show_each_switchs_entries_and_budget(make_app):
+    from prometheus_client import generate_latest
+
+    app = make_app(ONE_TABLE % "pipeline: single_table, table_size: 500")
+    switch = connect(app)
+    metrics = generate_latest(app.metrics_registry).decode()
+    assert f'smtp_border_table_entries{{switch="0000000000000001",table="0"}} {float(len(switch.rules()))}' in metrics
+    assert 'smtp_border_table_budget{switch="0000000000000001",table="0"} 500.0' in metrics
