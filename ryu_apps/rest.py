@@ -454,7 +454,8 @@ class SmtpRestController(ControllerBase):
         since = query_time(req, "since")
         limit = query_int(req, "limit", 100, 1, MAX_EVENTS)
         events = [vars(a) for a in self.app.audit.query(since, limit)]
-        return json_response(200, {"events": events, "sampled": True, "log": str(self.app.audit.path)})
+        return json_response(200, {"events": events, "sampled": True, "log": str(self.app.audit.path),
+                                   **self._unsampled()})
 
     @route("smtp", PREFIX + "/blocked/top", methods=["GET"])
     @api(OFFENDERS)
@@ -463,7 +464,20 @@ class SmtpRestController(ControllerBase):
         limit = query_int(req, "limit", 20, 1, 1000)
         since = utc_now() - datetime.timedelta(seconds=window)
         ranking = self.app.audit.top(since, limit)
-        return json_response(200, {"window_seconds": window, "since": format_time(since), "sampled": True, **ranking})
+        return json_response(200, {"window_seconds": window, "since": format_time(since), "sampled": True, **ranking,
+                                   **self._unsampled()})
+
+    def _unsampled(self):
+        """Enforcing switches that drop blocked packets without sampling them
+        (no meters: docs/hardware.md): their attempts are not in the log."""
+        dpids = [f"{dpid:016x}" for dpid, switch in sorted(self.app.switches.items())
+                 if switch.choice is not None and not switch.choice.profile.meters
+                 and self.app.policy.switch_spec(dpid) is not None]
+        if not dpids:
+            return {}
+        return {"unsampled_switches": dpids,
+                "note": "these switches have no meters: they block without sending samples, so their attempts are"
+                        " not listed here; smtp_border_blocked_packets in /metrics counts them"}
 
     @route("smtp", PREFIX + "/mailservers", methods=["GET"])
     @api()

@@ -8,6 +8,10 @@ this module only delivers it and reports back. For each connected switch it
 keeps whether the switch is known to hold exactly its desired flows, and a
 worker green thread that makes it so:
 
+* on connection it first *probes* the switch (table features, meter
+  features; smtp_border/pipeline.py chooses its profile: three tables, or
+  one for switches without write-metadata or goto-table, with or without
+  meters; docs/hardware.md), then reconciles;
 * on connection, after a failed push (retried with exponential backoff up to
   RETRY_MAX seconds) and when an audit finds drift, it *reconciles*: reads
   the switch's flows, diffs them with the desired ones and sends the

@@ -567,3 +567,19 @@ def test_metrics_show_each_switchs_entries_and_budget(make_app):
     metrics = generate_latest(app.metrics_registry).decode()
     assert f'smtp_border_table_entries{{switch="0000000000000001",table="0"}} {float(len(switch.rules()))}' in metrics
     assert 'smtp_border_table_budget{switch="0000000000000001",table="0"} 500.0' in metrics
+
+
+def test_blocked_says_which_switches_block_without_samples(make_app):
+    """GET /blocked and /blocked/top carry it (the handlers add _unsampled())."""
+    from webob import Request
+
+    from ryu_apps import rest
+
+    app = make_app(ONE_TABLE % "pipeline: single_table, meters: false")
+    switch = connect(app)
+    assert not switch.sent("meter_mod") and not any(r.instructions.sample_meter for r in switch.rules())
+    controller = rest.SmtpRestController(Request.blank("/"), None, {rest.APP_KEY: app})
+    assert controller._unsampled()["unsampled_switches"] == ["0000000000000001"]
+    twin = make_app(ONE_TABLE % "pipeline: single_table")  # with meters: nothing to say
+    connect(twin)
+    assert rest.SmtpRestController(Request.blank("/"), None, {rest.APP_KEY: twin})._unsampled() == {}
