@@ -17,6 +17,7 @@ APT_PACKAGES=(
     chromium                                        # a real browser for the hostile-page test
     openssl                                         # certificates for the OpenFlow-over-TLS test
     procps psmisc                                   # pkill/fuser for clean-up
+    etcd-server                                     # the shared store of several controllers (docs/ha.md)
 )
 
 log() { printf 'setup: %s\n' "$*"; }

@@ -47,11 +47,13 @@ class Outcome:
 
 
 class Border:
-    def __init__(self, policy_file, state_file=None, now=None):
+    def __init__(self, policy_file, state_file=None, now=None, state=None):
         """PolicyError if policy.yaml (or the state file) cannot be read;
-        API exceptions the file contradicts are quarantined, not fatal."""
+        API exceptions the file contradicts are quarantined, not fatal.
+        `state`: where API exceptions live if not in the journal file
+        (smtp_border/etcdstate.EtcdState, shared by every replica)."""
         with cyclic_gc_paused():  # hundreds of thousands of objects, no garbage
-            self.store = PolicyStore(policy_file, state_file)
+            self.store = PolicyStore(policy_file, state_file, state)
             self._desired = {}  # dpid -> set of FlowRule the switch should hold
             self._entries = {}  # dpid -> entries its desired flows take in its budgeted table
             self._capabilities = {}  # dpid -> pipeline.Capabilities from its probe
@@ -146,6 +148,13 @@ class Border:
     def batch(self, additions, removals, now=None):
         return self._apply(self.store.propose_batch(additions, removals, now))
 
+    def sync(self, events):
+        """Exceptions another replica saved (etcd watch events): applied as
+        any change, but not saved again, and not refused for a budget (they
+        are in force on the cluster already; a switch they do not fit stays
+        pending, and says so)."""
+        return self._apply(self.store.propose_remote(events), budget=False)
+
     def reload(self, now=None):
         with cyclic_gc_paused():
             return self._apply(self.store.propose_reload(), now)
@@ -166,7 +175,7 @@ class Border:
         self._install(diffs)
         return Outcome(Change(self.store.file_policy, self.store.api_exceptions, removed=expired), diffs)
 
-    def _apply(self, change, now=None):
+    def _apply(self, change, now=None, budget=True):
         """Validate `change` against every tracked switch's budget, save it,
         then make it the desired state. OverBudget or StateUnavailable: nothing changed."""
         if _only_exceptions_differ(change.file_policy, self.store.file_policy):
@@ -177,7 +186,8 @@ class Border:
             network_change = self._index.update(added, change.removed)
             try:
                 diffs = self._spread(network_change)
-                self._check_budgets(diffs)
+                if budget:
+                    self._check_budgets(diffs)
                 self.store.commit(change)
             except BaseException:
                 self._index.revert(network_change)
@@ -192,7 +202,7 @@ class Border:
             rules = choice.profile.compile(policy, dpid, now)
             new[dpid] = choice, rules
             over = _over(dpid, policy, choice, entries(rules, choice.profile.exception_table, choice.ipv6_entry_cost))
-            if over is not None:
+            if over is not None and budget:
                 raise over
         index = ExceptionIndex(policy, now)
         self.store.commit(change)  # StateUnavailable: nothing changed

@@ -71,15 +71,22 @@ class Change:
 
 
 class PolicyStore:
-    def __init__(self, policy_file, state_file=None):
-        """Load policy.yaml and the saved API exceptions.
+    def __init__(self, policy_file, state_file=None, state=None):
+        """Load policy.yaml and the saved API exceptions: from the journal
+        file (state_file, by default beside policy.yaml), or from `state`, an
+        object with the same interface (smtp_border/etcdstate.EtcdState).
 
         PolicyError if policy.yaml is invalid or the state file is unreadable;
-        an API exception that the file contradicts is quarantined, not fatal."""
+        an API exception that the file contradicts is quarantined, not fatal.
+        StateUnavailable if `state` cannot be read (etcd down)."""
         self.policy_file = str(policy_file)
-        self.state_file = str(state_file or default_state_path(policy_file))
         file_policy = load_policy(self.policy_file)
-        self._state = StateFile(self.state_file)
+        if state is None:
+            self.state_file = str(state_file or default_state_path(policy_file))
+            state = StateFile(self.state_file)
+        else:
+            self.state_file = state.path
+        self._state = state
         saved = self._state.load()
         candidates = []
         for i, item in enumerate(saved):
@@ -203,6 +210,35 @@ class PolicyStore:
                 exception,
             )
         return exception
+
+    def propose_remote(self, events):
+        """What another replica saved (etcd watch events: (kind, address,
+        mapping), kind "put" or "delete"), as a Change that is not saved
+        again. An event this replica holds already (its own change coming
+        back through the watch) changes nothing."""
+        candidates = {}
+        for candidate in list(self.api_exceptions) + [q.exception or q for q in self.quarantined]:
+            candidates[candidate.address if isinstance(candidate, Quarantined) else str(candidate.address)] = candidate
+        for kind, address, item in events:
+            if kind == "delete":
+                candidates.pop(address, None)
+                continue
+            try:
+                exception = parse_exception(item, None, source=self.state_file, path=address)
+            except PolicyError as err:
+                candidates[address] = Quarantined(address, item, f"invalid: {err.path}: {err.problem}")
+                continue
+            if candidates.get(address) != exception:
+                candidates.pop(address, None)  # a replaced exception moves to the end, as in the journal
+                candidates[address] = exception
+                self._saved_at[exception.id] = next(self._next_position)
+        api, quarantined = _partition(self.file_policy, list(candidates.values()))
+        old = {e.id: e for e in self.api_exceptions}
+        new = {e.id: e for e in api}
+        added = tuple(e for i, e in new.items() if old.get(i) != e)
+        removed = tuple(e for i, e in old.items() if new.get(i) != e)
+        dropped = tuple(q for q in self.quarantined if q.address not in {x.address for x in quarantined})
+        return Change(self.file_policy, api, added=added, removed=removed, quarantined=quarantined, dropped=dropped)
 
     def propose_reload(self):
         """policy.yaml as it is on disk now; PolicyError if it is invalid.
