@@ -48,7 +48,8 @@ def free_port():
 class Controller:
     """A ryu-manager process running ryu_apps.smtp_policy, logging to a file."""
 
-    def __init__(self, policy_file, log_file, state_file=None, token=None, bundles=True, audit_seconds=1.0, tls=None):
+    def __init__(self, policy_file, log_file, state_file=None, token=None, bundles=True, audit_seconds=1.0, tls=None,
+                 env=None):
         self.policy_file = Path(policy_file)
         self.log_file = Path(log_file)
         # API exceptions go beside the log, never into the repository.
@@ -60,6 +61,7 @@ class Controller:
         self.audit_seconds = audit_seconds
         # (key, certificate, CA) files: OpenFlow over TLS on of_port, switches need a certificate from the CA.
         self.tls = tls
+        self.env = dict(env or {})  # more environment (SMTP_POLICY_ETCD, ...)
         self.of_port = free_port()
         self.api_port = free_port()
         self.process = None
@@ -77,6 +79,7 @@ class Controller:
             # No token: the explicit development mode (loopback clients only).
             env["SMTP_POLICY_LOOPBACK_DEV"] = "1"
         env["SMTP_POLICY_BUNDLES"] = "auto" if self.bundles else "off"
+        env.update(self.env)
         if self.audit_seconds is not None:
             env["SMTP_POLICY_AUDIT_SECONDS"] = str(self.audit_seconds)
         if self.tls:

@@ -24,8 +24,11 @@ the listed switches that confirmed it and those that did not, with why:
     502      saved, but a connected switch did not confirm it; the controller
              retries by itself (GET /switches shows progress)
     500      saved, but delivering it crashed (a bug; the log has it); retried
-    503      not saved (the state file cannot be written): nothing changed
-    409      refused: a conflicting exception, or a switch's flow table
+    503      not saved (the state file cannot be written, or etcd cannot be
+             reached): nothing changed; or, with etcd, not confirmed: etcd
+             may still commit it once it has a quorum (the answer says so)
+    409      refused: a conflicting exception (or another controller changed
+             it at the same moment), or a switch's flow table
              would overflow ("budget": which switch, entries needed and
              available); nothing changed
 
@@ -50,6 +53,7 @@ from ryu_apps.metrics import registry_for
 from smtp_border.audit import format_time, parse_time
 from smtp_border.inventory import inventory
 from smtp_border.policy import PolicyError, utc_now
+from smtp_border.etcdstate import ConcurrentChange, StateInDoubt
 from smtp_border.pipeline import OverBudget
 from smtp_border.state import StateUnavailable
 from smtp_border.store import Conflict, NotFound
@@ -160,12 +164,16 @@ def api(access=None):
                 if err.existing is not None:
                     document["existing"] = err.existing.to_dict()
                 return json_response(409, document)
+            except ConcurrentChange as err:
+                return json_response(409, {"error": str(err)})
             except OverBudget as err:
                 return json_response(409, {"error": f"refused, nothing changed: {err}", "budget": err.to_dict()})
             except NotFound as err:
                 return json_response(404, {"error": str(err)})
             except StateUnavailable as err:
                 LOG.error("smtp-border: REST %s %s: %s", req.method, req.path, err)
+                if isinstance(err, StateInDoubt):  # etcd may still commit it: say so, not "nothing changed"
+                    return json_response(503, {"error": f"not confirmed: {err}"}, {"Retry-After": "30"})
                 return json_response(503, {"error": f"not saved, nothing changed: {err}"}, {"Retry-After": "30"})
             except Exception:  # never a traceback to the client; the log has it
                 LOG.exception("smtp-border: REST %s %s failed", req.method, req.path)

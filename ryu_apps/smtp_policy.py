@@ -52,7 +52,9 @@ from smtp_border.audit import DIRECTIONS, SAMPLED, AuditLog, attempt_from_sample
 from smtp_border.border import Border
 from smtp_border.counters import BlockCounters
 from smtp_border.diff import diff_rules
+from smtp_border.etcdstate import ETCD_ENV, EtcdState
 from smtp_border.policy import PolicyError, utc_now
+from smtp_border.state import StateUnavailable
 from smtp_border.policy import cyclic_gc_paused as gc_paused
 from smtp_border.rules import (
     AUDIT_METERS, COOKIE_APP_TAG, Clause, cookie_clause, with_version,
@@ -80,6 +82,9 @@ EXPIRY_CHECK_SECONDS = 10.0
 # if it were done every minute.
 AUDIT_SECONDS = 5.0
 FULL_AUDIT_EVERY = 120
+# How often the etcd member a watch streams from is checked (its stream ends
+# silently when it dies).
+WATCH_CHECK_SECONDS = 2.0
 # How long a connected switch has to answer an echo when a second
 # connection claims its dpid.
 ECHO_TIMEOUT = 3.0
@@ -173,14 +178,21 @@ class SmtpPolicy(app_manager.RyuApp):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        shared = None
         try:
+            if os.environ.get(ETCD_ENV):
+                shared = EtcdState(os.environ[ETCD_ENV])  # several controllers, one policy (docs/ha.md)
             self.border = Border(
-                os.environ.get(POLICY_FILE_ENV, DEFAULT_POLICY_FILE), os.environ.get(STATE_FILE_ENV) or None
+                os.environ.get(POLICY_FILE_ENV, DEFAULT_POLICY_FILE), os.environ.get(STATE_FILE_ENV) or None,
+                state=shared,
             )
-        except PolicyError as err:
+        except (PolicyError, ValueError) as err:
             # One line and a non-zero exit, not a traceback: this is the
             # operator's file, not our bug.
             sys.exit(f"smtp-border: {err}")
+        except StateUnavailable as err:
+            sys.exit(f"smtp-border: {err}: start etcd, or leave {ETCD_ENV} unset to keep API exceptions in the"
+                     " local journal")
         self.store = self.border.store
         self._log_policy()
         self.audit = AuditLog(
@@ -206,6 +218,9 @@ class SmtpPolicy(app_manager.RyuApp):
         tls.install()  # before Ryu starts its OpenFlow server (after every app is made)
         openflow.install_flow_stats_reader()  # flow-stats replies read as bytes (ryu_apps/wire.py)
         hub.spawn(self._expiry_loop)
+        if shared is not None:
+            self.logger.info("smtp-border: API exceptions are shared in %s", shared.path)
+            hub.spawn(self._watch_loop, shared)
 
     @property
     def policy(self):
@@ -703,6 +718,48 @@ class SmtpPolicy(app_manager.RyuApp):
                 for meter in AUDIT_METERS]
         self._exchange(dp, mods, [self._barrier(dp)])
         switch.meter_rate = rate
+
+    def _watch_loop(self, shared):
+        """Changes other controllers saved in etcd, applied here as they come
+        (Border.sync) and delivered to this controller's switches. A watch
+        whose member stops answering is made again on another, from the
+        revision last applied: nothing is missed."""
+        delay = RETRY_MIN
+        while True:
+            try:
+                events, cancel = shared.watch()
+            except Exception as err:  # StateUnavailable, or anything else: never stop watching
+                self.logger.error("smtp-border: cannot watch etcd for other controllers' changes (retrying in %.1f s):"
+                                  " %s", delay, err)
+                hub.sleep(delay)
+                delay = min(RETRY_MAX, delay * 2)
+                continue
+            delay = RETRY_MIN
+            guard = hub.spawn(self._watch_guard, shared, cancel)
+            try:
+                for event in events:
+                    self._remote([event])
+            except Exception:  # one bad event must not end the watch for good
+                self.logger.exception("smtp-border: applying a change from etcd failed; watching again")
+            finally:
+                cancel()
+                guard.kill()
+            hub.sleep(RETRY_MIN)
+
+    def _watch_guard(self, shared, cancel):
+        while shared.watch_alive():
+            hub.sleep(WATCH_CHECK_SECONDS)
+        self.logger.warning("smtp-border: the etcd member the watch streams from stopped answering; watching again")
+        cancel()
+
+    def _remote(self, events):
+        outcome, report = self.change(lambda border: border.sync(events))
+        change = outcome.change
+        if change.added or change.removed:
+            self.logger.info(
+                "smtp-border: change from another controller: +%d -%d exception(s); enforced on %s; pending on %s",
+                len(change.added), len(change.removed), report["enforced"] or "none",
+                [f"{p['dpid']} ({p['reason']})" for p in report["pending"]] or "none")
 
     def _expiry_loop(self):
         while True:

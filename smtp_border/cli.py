@@ -26,7 +26,7 @@ import urllib.parse
 import urllib.request
 
 from .pipeline import choose, entries
-from .policy import PolicyError, load_policy
+from .policy import PolicyError, load_policy, parse_exception
 from .rules import sorted_rules, to_ofctl
 
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -106,6 +106,13 @@ def build_parser():
     top.add_argument("--limit", type=int, default=20)
     top.set_defaults(run=cmd_top)
 
+    migrate = commands.add_parser(
+        "journal-to-etcd", help="copy the API exceptions of a journal file into etcd, for several controllers")
+    migrate.add_argument("journal", help="the state file (policy.api-exceptions.json beside policy.yaml)")
+    migrate.add_argument("--etcd", default=os.environ.get("SMTP_POLICY_ETCD"),
+                         help="etcd endpoints, as SMTP_POLICY_ETCD (default: $SMTP_POLICY_ETCD)")
+    migrate.set_defaults(run=cmd_journal_to_etcd)
+
     servers = commands.add_parser("mailservers", help="the inventory: relays and every exception, why, until when")
     servers.add_argument("--soon-days", type=int, default=30, help="flag exceptions expiring within this many days")
     servers.set_defaults(run=cmd_mailservers)
@@ -152,6 +159,34 @@ def cmd_flows(args):
         if budget is not None and needed > budget:
             print(f"smtp-border: warning: {label} needs {needed} entries in table {profile.exception_table}, more "
                   f"than its budget {budget} ({source})", file=sys.stderr)
+
+
+def cmd_journal_to_etcd(args):
+    """All of a journal's exceptions into etcd, in its order, as one
+    transaction: into an empty etcd only (never over what controllers
+    sharing it have granted since)."""
+    from .etcdstate import ConcurrentChange, EtcdState
+    from .state import StateUnavailable, read_state
+
+    if not args.etcd:
+        raise CliError("say where etcd is: --etcd http://127.0.0.1:2379[,...] (or set SMTP_POLICY_ETCD)")
+    items = []
+    for item in read_state(args.journal):
+        try:  # keys are addresses as the controller spells them (10.20.3.10/32)
+            item = dict(item, address=str(parse_exception(item, None, source=args.journal).address))
+        except PolicyError:
+            pass  # copied as it is: the controllers quarantine it, as they would from the journal
+        items.append(item)
+    try:
+        shared = EtcdState(args.etcd)
+        held = shared.load()
+        if held:
+            raise CliError(f"{shared.path} holds {len(held)} exception(s) already; nothing copied (migrate into an"
+                           " empty etcd, before the controllers use it)")
+        shared.record(removed=[], added=items)
+    except (ValueError, StateUnavailable, ConcurrentChange) as err:
+        raise CliError(f"nothing copied: {err}") from None
+    print(f"{len(items)} exception(s) copied from {args.journal} into {shared.path}")
 
 
 def _switch_name(policy, dpid):

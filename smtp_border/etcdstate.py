@@ -32,6 +32,7 @@ import json
 import time
 import urllib.parse
 
+import requests
 from etcd3gw.client import Etcd3Client
 from etcd3gw import exceptions as etcd_errors
 
@@ -91,6 +92,7 @@ class EtcdState:
         self._preferred = 0  # the endpoint that answered last
         self.revision = 0  # the etcd revision this replica's view reflects
         self._mod = {}  # address -> mod revision of its key, as last seen
+        self.watching = 0  # the endpoint the watch streams from
 
     # -- talking to etcd, failing over between endpoints ------------------------
 
@@ -106,7 +108,8 @@ class EtcdState:
             try:
                 result = request(self._clients[index])
             except (etcd_errors.ConnectionFailedError, etcd_errors.ConnectionTimeoutError,
-                    etcd_errors.InternalServerError) as err:
+                    etcd_errors.InternalServerError, requests.exceptions.RequestException) as err:
+                # (etcd3gw passes requests' own errors through when it makes a watch.)
                 scheme, host, port = self.endpoints[index]
                 errors.append(f"{host}:{port}: {_reason(err)}")
                 reached = reached or not _unreachable(err)
@@ -216,11 +219,14 @@ class EtcdState:
     # -- what other replicas do -----------------------------------------------------
 
     def watch(self):
-        """(events iterator, cancel) from the revision after the one seen.
-        Each event: ("put", address, mapping, revision) or ("delete", address, None, revision)."""
+        """(events iterator, cancel) from the revision after the one seen, on
+        the endpoint that answers. Each event: (kind, address, mapping,
+        revision), kind "put" or "delete". What is seen is recorded when it is
+        applied (seen()), under the caller's lock, so a change made here never
+        compares against a revision this replica has not applied yet."""
         start = self.revision + 1
-        events, cancel = self._call(
-            "watch etcd", lambda c: c.watch_prefix(self.prefix, start_revision=start))
+        events, cancel = self._call("watch etcd", lambda c: c.watch_prefix(self.prefix, start_revision=start))
+        self.watching = self._preferred
 
         def decoded():
             for event in events:
@@ -228,15 +234,29 @@ class EtcdState:
                 address = kv["key"].decode()[len(self.prefix):]
                 revision = int(kv["mod_revision"])
                 if event.get("type") == "DELETE":
-                    self._mod.pop(address, None)
-                    self.revision = max(self.revision, revision)
                     yield "delete", address, None, revision
                 else:
-                    self._mod[address] = revision
-                    self.revision = max(self.revision, revision)
                     yield "put", address, json.loads(kv["value"]), revision
 
         return decoded(), cancel
+
+    def watch_alive(self):
+        """False once the member the watch streams from stops answering: its
+        stream then ends without a word, and the watch must be made again."""
+        try:
+            self._clients[self.watching].status()
+            return True
+        except (etcd_errors.Etcd3Exception, OSError):
+            return False
+
+    def seen(self, events):
+        """Events applied: the revisions a later change compares against."""
+        for kind, address, _, revision in events:
+            if kind == "delete":
+                self._mod.pop(address, None)
+            else:
+                self._mod[address] = revision
+            self.revision = max(self.revision, revision)
 
 
 def _unreachable(err):
@@ -244,7 +264,7 @@ def _unreachable(err):
     connection was refused or could not be made): etcd3gw says so in the
     message of the ConnectionFailedError it makes from requests' error."""
     text = " ".join(str(a) for a in err.args)
-    return isinstance(err, etcd_errors.ConnectionFailedError) and (
+    return isinstance(err, (etcd_errors.ConnectionFailedError, requests.exceptions.ConnectionError)) and (
         "Connection refused" in text or "Failed to establish" in text or "Max retries" in text)
 
 

@@ -64,6 +64,7 @@ class Change:
     save_removed: Tuple[str, ...] = ()
     save_added: Tuple[MailException, ...] = ()
     subject: Optional[MailException] = None  # the one exception a POST names, new or already in force
+    seen: Tuple = ()  # etcd events this change applies (another replica's): recorded as seen on commit
 
     @property
     def policy(self):
@@ -213,13 +214,13 @@ class PolicyStore:
 
     def propose_remote(self, events):
         """What another replica saved (etcd watch events: (kind, address,
-        mapping), kind "put" or "delete"), as a Change that is not saved
+        mapping, revision), kind "put" or "delete"), as a Change that is not saved
         again. An event this replica holds already (its own change coming
         back through the watch) changes nothing."""
         candidates = {}
         for candidate in list(self.api_exceptions) + [q.exception or q for q in self.quarantined]:
             candidates[candidate.address if isinstance(candidate, Quarantined) else str(candidate.address)] = candidate
-        for kind, address, item in events:
+        for kind, address, item, _ in events:
             if kind == "delete":
                 candidates.pop(address, None)
                 continue
@@ -238,7 +239,8 @@ class PolicyStore:
         added = tuple(e for i, e in new.items() if old.get(i) != e)
         removed = tuple(e for i, e in old.items() if new.get(i) != e)
         dropped = tuple(q for q in self.quarantined if q.address not in {x.address for x in quarantined})
-        return Change(self.file_policy, api, added=added, removed=removed, quarantined=quarantined, dropped=dropped)
+        return Change(self.file_policy, api, added=added, removed=removed, quarantined=quarantined, dropped=dropped,
+                      seen=tuple(events))
 
     def propose_reload(self):
         """policy.yaml as it is on disk now; PolicyError if it is invalid.
@@ -268,6 +270,8 @@ class PolicyStore:
                 everything=lambda: [_saved_form(e) for e in change.api_exceptions] + [q.item for q in change.quarantined],
                 before=lambda: [_saved_form(e) for e in self.api_exceptions] + [q.item for q in self.quarantined],
             )
+        if change.seen:
+            self._state.seen(change.seen)
         cached_for = self._cached_for
         if change.file_policy is self.file_policy is cached_for[0] and cached_for[1] is self.api_exceptions:
             # Only API exceptions changed: update the indexes in place rather

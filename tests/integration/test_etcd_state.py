@@ -61,7 +61,7 @@ class Watching:
         seen = []
         try:
             for event in self.iterator:
-                seen.append(event[:3])
+                seen.append(event)
                 if len(seen) >= expected:
                     break
         finally:
@@ -170,3 +170,22 @@ def test_etcd_unreachable_is_unavailable_and_nothing_changes(tmp_path):
     (tmp_path / "policy.yaml").write_text(textwrap.dedent(POLICY))
     with pytest.raises(StateUnavailable, match="no etcd member answered"):
         Border(tmp_path / "policy.yaml", state=EtcdState(f"http://127.0.0.1:{free_port()}", timeout=1))
+
+
+def test_a_journal_moves_into_an_empty_etcd_once(cluster, tmp_path, capsys):
+    from smtp_border import cli
+    from smtp_border.etcdstate import PREFIX
+
+    (tmp_path / "policy.yaml").write_text(textwrap.dedent(POLICY))
+    local = Border(tmp_path / "policy.yaml")  # the journal beside policy.yaml
+    for host in (31, 30):
+        local.add({"address": f"10.20.3.{host}", "direction": "both", "reason": "from the journal"})
+    journal = local.store.state_file
+    assert cli.main(["journal-to-etcd", journal, "--etcd", cluster.endpoints]) == 0
+    assert "2 exception(s) copied" in capsys.readouterr().out
+    shared = Border(tmp_path / "policy.yaml", state=EtcdState(cluster.endpoints, prefix=PREFIX))
+    assert addresses(shared) == addresses(local) == ["10.20.3.30/32", "10.20.3.31/32"]
+    assert shared.flows(1) == local.flows(1)
+    # Again: etcd is no longer empty, nothing is copied over what it holds.
+    assert cli.main(["journal-to-etcd", journal, "--etcd", cluster.endpoints]) == 1
+    assert "holds 2 exception(s) already; nothing copied" in capsys.readouterr().err
