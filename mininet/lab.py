@@ -178,11 +178,12 @@ class Probe:
 class Lab:
     """The campus network under a live controller."""
 
-    def __init__(self, policy_file, workdir, verbose=False, token=None, bundles=True, mail=False):
+    def __init__(self, policy_file, workdir, verbose=False, token=None, bundles=True, mail=False, env=None):
         self.mail = mail  # run the SMTP servers of campus.MAIL_SERVERS on port 25
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.controller = Controller(policy_file, self.workdir / "ryu-manager.log", token=token, bundles=bundles)
+        self.controller = Controller(policy_file, self.workdir / "ryu-manager.log", token=token, bundles=bundles,
+                                     env=env)
         self.net = None
         self.verbose = verbose
         self.listeners = []

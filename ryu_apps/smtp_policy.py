@@ -34,6 +34,7 @@ import contextlib
 import hashlib
 import itertools
 import os
+import socket
 import sys
 import time
 import weakref
@@ -52,7 +53,7 @@ from smtp_border.audit import DIRECTIONS, SAMPLED, AuditLog, attempt_from_sample
 from smtp_border.border import Border
 from smtp_border.counters import BlockCounters
 from smtp_border.diff import diff_rules
-from smtp_border.etcdstate import ETCD_ENV, EtcdState
+from smtp_border.etcdstate import ETCD_ENV, EtcdState, Mastership
 from smtp_border.policy import PolicyError, utc_now
 from smtp_border.state import StateUnavailable
 from smtp_border.policy import cyclic_gc_paused as gc_paused
@@ -66,6 +67,7 @@ STATE_FILE_ENV = "SMTP_POLICY_STATE"
 # "auto" (default): use ONF bundles, and fall back to ordered flow mods for a
 # switch that refuses them. "off": never use bundles.
 BUNDLES_ENV = "SMTP_POLICY_BUNDLES"
+REPLICA_ENV = "SMTP_POLICY_REPLICA"  # this controller's name among several (default host:pid)
 AUDIT_LOG_ENV = "SMTP_POLICY_AUDIT_LOG"  # overrides audit.log of the policy
 AUDIT_SECONDS_ENV = "SMTP_POLICY_AUDIT_SECONDS"
 DEFAULT_POLICY_FILE = "policy.yaml"
@@ -159,6 +161,12 @@ class Switch:
         self.meter_rate = None  # audit meter rate set on the switch
         self.fragments = None  # its fragment handling once checked: "nx-match", or why not
         self.choice = None  # pipeline.Choice: its profile, once probed (smtp_border/pipeline.py)
+        # With several controllers (etcd): "master" or "slave" once settled,
+        # None while unknown (not yet claimed, or the lease was lost); the
+        # master replica's name and the generation id sent with the role.
+        self.role = None
+        self.master = None
+        self.generation = None
         self.wake = hub.Event()
 
     @property
@@ -218,9 +226,15 @@ class SmtpPolicy(app_manager.RyuApp):
         tls.install()  # before Ryu starts its OpenFlow server (after every app is made)
         openflow.install_flow_stats_reader()  # flow-stats replies read as bytes (ryu_apps/wire.py)
         hub.spawn(self._expiry_loop)
+        self.mastership = None
         if shared is not None:
             self.logger.info("smtp-border: API exceptions are shared in %s", shared.path)
             hub.spawn(self._watch_loop, shared)
+            replica = os.environ.get(REPLICA_ENV) or f"{socket.gethostname()}:{os.getpid()}"
+            self.mastership = Mastership(shared, replica)
+            self.logger.info("smtp-border: replica %s; each switch's master is chosen in etcd", replica)
+            hub.spawn(self._lease_loop)
+            hub.spawn(self._masters_loop)
 
     @property
     def policy(self):
@@ -279,6 +293,8 @@ class SmtpPolicy(app_manager.RyuApp):
         threads = {}
         for dpid, switch in list(self.switches.items()):
             diff = outcome.diffs.get(dpid)
+            if not self._writes(switch):
+                continue  # its master replica delivers it
             if not switch.in_sync:
                 switch.wake.set()
             elif diff:
@@ -313,6 +329,9 @@ class SmtpPolicy(app_manager.RyuApp):
                 pending.append({"dpid": f"{dpid:016x}", "name": name, "reason": "not connected", "connected": False})
             elif switch.in_sync:
                 enforced.append(f"{dpid:016x}")
+            elif switch.role == "slave":
+                pending.append({"dpid": f"{dpid:016x}", "name": name, "connected": True,
+                                "reason": f"delivered by its master, controller {switch.master}"})
             else:
                 pending.append({"dpid": f"{dpid:016x}", "name": name, "connected": True,
                                 "reason": switch.pending or "not yet confirmed"})
@@ -385,8 +404,10 @@ class SmtpPolicy(app_manager.RyuApp):
             else:
                 self._manage(dp)
         elif dp.id is not None and dp.id in self.switches and self.switches[dp.id].dp is dp:
-            del self.switches[dp.id]
+            switch = self.switches.pop(dp.id)
             self.border.disconnected(dp.id)
+            if self.mastership is not None and switch.role == "master":
+                hub.spawn(self.mastership.release, dp.id)
             for waiter in self._waiters_for(dp):
                 waiter.fail("switch disconnected before answering")
             self.logger.info("smtp-border: switch %016x disconnected; its flows stay in force", dp.id)
@@ -461,6 +482,12 @@ class SmtpPolicy(app_manager.RyuApp):
                 switch.wake.wait(timeout=delay)
             switch.wake.clear()
             try:
+                if self.mastership is not None and not self._writes(switch):
+                    self._settle_role(switch)
+                    if switch.role != "master":
+                        # A slave: woken when its master goes, or it claims again after an audit interval.
+                        switch.failures, delay = 0, self.audit_seconds
+                        continue
                 with self.change_lock:
                     if not self._current(switch):
                         return
@@ -471,6 +498,11 @@ class SmtpPolicy(app_manager.RyuApp):
             except Exception as err:
                 switch.failures += 1
                 delay = min(RETRY_MAX, RETRY_MIN * 2 ** (switch.failures - 1))
+                if self.mastership is not None and _refused_as_slave(switch.dp.ofproto, getattr(err, "codes", ())):
+                    # Another replica is master now (we were fenced): settle again, as slave.
+                    self.logger.warning("smtp-border: switch %016x refuses our writes: another controller is master"
+                                        " now; stepping down", switch.dpid)
+                    switch.role, delay = None, 0.0
                 if isinstance(err, SwitchFailed):
                     self.logger.error("smtp-border: switch %016x: policy NOT applied (attempt %d, retrying in %.1f s): %s",
                                       switch.dpid, switch.failures, delay, err)
@@ -639,6 +671,83 @@ class SmtpPolicy(app_manager.RyuApp):
 
     def _role(self, dpid):
         return "enforcing" if self.policy.switch_spec(dpid) else "inside (forwarding only)"
+
+    # -- several controllers: roles ----------------------------------------------
+
+    def _writes(self, switch):
+        """May this controller write to the switch? Always alone; with
+        several, only as its master while the etcd lease holds."""
+        return self.mastership is None or (switch.role == "master" and self.mastership.lease_ok)
+
+    def _settle_role(self, switch):
+        """Claim the switch's master key in etcd and tell the switch our role
+        with the key's generation id. A switch that calls the id stale has
+        seen a newer master: read the key again and settle as it says."""
+        dp = switch.dp
+        try:
+            master, generation = self.mastership.claim(switch.dpid)
+        except StateUnavailable as err:
+            switch.role, switch.in_sync = None, False
+            switch.pending = f"mastership unknown, not writing: {err}"
+            raise SwitchFailed(switch.pending) from None
+        ofp, parser = dp.ofproto, dp.ofproto_parser
+        mine = master == self.mastership.replica
+        request = parser.OFPRoleRequest(dp, ofp.OFPCR_ROLE_MASTER if mine else ofp.OFPCR_ROLE_SLAVE, generation)
+        self._exchange(dp, [], [request])
+        was = switch.role
+        switch.role, switch.master, switch.generation = ("master" if mine else "slave"), master, generation
+        if mine:
+            switch.in_sync = False
+            switch.pending = "master now; reconciling"
+        else:
+            switch.in_sync = False
+            switch.pending = f"slave: controller {master} is master"
+        if was != switch.role:
+            self.logger.info("smtp-border: switch %016x: %s (master %s, generation %d)", switch.dpid, switch.role,
+                             master, generation)
+
+    def _lease_loop(self):
+        """Refresh the lease every third of its life. Lost: stop writing at
+        once to every switch we were master of, and settle each again."""
+        while True:
+            hub.sleep(self.mastership.ttl / 3)
+            if self.mastership.refresh() or not any(s.role == "master" for s in self.switches.values()):
+                continue
+            self.logger.error("smtp-border: lost the etcd lease: no longer master of any switch; not writing until"
+                              " mastership is settled again")
+            for switch in list(self.switches.values()):
+                if switch.role == "master":
+                    switch.role, switch.in_sync = None, False
+                    switch.pending = "lost the etcd lease; settling mastership again"
+                    switch.wake.set()
+
+    def _masters_loop(self):
+        """Master keys as they change: a switch whose master went (its key
+        deleted: lease lapsed, or released) is claimed again by every replica
+        it is connected to; one whose key another replica took is ours no more."""
+        while True:
+            try:
+                events, cancel = self.mastership.watch()
+            except Exception as err:
+                self.logger.error("smtp-border: cannot watch mastership in etcd (retrying): %s", err)
+                hub.sleep(RETRY_MIN * 4)
+                continue
+            guard = hub.spawn(self._watch_guard, self.mastership, cancel)
+            try:
+                for dpid, master in events:
+                    switch = self.switches.get(dpid)
+                    if switch is None:
+                        continue
+                    if master is None or (switch.role == "master" and master != self.mastership.replica):
+                        switch.role, switch.in_sync = None, False
+                        switch.pending = "master went; settling mastership again"
+                        switch.wake.set()
+            except Exception:
+                self.logger.exception("smtp-border: mastership watch failed; watching again")
+            finally:
+                cancel()
+                guard.kill()
+            hub.sleep(RETRY_MIN)
 
     def _probe(self, switch):
         """Ask a switch that just connected what it can do (table features,
@@ -862,6 +971,9 @@ class SmtpPolicy(app_manager.RyuApp):
         )
         if not switch.bundles:
             status["version"] = switch.version
+        if self.mastership is not None:
+            status.update(role=switch.role, master=switch.master, generation=switch.generation,
+                          replica=self.mastership.replica)
         if switch.choice is not None:
             needed, available, _ = self.border.budget(dpid)
             status["pipeline"] = switch.choice.to_dict()
@@ -889,7 +1001,8 @@ class SmtpPolicy(app_manager.RyuApp):
 
     # -- replies --------------------------------------------------------------
 
-    @set_ev_cls([ofp_event.EventOFPBarrierReply, ofp_event.EventOFPEchoReply], MAIN_DISPATCHER)
+    @set_ev_cls([ofp_event.EventOFPBarrierReply, ofp_event.EventOFPEchoReply, ofp_event.EventOFPRoleReply],
+                MAIN_DISPATCHER)
     def _barrier_reply(self, ev):
         waiter = self._waiters.get((ev.msg.datapath, ev.msg.xid))
         if waiter is not None:
@@ -965,6 +1078,12 @@ class SmtpPolicy(app_manager.RyuApp):
 
     def _waiters_for(self, dp):
         return list({id(w): w for (d, _), w in list(self._waiters.items()) if d is dp}.values())
+
+
+def _refused_as_slave(ofp, codes):
+    """The switch refused a write because we are slave, or our role as stale."""
+    return any(code == (ofp.OFPET_BAD_REQUEST, ofp.OFPBRC_IS_SLAVE) or code[0] == ofp.OFPET_ROLE_REQUEST_FAILED
+               for code in codes)
 
 
 def _peer(dp):

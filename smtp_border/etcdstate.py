@@ -240,13 +240,13 @@ class EtcdState:
 
         return decoded(), cancel
 
-    def watch_alive(self):
+    def watch_alive(self, watching=None):
         """False once the member the watch streams from stops answering: its
         stream then ends without a word, and the watch must be made again."""
         try:
-            self._clients[self.watching].status()
+            self._clients[self.watching if watching is None else watching].status()
             return True
-        except (etcd_errors.Etcd3Exception, OSError):
+        except (etcd_errors.Etcd3Exception, requests.exceptions.RequestException, OSError):
             return False
 
     def seen(self, events):
@@ -271,3 +271,113 @@ def _unreachable(err):
 def _reason(err):
     text = str(err) or type(err).__name__
     return text.splitlines()[0][:200]
+
+
+# -- which replica is master of which switch ---------------------------------------
+
+MASTERS = "/smtp-border/masters/"
+# Seconds a master's lease lives without a refresh; refreshed every third of
+# it. A master that dies is replaced within about this long (docs/ha.md).
+LEASE_TTL = 3
+
+
+class Mastership:
+    """One lease-bound key per switch names its master replica.
+
+    A replica that a switch connects to tries to create the switch's key
+    (a transaction on create revision 0), bound to this replica's lease. The
+    winner is master; the key's create revision is the OpenFlow generation
+    id, so a later master always has a higher one and the switch refuses the
+    older (OFPRRFC_STALE). A replica that cannot refresh its lease has lost
+    every key it held: it must stop writing at once (lost() says so)."""
+
+    def __init__(self, state, replica, ttl=LEASE_TTL, prefix=MASTERS):
+        self.state = state
+        self.replica = replica
+        self.ttl = ttl
+        self.prefix = prefix
+        self._lease = None
+        self.lease_ok = False
+        self.watching = 0  # the endpoint the master watch streams from
+
+    def _key(self, dpid):
+        return f"{self.prefix}{dpid:016x}"
+
+    def _ensure_lease(self):
+        if self._lease is None:
+            self._lease = self.state._call("take an etcd lease", lambda c: c.lease(self.ttl))
+            self.lease_ok = True
+        return self._lease
+
+    def refresh(self):
+        """Keep the lease alive; False once it is lost (expired, or etcd out
+        of reach): then no key of ours may be trusted, and the next claim
+        takes a new lease."""
+        if self._lease is None:
+            return False
+        try:
+            ttl = self.state._call("refresh the lease", lambda c: self._lease_on(c).refresh())
+        except StateUnavailable:
+            ttl = -1
+        if ttl <= 0:
+            self._lease, self.lease_ok = None, False
+            return False
+        return True
+
+    def _lease_on(self, client):
+        from etcd3gw.lease import Lease
+        return Lease(self._lease.id, client)
+
+    def claim(self, dpid):
+        """(master replica, generation id): this replica if the key was free
+        (or is ours already), else whoever holds it. StateUnavailable if etcd
+        cannot say."""
+        lease = self._ensure_lease()
+        key = _b64(self._key(dpid))
+        txn = {
+            "compare": [{"key": key, "result": "EQUAL", "target": "CREATE", "create_revision": 0}],
+            "success": [{"request_put": {"key": key, "value": _b64(self.replica), "lease": lease.id}}],
+            "failure": [{"request_range": {"key": key}}],
+        }
+        response = self.state._call("claim mastership", lambda c: c.transaction(txn))
+        if response.get("succeeded"):
+            return self.replica, int(response["header"]["revision"])
+        found = response["responses"][0]["response_range"].get("kvs") or []
+        if not found:  # gone between the compare and the read: try again
+            return self.claim(dpid)
+        kv = found[0]
+        return base64.b64decode(kv["value"]).decode(), int(kv["create_revision"])
+
+    def watch_alive(self):
+        return self.state.watch_alive(self.watching)
+
+    def current(self, dpid):
+        """(master replica, generation id) or (None, None) when no replica is."""
+        found = self.state._call("read mastership", lambda c: c.get(self._key(dpid), metadata=True))
+        if not found:
+            return None, None
+        value, meta = found[0]
+        return value.decode(), int(meta["create_revision"])
+
+    def release(self, dpid):
+        """Give the switch up (it disconnected from this replica)."""
+        key = _b64(self._key(dpid))
+        txn = {"compare": [{"key": key, "result": "EQUAL", "target": "VALUE", "value": _b64(self.replica)}],
+               "success": [{"request_delete_range": {"key": key}}], "failure": []}
+        try:
+            self.state._call("release mastership", lambda c: c.transaction(txn))
+        except StateUnavailable:
+            pass  # the lease will lapse
+
+    def watch(self):
+        """(events, cancel): (dpid, master or None) as master keys change."""
+        events, cancel = self.state._call("watch mastership", lambda c: c.watch_prefix(self.prefix))
+        self.watching = self.state._preferred
+
+        def decoded():
+            for event in events:
+                kv = event["kv"]
+                dpid = int(kv["key"].decode()[len(self.prefix):], 16)
+                yield dpid, None if event.get("type") == "DELETE" else kv["value"].decode()
+
+        return decoded(), cancel

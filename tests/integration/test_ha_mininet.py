@@ -1,0 +1,110 @@
+"""Two controller replicas on the Mininet campus, every switch connected to
+both, sharing a real three-member etcd cluster: one master per switch (as
+Open vSwitch itself reports the roles), and when the master is killed the
+other takes over within seconds while SMTP stays blocked and the allowed
+twin stays open; a change made on the survivor is enforced."""
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+import campus
+from conftest import wait_for
+from etcdcluster import EtcdCluster
+from lab import Controller, Lab, Probe
+from conftest import ROOT
+
+pytestmark = [
+    pytest.mark.mininet,
+    pytest.mark.skipif(os.geteuid() != 0, reason="Mininet and Open vSwitch need root"),
+]
+
+
+@pytest.fixture(scope="module")
+def ha(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("ha")
+    (directory / "etcd").mkdir()
+    with EtcdCluster(directory / "etcd") as cluster:
+        env = {"SMTP_POLICY_ETCD": cluster.endpoints}
+        with Lab(ROOT / "policy.yaml", directory, env=dict(env, SMTP_POLICY_REPLICA="a")) as lab:
+            second = Controller(lab.controller.policy_file, directory / "ryu-b.log",
+                                state_file=directory / "api-exceptions-b.json",
+                                env=dict(env, SMTP_POLICY_REPLICA="b"))
+            try:
+                second.start()
+                targets = [f"tcp:127.0.0.1:{c.of_port}" for c in (lab.controller, second)]
+                for switch in lab.net.switches:
+                    subprocess.run(["ovs-vsctl", "set-controller", switch.name, *targets], check=True)
+                lab.replicas = {"a": lab.controller, "b": second}
+                assert wait_for(lambda: all(sorted(roles(s.name).values()) == ["master", "slave"]
+                                            for s in lab.net.switches), 20), {s.name: roles(s.name) for s in lab.net.switches}
+                yield lab
+            finally:
+                second.stop()
+
+
+def roles(bridge):
+    """controller target -> role, as Open vSwitch reports it for `bridge`."""
+    uuids = subprocess.run(["ovs-vsctl", "get", "bridge", bridge, "controller"], capture_output=True, text=True,
+                           check=True).stdout.strip("[]\n ").split(", ")
+    found = {}
+    for uuid in filter(None, uuids):
+        target, role = (subprocess.run(["ovs-vsctl", "get", "controller", uuid, field], capture_output=True,
+                                       text=True, check=True).stdout.strip().strip('"') for field in ("target", "role"))
+        found[target] = role
+    return found
+
+
+def master_of(lab, dpid):
+    for name, controller in lab.replicas.items():
+        if controller.process is None:
+            continue
+        status = next(s for s in controller.api("GET", "/smtp/v1/switches")[1]["switches"]
+                      if s["dpid"] == f"{dpid:016x}")
+        if status.get("role") == "master":
+            return name
+    return None
+
+
+def test_one_master_per_switch_and_the_policy_holds(ha):
+    for switch in ha.net.switches:
+        assert sorted(roles(switch.name).values()) == ["master", "slave"]
+    statuses = {name: {s["dpid"]: s for s in c.api("GET", "/smtp/v1/switches")[1]["switches"]}
+                for name, c in ha.replicas.items()}
+    for dpid in statuses["a"]:
+        pair = sorted((statuses["a"][dpid]["role"], statuses["b"][dpid]["role"]))
+        assert pair == ["master", "slave"], (dpid, statuses["a"][dpid], statuses["b"][dpid])
+        assert statuses["a"][dpid]["master"] == statuses["b"][dpid]["master"]
+    results = ha.run_probes([Probe("outhost", "h1", 25), Probe("outhost", "h1", 2525),
+                             Probe("h1", "outmx", 25), Probe("relay", "outmx", 25)])
+    assert list(results.values()) == ["timeout", "open", "timeout", "open"]
+
+
+def test_killing_the_master_hands_every_switch_to_the_other_without_a_window(ha):
+    victim = master_of(ha, campus.BORDER_DPID)
+    survivor = "b" if victim == "a" else "a"
+    blocked = ha.start_probe_loop("outhost", "h1", 25, seconds=14)
+    allowed = ha.start_probe_loop("relay", "outmx", 25, seconds=14)
+    time.sleep(1)
+    killed_at = time.monotonic()
+    ha.replicas[victim].stop(signal.SIGKILL)
+    assert wait_for(lambda: master_of(ha, campus.BORDER_DPID) == survivor
+                    and ha.replicas[survivor].api("GET", "/smtp/v1/switches")[1]["switches"][0]["in_sync"], 20)
+    print(f"failover: {survivor} master and in sync {time.monotonic() - killed_at:.1f} s after the kill")
+    blocked_out = blocked.communicate(timeout=40)[0].decode().split()
+    allowed_out = allowed.communicate(timeout=40)[0].decode().split()
+    print(f"probe samples during failover: blocked {len(blocked_out)}, allowed {len(allowed_out)}")
+    assert set(blocked_out) == {"timeout"} and len(blocked_out) >= 5
+    assert set(allowed_out) == {"open"} and len(allowed_out) >= 20
+    # A change on the survivor is enforced on the border, its twin still blocked.
+    code, body = ha.replicas[survivor].api("POST", "/smtp/v1/exceptions",
+                                          {"address": "10.20.3.10", "direction": "outbound", "reason": "failover"})
+    assert code in (201, 202), body
+    try:
+        assert body["switches"]["enforced"][:1] == [f"{campus.BORDER_DPID:016x}"], body
+        results = ha.run_probes([Probe("h1", "outmx", 25), Probe("h2", "outmx", 25)])
+        assert list(results.values()) == ["open", "timeout"]
+    finally:
+        assert ha.replicas[survivor].api("DELETE", f"/smtp/v1/exceptions/{body['id']}")[0] in (200, 202)
