@@ -84,6 +84,8 @@ EXPIRY_CHECK_SECONDS = 10.0
 # if it were done every minute.
 AUDIT_SECONDS = 5.0
 FULL_AUDIT_EVERY = 120
+# How long a slave replica waits to see a change on a switch its master delivers.
+CONFIRM_SECONDS = 5.0
 # How often the etcd member a watch streams from is checked (its stream ends
 # silently when it dies).
 WATCH_CHECK_SECONDS = 2.0
@@ -290,11 +292,15 @@ class SmtpPolicy(app_manager.RyuApp):
     def deliver(self, outcome):
         """Send each in-sync switch its diff, in parallel; wake the worker of
         any other (it reconciles against the new desired flows). Lock held."""
-        threads = {}
+        threads, watched = {}, {}
         for dpid, switch in list(self.switches.items()):
             diff = outcome.diffs.get(dpid)
             if not self._writes(switch):
-                continue  # its master replica delivers it
+                if diff and switch.role == "slave":
+                    # Its master replica delivers it (through etcd's watch):
+                    # confirm by reading the switch, as a slave may.
+                    watched[dpid] = hub.spawn(self._seen_on_switch, switch, diff)
+                continue
             if not switch.in_sync:
                 switch.wake.set()
             elif diff:
@@ -314,10 +320,12 @@ class SmtpPolicy(app_manager.RyuApp):
                 crashed[dpid] = f"{type(err).__name__}: {err}"
                 if switch is not None:
                     switch.unsynced(f"delivery crashed ({type(err).__name__}); retrying")
-        return self.enforcement(crashed)
+        seen = {dpid for dpid, thread in watched.items() if thread.wait()}
+        return self.enforcement(crashed, seen)
 
-    def enforcement(self, crashed=None):
-        """Which switches enforce the policy in force and which are pending."""
+    def enforcement(self, crashed=None, seen=()):
+        """Which switches enforce the policy in force and which are pending.
+        `seen`: switches of another master found holding the change."""
         listed = self.border.listed()
         dpids = sorted(self.switches) if listed is None else listed
         enforced, pending = [], []
@@ -327,7 +335,7 @@ class SmtpPolicy(app_manager.RyuApp):
             name = spec.name if spec else None
             if switch is None:
                 pending.append({"dpid": f"{dpid:016x}", "name": name, "reason": "not connected", "connected": False})
-            elif switch.in_sync:
+            elif switch.in_sync or dpid in seen:
                 enforced.append(f"{dpid:016x}")
             elif switch.role == "slave":
                 pending.append({"dpid": f"{dpid:016x}", "name": name, "connected": True,
@@ -706,6 +714,29 @@ class SmtpPolicy(app_manager.RyuApp):
             self.logger.info("smtp-border: switch %016x: %s (master %s, generation %d)", switch.dpid, switch.role,
                              master, generation)
 
+    def _seen_on_switch(self, switch, diff, timeout=None):
+        """True once the switch holds the diff (its adds, none of its deletes),
+        read by the cookies of the flows concerned; False after `timeout`."""
+        dp = switch.dp
+        deadline = time.monotonic() + (CONFIRM_SECONDS if timeout is None else timeout)
+        cookies = {r.cookie for r in diff.add + diff.delete}
+        while time.monotonic() < deadline:
+            try:
+                if len(cookies) <= 32:
+                    requests = [openflow.flow_stats_request(dp, cookie, 0xFFFFFFFFFFFFFFFF) for cookie in cookies]
+                    replies = self._exchange(dp, [], requests)
+                    entries = [e for r in requests for body in replies[r.xid] for e in body.entries()]
+                else:
+                    entries = self.switch_flows(dp)
+            except SwitchFailed:
+                return False
+            held = {e.rule for e in entries if e.rule is not None}
+            keys = {r.key for r in held}
+            if all(r in held for r in diff.add) and not any(r.key in keys for r in diff.delete):
+                return True
+            hub.sleep(0.05)
+        return False
+
     def _lease_loop(self):
         """Refresh the lease every third of its life. Lost: stop writing at
         once to every switch we were master of, and settle each again."""
@@ -713,6 +744,7 @@ class SmtpPolicy(app_manager.RyuApp):
             hub.sleep(self.mastership.ttl / 3)
             if self.mastership.refresh() or not any(s.role == "master" for s in self.switches.values()):
                 continue
+            # (Writes stopped already: _writes() asks lease_ok, which lapses by our own clock.)
             self.logger.error("smtp-border: lost the etcd lease: no longer master of any switch; not writing until"
                               " mastership is settled again")
             for switch in list(self.switches.values()):

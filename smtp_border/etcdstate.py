@@ -297,16 +297,26 @@ class Mastership:
         self.ttl = ttl
         self.prefix = prefix
         self._lease = None
-        self.lease_ok = False
+        self._lease_ok = False
+        self._refreshed = 0.0  # time.monotonic() of the last grant or refresh
         self.watching = 0  # the endpoint the master watch streams from
 
     def _key(self, dpid):
         return f"{self.prefix}{dpid:016x}"
 
+    @property
+    def lease_ok(self):
+        """True while our keys can be trusted: the lease was granted or
+        refreshed less than two thirds of its life ago. By our own clock, so
+        a replica that was frozen (SIGSTOP, a VM paused) stops writing the
+        moment it runs again, before it has asked etcd anything."""
+        return self._lease_ok and time.monotonic() - self._refreshed < self.ttl * 2 / 3
+
     def _ensure_lease(self):
-        if self._lease is None:
+        if self._lease is None or not self.lease_ok:
+            asked = time.monotonic()
             self._lease = self.state._call("take an etcd lease", lambda c: c.lease(self.ttl))
-            self.lease_ok = True
+            self._lease_ok, self._refreshed = True, asked
         return self._lease
 
     def refresh(self):
@@ -315,13 +325,15 @@ class Mastership:
         takes a new lease."""
         if self._lease is None:
             return False
+        asked = time.monotonic()
         try:
             ttl = self.state._call("refresh the lease", lambda c: self._lease_on(c).refresh())
         except StateUnavailable:
             ttl = -1
         if ttl <= 0:
-            self._lease, self.lease_ok = None, False
+            self._lease, self._lease_ok = None, False
             return False
+        self._refreshed = asked
         return True
 
     def _lease_on(self, client):

@@ -108,3 +108,65 @@ def test_killing_the_master_hands_every_switch_to_the_other_without_a_window(ha)
         assert list(results.values()) == ["open", "timeout"]
     finally:
         assert ha.replicas[survivor].api("DELETE", f"/smtp/v1/exceptions/{body['id']}")[0] in (200, 202)
+
+
+def ensure_both_running(ha):
+    for controller in ha.replicas.values():
+        if controller.process is None:
+            controller.start()
+    assert wait_for(lambda: all(sorted(roles(s.name).values()) == ["master", "slave"] for s in ha.net.switches), 20)
+
+
+def test_a_frozen_master_is_replaced_and_steps_down_when_it_wakes(ha):
+    """SIGSTOP the master until its lease lapses: the other replica becomes
+    master with a newer generation id, so the switch refuses the frozen one;
+    on SIGCONT it finds its lease gone and settles as slave. The policy holds
+    throughout."""
+    ensure_both_running(ha)
+    frozen = master_of(ha, campus.BORDER_DPID)
+    other = "b" if frozen == "a" else "a"
+    process = ha.replicas[frozen].process
+    before = ha.replicas[frozen].log()
+    blocked = ha.start_probe_loop("outhost", "h1", 25, seconds=12)
+    os.kill(process.pid, signal.SIGSTOP)
+    try:
+        frozen_target = f"tcp:127.0.0.1:{ha.replicas[frozen].of_port}"
+        # Open vSwitch itself: the other replica is master, the frozen one demoted.
+        assert wait_for(lambda: roles("s1").get(frozen_target) == "slave"
+                        and master_of_from(ha, other, campus.BORDER_DPID), 20), roles("s1")
+    finally:
+        os.kill(process.pid, signal.SIGCONT)
+    assert wait_for(lambda: status_of(ha.replicas[frozen], campus.BORDER_DPID)["role"] == "slave", 20)
+    assert status_of(ha.replicas[frozen], campus.BORDER_DPID)["master"] == other
+    assert sorted(roles("s1").values()) == ["master", "slave"]
+    woke = ha.replicas[frozen].log()[len(before):]
+    assert f"switch 0000000000000001: slave (master {other}" in woke
+    # Frozen past its lease, it sent nothing when it woke: it knew by its own clock.
+    assert "flows added or changed" not in woke and "flows installed with" not in woke
+    samples = blocked.communicate(timeout=40)[0].decode().split()
+    assert set(samples) == {"timeout"} and len(samples) >= 5
+    results = ha.run_probes([Probe("outhost", "h1", 25), Probe("outhost", "h1", 2525)])
+    assert list(results.values()) == ["timeout", "open"]
+
+
+def test_a_change_on_the_slave_replica_is_enforced_by_the_master(ha):
+    ensure_both_running(ha)
+    slave = "b" if master_of(ha, campus.BORDER_DPID) == "a" else "a"
+    code, body = ha.replicas[slave].api("POST", "/smtp/v1/exceptions",
+                                       {"address": "10.20.3.10", "direction": "outbound", "reason": "on the slave"})
+    # The slave answers once it has read the change on the switch, where its master put it.
+    assert code == 201 and body["switches"]["enforced"] == [f"{campus.BORDER_DPID:016x}"], body
+    try:
+        assert wait_for(lambda: list(ha.run_probes([Probe("h1", "outmx", 25)]).values()) == ["open"], 10)
+        assert list(ha.run_probes([Probe("h2", "outmx", 25)]).values()) == ["timeout"]
+    finally:
+        assert ha.replicas[slave].api("DELETE", f"/smtp/v1/exceptions/{body['id']}")[0] in (200, 202)
+    assert wait_for(lambda: list(ha.run_probes([Probe("h1", "outmx", 25)]).values()) == ["timeout"], 10)
+
+
+def status_of(controller, dpid):
+    return next(s for s in controller.api("GET", "/smtp/v1/switches")[1]["switches"] if s["dpid"] == f"{dpid:016x}")
+
+
+def master_of_from(ha, name, dpid):
+    return status_of(ha.replicas[name], dpid).get("role") == "master"
