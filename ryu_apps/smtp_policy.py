@@ -710,6 +710,12 @@ class SmtpPolicy(app_manager.RyuApp):
         else:
             switch.in_sync = False
             switch.pending = f"slave: controller {master} is master"
+            # Know its profile and flows as the master does (reads are a
+            # slave's right): to confirm changes on it, and to take over.
+            with self.change_lock:
+                if switch.choice is None:
+                    self._probe(switch)
+                self.border.flows(switch.dpid)
         if was != switch.role:
             self.logger.info("smtp-border: switch %016x: %s (master %s, generation %d)", switch.dpid, switch.role,
                              master, generation)

@@ -155,7 +155,7 @@ def test_a_change_on_the_slave_replica_is_enforced_by_the_master(ha):
     code, body = ha.replicas[slave].api("POST", "/smtp/v1/exceptions",
                                        {"address": "10.20.3.10", "direction": "outbound", "reason": "on the slave"})
     # The slave answers once it has read the change on the switch, where its master put it.
-    assert code == 201 and body["switches"]["enforced"] == [f"{campus.BORDER_DPID:016x}"], body
+    assert code == 201 and body["switches"]["enforced"] == [f"{campus.BORDER_DPID:016x}"], body["switches"]
     try:
         assert wait_for(lambda: list(ha.run_probes([Probe("h1", "outmx", 25)]).values()) == ["open"], 10)
         assert list(ha.run_probes([Probe("h2", "outmx", 25)]).values()) == ["timeout"]
