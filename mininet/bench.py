@@ -10,6 +10,7 @@ every measurement at a small size (the test suite does that, to prove the
 script works; it asserts nothing about times).
 """
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -614,6 +615,130 @@ def bench_cold(sizes, workdir, repeats=3):
     return rows
 
 
+class Fleet:
+    """`count` bare userspace bridges, dpids 1..count, no hosts: a campus's
+    edge switches as far as the controller can tell. Made and removed in one
+    ovs-vsctl transaction each."""
+
+    def __init__(self, count):
+        self.names = [f"smtpfleet{i}" for i in range(1, count + 1)]
+
+    def __enter__(self):
+        self.__exit__()
+        command = ["ovs-vsctl"]
+        for dpid, name in enumerate(self.names, start=1):
+            command += ["--", "add-br", name, "--", "set", "bridge", name, "datapath_type=netdev",
+                        "protocols=OpenFlow13", "fail_mode=secure", f"other-config:datapath-id={dpid:016x}"]
+        run(*command)
+        return self
+
+    def __exit__(self, *exc):
+        command = ["ovs-vsctl"]
+        for name in self.names:
+            command += ["--", "--if-exists", "del-br", name]
+        run(*command, check=False)
+
+    def connect(self, targets_of):
+        """Every bridge to its controllers at once: targets_of(index) -> ports."""
+        command = ["ovs-vsctl"]
+        for index, name in enumerate(self.names):
+            command += ["--", "set-controller", name, *(f"tcp:127.0.0.1:{port}" for port in targets_of(index))]
+        run(*command)
+
+
+def fleet_policy(switches, exceptions, path):
+    document = yaml.safe_load(policy_with(exceptions, path).read_text())
+    document["switches"] = [{"dpid": i, "name": f"edge{i}", "uplinks": [1]} for i in range(1, switches + 1)]
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+def cpu_seconds(pid):
+    """User and system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def in_sync_count(controllers):
+    """Switches in sync on the controller that writes them (its master, or the only one)."""
+    count = 0
+    for controller in controllers:
+        for status in controller.api("GET", "/smtp/v1/switches", timeout=10)[1]["switches"]:
+            count += bool(status["in_sync"]) and status.get("role") in (None, "master")
+    return count
+
+
+def bench_fleet(sizes, exceptions, changes, workdir, replicas=1):
+    """A campus of `size` edge switches and `exceptions` exceptions: from
+    every switch connecting at once until every one enforces; then one
+    change (an exception added, then removed) fanned out to all, request to
+    answer; the controllers' CPU and memory. With two replicas (etcd) they
+    share the switches: each is first the only controller of half of them
+    (so each masters half), then both are targets of every switch."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from etcdcluster import EtcdCluster
+
+    rows = []
+    for size in sizes:
+        policy = fleet_policy(size, exceptions, workdir / f"fleet-{size}-{replicas}.yaml")
+        with contextlib.ExitStack() as stack:
+            env = {}
+            if replicas > 1:
+                directory = workdir / f"etcd-{size}"
+                directory.mkdir()
+                cluster = stack.enter_context(EtcdCluster(directory))
+                env = {"SMTP_POLICY_ETCD": cluster.endpoints}
+            fleet = stack.enter_context(Fleet(size))
+            controllers = []
+            for n in range(replicas):
+                controller = Controller(policy, workdir / f"fleet-{size}-{replicas}-{n}.txt",
+                                        state_file=workdir / f"fleet-{size}-{replicas}-{n}.json", audit_seconds=None,
+                                        env=dict(env, SMTP_POLICY_REPLICA=f"r{n}") if env else None)
+                controllers.append(controller.start())
+                stack.callback(controller.stop)
+            for controller in controllers:
+                api_answering_s(controller, time.monotonic())
+            cpu_before = sum(cpu_seconds(c.process.pid) for c in controllers)
+            started = time.monotonic()
+            fleet.connect(lambda index: [controllers[index % replicas].of_port])
+            deadline = time.monotonic() + 600
+            while in_sync_count(controllers) < size:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{size} switches not in sync within 600 s")
+                time.sleep(0.05)
+            converge_s = time.monotonic() - started
+            cpu_converge = sum(cpu_seconds(c.process.pid) for c in controllers) - cpu_before
+            if replicas > 1:
+                fleet.connect(lambda index: [c.of_port for c in controllers])
+                time.sleep(2)  # the slaves settle
+            latencies, cpu_before = [], sum(cpu_seconds(c.process.pid) for c in controllers)
+            change_started = time.monotonic()
+            for n in range(changes):
+                controller = controllers[n % replicas]
+                address = str(exception_address(exceptions + n))
+                t0 = time.monotonic()
+                status, body = controller.api("POST", "/smtp/v1/exceptions",
+                                              {"address": address, "direction": "both", "reason": "fleet bench"})
+                latencies.append((time.monotonic() - t0) * 1000)
+                assert status == 201 and len(body["switches"]["enforced"]) == size, (status, body["switches"])
+                t0 = time.monotonic()
+                status, body = controller.api("DELETE", f"/smtp/v1/exceptions/{body['id']}")
+                latencies.append((time.monotonic() - t0) * 1000)
+                assert status == 200, (status, body)
+            change_cpu = sum(cpu_seconds(c.process.pid) for c in controllers) - cpu_before
+            change_wall = time.monotonic() - change_started
+            rss = [process_rss_mib(c.process.pid) for c in controllers]
+        rows.append({
+            "switches": size, "exceptions": exceptions, "replicas": replicas,
+            "flows_per_switch": len(compile_switch(load_policy(policy), 1)),
+            "all_in_sync_s": round(converge_s, 2), "cpu_s_to_converge": round(cpu_converge, 2),
+            "change_p50_ms": round(percentile(latencies, 0.5), 1), "change_p99_ms": round(percentile(latencies, 0.99), 1),
+            "change_cpu_share": round(change_cpu / change_wall, 2), "controller_rss_mib": rss,
+            "changes_all_ms": [round(v, 1) for v in latencies],
+        })
+    return rows
+
+
 def switches_latency_under_changes(controller, pairs):
     """GET /smtp/v1/switches, one after another, while another client adds and
     removes an exception `pairs` times: the read must not wait for changes."""
@@ -663,7 +788,7 @@ def table(title, rows):
         print("  " + "  ".join(str(row[h]).rjust(w) for h, w in zip(headers, widths)))
 
 
-SECTIONS = ("install", "change", "firewall", "dataplane", "convergence", "cold", "scale")
+SECTIONS = ("install", "change", "firewall", "dataplane", "convergence", "cold", "scale", "fleet")
 
 
 def main(argv=None):
@@ -708,6 +833,13 @@ def main(argv=None):
             results["cold"] = bench_cold((100, 1000) if args.quick else (10000, 50000), workdir, repeats=2 if args.quick else 3)
             table("8. Cold paths: check, start to API, first install after start (from hello) against the following ones"
                   " and the ovs-ofctl --bundle floor, reload after a one-line edit, memory", results["cold"])
+        if "fleet" in wanted:
+            sizes_fleet = (4,) if args.quick else (50, 100)
+            results["fleet"] = [row for replicas in (1, 2) for row in bench_fleet(
+                sizes_fleet, 20 if args.quick else 1000, 2 if args.quick else 20, workdir, replicas=replicas)]
+            table("9. Fleet: every switch connecting at once until all enforce, one change fanned out to all"
+                  " (request to answer), controllers' CPU and memory; one controller, then two sharing the switches",
+                  results["fleet"])
         if "scale" in wanted:
             results["scale"] = bench_scale(workdir)
             table("6. Flows per switch", results["scale"]["rows"])

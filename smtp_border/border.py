@@ -58,6 +58,9 @@ class Border:
             self._entries = {}  # dpid -> entries its desired flows take in its budgeted table
             self._capabilities = {}  # dpid -> pipeline.Capabilities from its probe
             self._choices = {}  # dpid -> pipeline.Choice under the policy in force
+            # (profile, what of the spec the flows depend on) -> compiled rules, under the policy
+            # in force and _as_of: a hundred edge switches alike are compiled once.
+            self._compiled = {}
             self._as_of = now or utc_now()
             self._index = ExceptionIndex(self.policy, self._as_of)
 
@@ -99,7 +102,12 @@ class Border:
         up to date by every change; the caller must not modify the set."""
         rules = self._desired.get(dpid)
         if rules is None:
-            rules = self._desired[dpid] = set(self.profile(dpid).compile(self.policy, dpid, self._as_of))
+            profile = self.profile(dpid)
+            key = (profile, _compiled_alike(self.policy.switch_spec(dpid)))
+            compiled = self._compiled.get(key)
+            if compiled is None:
+                compiled = self._compiled[key] = profile.compile(self.policy, dpid, self._as_of)
+            rules = self._desired[dpid] = set(compiled)
             self._count(dpid, self.choice(dpid), rules)
         return rules
 
@@ -171,6 +179,7 @@ class Border:
         self._as_of = now
         if not expired:
             return None
+        self._compiled = {}
         diffs = self._spread(self._index.update(removed=expired))
         self._install(diffs)
         return Outcome(Change(self.store.file_policy, self.store.api_exceptions, removed=expired), diffs)
@@ -192,6 +201,8 @@ class Border:
             except BaseException:
                 self._index.revert(network_change)
                 raise
+            if network_change:
+                self._compiled = {}
             self._install(diffs)
             return Outcome(change, diffs)
         now = now or utc_now()
@@ -206,7 +217,7 @@ class Border:
                 raise over
         index = ExceptionIndex(policy, now)
         self.store.commit(change)  # StateUnavailable: nothing changed
-        self._as_of, self._index, self._choices = now, index, {}
+        self._as_of, self._index, self._choices, self._compiled = now, index, {}, {}
         diffs = {}
         for dpid, (choice, rules) in new.items():
             diffs[dpid] = diff_rules(self._desired[dpid], rules)
@@ -252,6 +263,14 @@ class Border:
                 choice = self.choice(dpid)
                 table, cost = choice.profile.exception_table, choice.ipv6_entry_cost
                 self._entries[dpid] += entries(diff.add, table, cost) - entries(diff.delete, table, cost)
+
+
+def _compiled_alike(spec):
+    """What of a switch's spec its compiled flows depend on: two switches
+    equal in this (and in profile) get the same flows. None: an inside switch."""
+    if spec is None:
+        return None
+    return dataclasses.replace(spec, dpid=0, name=None, certificate_sha256=None)
 
 
 def _over(dpid, policy, choice, needed):

@@ -46,4 +46,8 @@ def test_bench_quick(tmp_path):
                    row["reload_one_line_ms"], row["controller_rss_mib"]) > 0
         assert len(row["installs_all_ms"]) == 3 and len(row["reloads_all_ms"]) == len(row["floors_all_ms"]) == 2
         assert row["flows"] > row["exceptions"]
+    fleet = figures["fleet"]
+    assert [(r["switches"], r["replicas"]) for r in fleet] == [(4, 1), (4, 2)]
+    for row in fleet:
+        assert row["all_in_sync_s"] > 0 and len(row["changes_all_ms"]) == 4 and len(row["controller_rss_mib"]) == row["replicas"]
     assert subprocess.run(["ovs-vsctl", "list-br"], capture_output=True, text=True).stdout == ""

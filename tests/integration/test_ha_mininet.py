@@ -38,6 +38,7 @@ def ha(tmp_path_factory):
                 for switch in lab.net.switches:
                     subprocess.run(["ovs-vsctl", "set-controller", switch.name, *targets], check=True)
                 lab.replicas = {"a": lab.controller, "b": second}
+                lab.cluster = cluster
                 assert wait_for(lambda: all(sorted(roles(s.name).values()) == ["master", "slave"]
                                             for s in lab.net.switches), 20), {s.name: roles(s.name) for s in lab.net.switches}
                 yield lab
@@ -170,3 +171,66 @@ def status_of(controller, dpid):
 
 def master_of_from(ha, name, dpid):
     return status_of(ha.replicas[name], dpid).get("role") == "master"
+
+
+def test_a_switch_rebooted_while_a_replica_is_down_is_enforced_by_the_other(ha):
+    """The border switch's master is killed, then the switch itself restarts
+    (flows gone, fail-secure): it comes up fully enforced by the survivor."""
+    ensure_both_running(ha)
+    victim = master_of(ha, campus.BORDER_DPID)
+    survivor = "b" if victim == "a" else "a"
+    ha.replicas[victim].stop(signal.SIGKILL)
+    s1 = ha.net.get("s1")
+    before = ha.replicas[survivor].installs(campus.BORDER_DPID)
+    s1.stop(deleteIntfs=False)
+    s1.start(ha.net.controllers)
+    # Mininet reconnects it to the lab's first controller only: give it both again, as the campus would.
+    subprocess.run(["ovs-vsctl", "set-controller", "s1",
+                    *[f"tcp:127.0.0.1:{c.of_port}" for c in ha.replicas.values()]], check=True)
+    ha.replicas[survivor].wait_installs({campus.BORDER_DPID: before + 1}, timeout=30)
+    assert status_of(ha.replicas[survivor], campus.BORDER_DPID)["role"] == "master"
+    results = ha.run_probes([Probe("outhost", "h1", 25), Probe("outhost", "h1", 2525),
+                             Probe("h1", "outmx", 25), Probe("relay", "outmx", 25)])
+    assert list(results.values()) == ["timeout", "open", "timeout", "open"]
+
+
+def test_switches_keep_enforcing_through_an_etcd_quorum_loss(ha):
+    """Two of three etcd members gone: no flow depends on etcd, so the
+    border keeps judging every packet; changes answer 503; with the members
+    back, a change goes through with nobody's help."""
+    ensure_both_running(ha)
+    master = ha.replicas[master_of(ha, campus.BORDER_DPID)]
+    first, second = ha.cluster.names[:2]
+    ha.cluster.kill(first)
+    ha.cluster.kill(second)
+    try:
+        blocked = ha.start_probe_loop("outhost", "h1", 25, seconds=6)
+        allowed = ha.start_probe_loop("relay", "outmx", 25, seconds=6)
+        code, body = master.api("POST", "/smtp/v1/exceptions",
+                                {"address": "10.20.3.10", "direction": "outbound", "reason": "no quorum"})
+        assert code == 503 and "etcd" in body["error"], body
+        assert set(blocked.communicate(timeout=30)[0].decode().split()) == {"timeout"}
+        assert set(allowed.communicate(timeout=30)[0].decode().split()) == {"open"}
+    finally:
+        ha.cluster.start(first)
+        ha.cluster.start(second)
+    ha.cluster.wait_healthy()
+    ensure_both_running(ha)
+    master = ha.replicas[master_of(ha, campus.BORDER_DPID)]
+    code, body = master.api("POST", "/smtp/v1/exceptions",
+                            {"address": "10.20.3.11", "direction": "outbound", "reason": "quorum back"})
+    assert code == 201, body
+    try:
+        assert list(ha.run_probes([Probe("h2", "outmx", 25), Probe("h1", "outmx", 25)]).values())[0] == "open"
+    finally:
+        assert master.api("DELETE", f"/smtp/v1/exceptions/{body['id']}")[0] in (200, 202)
+    # Whatever etcd did with the change in doubt, the replicas agree on it.
+    def held():
+        return [sorted(e["address"] for e in c.api("GET", "/smtp/v1/exceptions")[1]["exceptions"])
+                for c in ha.replicas.values()]
+
+    assert wait_for(lambda: held()[0] == held()[1], 10), held()
+    landed = [e for e in master.api("GET", "/smtp/v1/exceptions")[1]["exceptions"] if e["address"] == "10.20.3.10/32"]
+    print(f"the change in doubt {'landed' if landed else 'did not land'}")
+    for exception in landed:  # leave the campus as it was
+        assert master.api("DELETE", f"/smtp/v1/exceptions/{exception['id']}")[0] in (200, 202)

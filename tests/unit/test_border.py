@@ -171,3 +171,25 @@ def test_a_change_over_a_switchs_budget_is_refused_and_changes_nothing(tmp_path)
     with pytest.raises(OverBudget):
         border.reload()
     assert snapshot(border) == before and "10.30.0.0/16" not in str(border.policy.campus)
+
+
+def test_switches_alike_are_compiled_once_and_each_keeps_its_own_flows(tmp_path, monkeypatch):
+    """A hundred edge switches with the same uplinks and profile: one compile,
+    as many flow sets; a change recompiles nothing, a switch that connects
+    after it compiles (once) under the new policy."""
+    from smtp_border import pipeline
+
+    text = textwrap.dedent(POLICY).replace("switches: [{dpid: 1, uplinks: [1]}, {dpid: 2, uplinks: [3]}]",
+                                           "switches: [" + ", ".join(f"{{dpid: {d}, uplinks: [1], name: e{d}}}"
+                                                                     for d in range(1, 6)) + "]")
+    (tmp_path / "policy.yaml").write_text(text)
+    border = Border(tmp_path / "policy.yaml")
+    real, calls = pipeline.Profile.compile, []
+    monkeypatch.setattr(pipeline.Profile, "compile", lambda self, *a, **k: calls.append(a[1]) or real(self, *a, **k))
+    for dpid in (1, 2, 3, 4):
+        border.flows(dpid)
+    assert len(calls) == 1 and border.flows(1) == border.flows(4) and border.flows(1) is not border.flows(4)
+    border.add({"address": "10.20.3.10", "direction": "both", "reason": "r"})
+    assert len(calls) == 1
+    assert border.flows(5) == real(border.profile(5), border.policy, 5) == border.flows(1)
+    assert len(calls) == 2
