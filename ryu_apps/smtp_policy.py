@@ -296,6 +296,9 @@ class SmtpPolicy(app_manager.RyuApp):
         for dpid, switch in list(self.switches.items()):
             diff = outcome.diffs.get(dpid)
             if not self._writes(switch):
+                if switch.role == "master":
+                    # Our lease is late by our own clock: the change waits for the refresh.
+                    switch.unsynced("lease refresh late: not writing until it is refreshed")
                 if diff and switch.role == "slave":
                     # Its master replica delivers it (through etcd's watch):
                     # confirm by reading the switch, as a slave may.
@@ -415,7 +418,7 @@ class SmtpPolicy(app_manager.RyuApp):
             switch = self.switches.pop(dp.id)
             self.border.disconnected(dp.id)
             if self.mastership is not None and switch.role == "master":
-                hub.spawn(self.mastership.release, dp.id)
+                hub.spawn(self.mastership.release, dp.id, switch.generation)
             for waiter in self._waiters_for(dp):
                 waiter.fail("switch disconnected before answering")
             self.logger.info("smtp-border: switch %016x disconnected; its flows stay in force", dp.id)
@@ -491,6 +494,10 @@ class SmtpPolicy(app_manager.RyuApp):
             switch.wake.clear()
             try:
                 if self.mastership is not None and not self._writes(switch):
+                    if switch.role == "master" and self.mastership.holds_lease:
+                        # Late by our clock, not lost: write again once the lease is refreshed.
+                        delay = RETRY_MIN
+                        continue
                     self._settle_role(switch)
                     if switch.role != "master":
                         # A slave: woken when its master goes, or it claims again after an audit interval.
@@ -748,7 +755,12 @@ class SmtpPolicy(app_manager.RyuApp):
         once to every switch we were master of, and settle each again."""
         while True:
             hub.sleep(self.mastership.ttl / 3)
-            if self.mastership.refresh() or not any(s.role == "master" for s in self.switches.values()):
+            asked = time.monotonic()
+            refreshed = self.mastership.refresh()
+            took = time.monotonic() - asked
+            if took > self.mastership.ttl / 3:
+                self.logger.warning("smtp-border: refreshing the etcd lease took %.1f s", took)
+            if refreshed or not any(s.role == "master" for s in self.switches.values()):
                 continue
             # (Writes stopped already: _writes() asks lease_ok, which lapses by our own clock.)
             self.logger.error("smtp-border: lost the etcd lease: no longer master of any switch; not writing until"
@@ -776,6 +788,9 @@ class SmtpPolicy(app_manager.RyuApp):
                     switch = self.switches.get(dpid)
                     if switch is None:
                         continue
+                    if master is None:
+                        self.logger.info("smtp-border: switch %016x: its master key is gone (lease lapsed or"
+                                         " released)", dpid)
                     if master is None or (switch.role == "master" and master != self.mastership.replica):
                         switch.role, switch.in_sync = None, False
                         switch.pending = "master went; settling mastership again"
@@ -896,7 +911,8 @@ class SmtpPolicy(app_manager.RyuApp):
     def _watch_guard(self, shared, cancel):
         while shared.watch_alive():
             hub.sleep(WATCH_CHECK_SECONDS)
-        self.logger.warning("smtp-border: the etcd member the watch streams from stopped answering; watching again")
+        self.logger.warning("smtp-border: the etcd member the watch streams from stopped answering (or the watch"
+                            " ended); watching again")
         cancel()
 
     def _remote(self, events):
@@ -1010,7 +1026,7 @@ class SmtpPolicy(app_manager.RyuApp):
         if not switch.bundles:
             status["version"] = switch.version
         if self.mastership is not None:
-            status.update(role=switch.role, master=switch.master, generation=switch.generation,
+            status.update(openflow_role=switch.role, master=switch.master, generation=switch.generation,
                           replica=self.mastership.replica)
         if switch.choice is not None:
             needed, available, _ = self.border.budget(dpid)

@@ -29,6 +29,7 @@ gRPC client breaks on current protobuf.
 """
 import base64
 import json
+import threading
 import time
 import urllib.parse
 
@@ -277,8 +278,10 @@ def _reason(err):
 
 MASTERS = "/smtp-border/masters/"
 # Seconds a master's lease lives without a refresh; refreshed every third of
-# it. A master that dies is replaced within about this long (docs/ha.md).
-LEASE_TTL = 3
+# it, trusted for two thirds of it by the replica's own clock. A master that
+# dies is replaced within about this long (docs/ha.md). 3 s let a master
+# busy reconnecting 50 switches miss its own refresh window; 5 s does not.
+LEASE_TTL = 5
 
 
 class Mastership:
@@ -297,6 +300,7 @@ class Mastership:
         self.ttl = ttl
         self.prefix = prefix
         self._lease = None
+        self._granting = threading.Lock()  # green under ryu-manager (eventlet patches threading)
         self._lease_ok = False
         self._refreshed = 0.0  # time.monotonic() of the last grant or refresh
         self.watching = 0  # the endpoint the master watch streams from
@@ -312,12 +316,21 @@ class Mastership:
         moment it runs again, before it has asked etcd anything."""
         return self._lease_ok and time.monotonic() - self._refreshed < self.ttl * 2 / 3
 
+    @property
+    def holds_lease(self):
+        """A lease granted and not known lost (it may be stale by the clock
+        while a refresh is late: then wait for it rather than take another)."""
+        return self._lease is not None
+
     def _ensure_lease(self):
-        if self._lease is None or not self.lease_ok:
-            asked = time.monotonic()
-            self._lease = self.state._call("take an etcd lease", lambda c: c.lease(self.ttl))
-            self._lease_ok, self._refreshed = True, asked
-        return self._lease
+        # One lease per replica: fifty switches claimed at once must not each
+        # grant one (only the last would be refreshed; the others' keys lapse).
+        with self._granting:
+            if self._lease is None:
+                asked = time.monotonic()
+                self._lease = self.state._call("take an etcd lease", lambda c: c.lease(self.ttl))
+                self._lease_ok, self._refreshed = True, asked
+            return self._lease
 
     def refresh(self):
         """Keep the lease alive; False once it is lost (expired, or etcd out
@@ -371,10 +384,12 @@ class Mastership:
         value, meta = found[0]
         return value.decode(), int(meta["create_revision"])
 
-    def release(self, dpid):
-        """Give the switch up (it disconnected from this replica)."""
+    def release(self, dpid, generation):
+        """Give the switch up (it disconnected from this replica): the key of
+        that mastership only, by its create revision, so that a release that
+        runs late never deletes the claim of the switch's next connection."""
         key = _b64(self._key(dpid))
-        txn = {"compare": [{"key": key, "result": "EQUAL", "target": "VALUE", "value": _b64(self.replica)}],
+        txn = {"compare": [{"key": key, "result": "EQUAL", "target": "CREATE", "create_revision": generation}],
                "success": [{"request_delete_range": {"key": key}}], "failure": []}
         try:
             self.state._call("release mastership", lambda c: c.transaction(txn))

@@ -64,7 +64,7 @@ def master_of(lab, dpid):
             continue
         status = next(s for s in controller.api("GET", "/smtp/v1/switches")[1]["switches"]
                       if s["dpid"] == f"{dpid:016x}")
-        if status.get("role") == "master":
+        if status.get("openflow_role") == "master":
             return name
     return None
 
@@ -75,9 +75,10 @@ def test_one_master_per_switch_and_the_policy_holds(ha):
     statuses = {name: {s["dpid"]: s for s in c.api("GET", "/smtp/v1/switches")[1]["switches"]}
                 for name, c in ha.replicas.items()}
     for dpid in statuses["a"]:
-        pair = sorted((statuses["a"][dpid]["role"], statuses["b"][dpid]["role"]))
+        pair = sorted((statuses["a"][dpid]["openflow_role"], statuses["b"][dpid]["openflow_role"]))
         assert pair == ["master", "slave"], (dpid, statuses["a"][dpid], statuses["b"][dpid])
         assert statuses["a"][dpid]["master"] == statuses["b"][dpid]["master"]
+        assert statuses["a"][dpid]["role"] == statuses["b"][dpid]["role"] in ("enforcing", "inside")
     results = ha.run_probes([Probe("outhost", "h1", 25), Probe("outhost", "h1", 2525),
                              Probe("h1", "outmx", 25), Probe("relay", "outmx", 25)])
     assert list(results.values()) == ["timeout", "open", "timeout", "open"]
@@ -137,7 +138,7 @@ def test_a_frozen_master_is_replaced_and_steps_down_when_it_wakes(ha):
                         and master_of_from(ha, other, campus.BORDER_DPID), 20), roles("s1")
     finally:
         os.kill(process.pid, signal.SIGCONT)
-    assert wait_for(lambda: status_of(ha.replicas[frozen], campus.BORDER_DPID)["role"] == "slave", 20)
+    assert wait_for(lambda: status_of(ha.replicas[frozen], campus.BORDER_DPID)["openflow_role"] == "slave", 20)
     assert status_of(ha.replicas[frozen], campus.BORDER_DPID)["master"] == other
     assert sorted(roles("s1").values()) == ["master", "slave"]
     woke = ha.replicas[frozen].log()[len(before):]
@@ -170,7 +171,7 @@ def status_of(controller, dpid):
 
 
 def master_of_from(ha, name, dpid):
-    return status_of(ha.replicas[name], dpid).get("role") == "master"
+    return status_of(ha.replicas[name], dpid).get("openflow_role") == "master"
 
 
 def test_a_switch_rebooted_while_a_replica_is_down_is_enforced_by_the_other(ha):
@@ -188,7 +189,7 @@ def test_a_switch_rebooted_while_a_replica_is_down_is_enforced_by_the_other(ha):
     subprocess.run(["ovs-vsctl", "set-controller", "s1",
                     *[f"tcp:127.0.0.1:{c.of_port}" for c in ha.replicas.values()]], check=True)
     ha.replicas[survivor].wait_installs({campus.BORDER_DPID: before + 1}, timeout=30)
-    assert status_of(ha.replicas[survivor], campus.BORDER_DPID)["role"] == "master"
+    assert status_of(ha.replicas[survivor], campus.BORDER_DPID)["openflow_role"] == "master"
     results = ha.run_probes([Probe("outhost", "h1", 25), Probe("outhost", "h1", 2525),
                              Probe("h1", "outmx", 25), Probe("relay", "outmx", 25)])
     assert list(results.values()) == ["timeout", "open", "timeout", "open"]
