@@ -707,8 +707,10 @@ class SmtpPolicy(app_manager.RyuApp):
             switch.role, switch.in_sync = None, False
             switch.pending = f"mastership unknown, not writing: {err}"
             raise SwitchFailed(switch.pending) from None
-        ofp, parser = dp.ofproto, dp.ofproto_parser
         mine = master == self.mastership.replica
+        if not mine and switch.role == "slave" and (switch.master, switch.generation) == (master, generation):
+            return  # nothing changed since the last look: the switch knows our role
+        ofp, parser = dp.ofproto, dp.ofproto_parser
         request = parser.OFPRoleRequest(dp, ofp.OFPCR_ROLE_MASTER if mine else ofp.OFPCR_ROLE_SLAVE, generation)
         self._exchange(dp, [], [request])
         was = switch.role
@@ -832,8 +834,7 @@ class SmtpPolicy(app_manager.RyuApp):
                     tables = None if reply is None else openflow.table_features(reply)
                 else:
                     max_meters = reply[0].max_meter if reply else 0
-        frag = None if tables is None else any("ip_frag" in t.matches for t in tables)
-        capabilities = Capabilities(self._n_tables.get(dp), tables or None, max_meters, frag)
+        capabilities = Capabilities(self._n_tables.get(dp), tables or None, max_meters)
         switch.choice = self.border.probed(dp.id, capabilities)
         self.logger.info("smtp-border: switch %016x: pipeline %s, %s; budget %s (%.1f ms to probe)",
                          switch.dpid, switch.choice.profile.describe(), "; ".join(switch.choice.reasons),
@@ -1103,7 +1104,7 @@ class SmtpPolicy(app_manager.RyuApp):
         switch = self.switches.get(dp.id)
         if (switch is None or switch.dp is not dp or not self.policy.switch_spec(dp.id)
                 or cookie_clause(msg.cookie) not in SAMPLED or switch.choice is None
-                or msg.table_id not in switch.choice.profile.block_tables):
+                or msg.table_id != switch.choice.profile.exception_table):
             self.counters[("samples_refused", dp.id)] += 1
             return
         self.counters[("samples", dp.id)] += 1

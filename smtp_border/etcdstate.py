@@ -128,8 +128,11 @@ class EtcdState:
 
     def load(self):
         """The exception mappings in etcd, oldest first (by creation)."""
-        items = self._call("read the exceptions from etcd", lambda c: c.get_prefix(self.prefix))
+        # The revision first, then the keys: the watch then starts at or
+        # before what was read (replaying a change already read is a no-op),
+        # never after a change it would miss.
         header = self._call("read etcd's revision", lambda c: c.status())["header"]
+        items = self._call("read the exceptions from etcd", lambda c: c.get_prefix(self.prefix))
         self.revision = int(header["revision"])
         found = []
         self._mod = {}
@@ -375,14 +378,6 @@ class Mastership:
 
     def watch_alive(self):
         return self.state.watch_alive(self.watching)
-
-    def current(self, dpid):
-        """(master replica, generation id) or (None, None) when no replica is."""
-        found = self.state._call("read mastership", lambda c: c.get(self._key(dpid), metadata=True))
-        if not found:
-            return None, None
-        value, meta = found[0]
-        return value.decode(), int(meta["create_revision"])
 
     def release(self, dpid, generation):
         """Give the switch up (it disconnected from this replica): the key of

@@ -24,7 +24,6 @@ it uses. `Profile.check` holds compiled flows to that declaration (the tests
 do, for every profile and random policies), and `choose` compares it with
 what a switch says of itself in its table features.
 """
-import collections
 import dataclasses
 from dataclasses import dataclass
 from typing import FrozenSet, Optional, Tuple
@@ -100,13 +99,9 @@ class Profile:
 
     @property
     def exception_table(self):
-        """The table that holds the exception flows (the one that grows)."""
+        """The table that holds the exception flows (the one that grows, and
+        the budget counts) and the sampled blocks."""
         return POLICY_TABLE if self.name == MULTI else self.table
-
-    @property
-    def block_tables(self):
-        """Tables whose drops are sampled to the controller."""
-        return (POLICY_TABLE,) if self.name == MULTI else (self.table,)
 
     def describe(self):
         parts = [self.name if self.name == MULTI else f"{self.name} (table {self.table})"]
@@ -197,7 +192,11 @@ class Capabilities:
     n_tables: Optional[int] = None  # from the features reply
     tables: Optional[Tuple[TableFeatures, ...]] = None  # table features
     max_meters: Optional[int] = None  # meter features
-    frag_match: Optional[bool] = None  # from table features (ip_frag listed)
+
+    @property
+    def frag_match(self):
+        """Whether any table lists Open vSwitch's ip_frag; None without table features."""
+        return None if self.tables is None else any("ip_frag" in t.matches for t in self.tables)
 
     def table(self, table_id):
         for t in self.tables or ():
@@ -346,11 +345,3 @@ class OverBudget(Exception):
     def to_dict(self):
         return {"dpid": f"{self.dpid:016x}", "name": self.name, "table": self.table, "needed": self.needed,
                 "available": self.available, "budget_from": self.source}
-
-
-def counts_by_table(rules, ipv6_entry_cost=1):
-    counts = collections.Counter()
-    for rule in rules:
-        counts[rule.table] += ipv6_entry_cost if rule.match.eth_type == ETH_TYPE_IPV6 else 1
-    return counts
-

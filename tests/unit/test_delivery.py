@@ -513,7 +513,7 @@ def test_auto_gives_each_switch_family_the_profile_its_tables_allow(make_app, sh
     assert status["entries"]["needed"] == len([r for r in switch.rules() if r.table == profile.exception_table])
     # A blocked packet's sample counts from the table that blocks it, not another.
     part2 = make_cookie(Clause.PART2_BLOCK, 0x800)
-    switch.packet_in(part2, syn("10.20.3.10", "198.51.100.25"), table_id=profile.block_tables[0])
+    switch.packet_in(part2, syn("10.20.3.10", "198.51.100.25"), table_id=profile.exception_table)
     assert [a.src for a in app.audit.recent] == ["10.20.3.10"]
     switch.packet_in(part2, syn("10.20.3.11", "198.51.100.25"), table_id=7)
     assert app.counters[("samples_refused", 1)] == 1
