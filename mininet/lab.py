@@ -49,12 +49,13 @@ class Controller:
     """A ryu-manager process running ryu_apps.smtp_policy, logging to a file."""
 
     def __init__(self, policy_file, log_file, state_file=None, token=None, bundles=True, audit_seconds=1.0, tls=None,
-                 env=None):
+                 env=None, audit_log=None):
         self.policy_file = Path(policy_file)
         self.log_file = Path(log_file)
         # API exceptions go beside the log, never into the repository.
         self.state_file = Path(state_file or self.log_file.with_name("api-exceptions.json"))
-        self.audit_log = self.log_file.with_name("blocked.jsonl")
+        # Replicas beside each other need one each: every replica records every attempt.
+        self.audit_log = Path(audit_log or self.log_file.with_name("blocked.jsonl"))
         self.token = token
         self.bundles = bundles
         # Tests audit every second so that repairs show quickly; the default is 5 s.

@@ -169,12 +169,23 @@ class Switch:
         self.role = None
         self.master = None
         self.generation = None
+        # A slave's reading of the switch (it may read, not write): True when
+        # it last found it holding exactly the policy in force as this replica
+        # knows it; what differed otherwise, in `pending`.
+        self.holds = False
+        self.async_set = False  # asked for blocked-attempt samples as slave too (OFPT_SET_ASYNC)
         self.wake = hub.Event()
 
     @property
     def tables(self):
         """The tables its profile owns: read, audited and reconciled."""
         return self.choice.profile.table_ids
+
+    @property
+    def enforces(self):
+        """Holds the policy in force: written and confirmed by us, or, as a
+        slave, read and found so (its master wrote it)."""
+        return self.in_sync or (self.role == "slave" and self.holds)
 
     def unsynced(self, reason):
         self.in_sync = False
@@ -301,10 +312,15 @@ class SmtpPolicy(app_manager.RyuApp):
                 if switch.role == "master":
                     # Our lease is late by our own clock: the change waits for the refresh.
                     switch.unsynced("lease refresh late: not writing until it is refreshed")
-                if diff and switch.role == "slave" and confirm:
+                if diff and switch.role == "slave":
                     # Its master replica delivers it (through etcd's watch):
-                    # confirm by reading the switch, as a slave may.
-                    watched[dpid] = hub.spawn(self._seen_on_switch, switch, diff)
+                    # confirm by reading the switch, as a slave may; for a
+                    # change that came from the master, its worker reads soon.
+                    switch.holds = False
+                    if confirm:
+                        watched[dpid] = hub.spawn(self._seen_on_switch, switch, diff)
+                    else:
+                        switch.wake.set()
                 continue
             if not switch.in_sync:
                 switch.wake.set()
@@ -326,6 +342,9 @@ class SmtpPolicy(app_manager.RyuApp):
                 if switch is not None:
                     switch.unsynced(f"delivery crashed ({type(err).__name__}); retrying")
         seen = {dpid for dpid, thread in watched.items() if thread.wait()}
+        for dpid in seen:
+            if dpid in self.switches:
+                self.switches[dpid].holds = True
         return self.enforcement(crashed, seen)
 
     def enforcement(self, crashed=None, seen=()):
@@ -340,7 +359,7 @@ class SmtpPolicy(app_manager.RyuApp):
             name = spec.name if spec else None
             if switch is None:
                 pending.append({"dpid": f"{dpid:016x}", "name": name, "reason": "not connected", "connected": False})
-            elif switch.in_sync or dpid in seen:
+            elif switch.enforces or dpid in seen:
                 enforced.append(f"{dpid:016x}")
             elif switch.role == "slave":
                 pending.append({"dpid": f"{dpid:016x}", "name": name, "connected": True,
@@ -502,8 +521,14 @@ class SmtpPolicy(app_manager.RyuApp):
                         continue
                     self._settle_role(switch)
                     if switch.role != "master":
-                        # A slave: woken when its master goes, or it claims again after an audit interval.
-                        switch.failures, delay = 0, self.audit_seconds
+                        # A slave: woken when its master goes or a change
+                        # comes; else it claims again after an audit interval.
+                        # Meanwhile it reads the switch (audit and metrics on
+                        # every replica), a second after a difference.
+                        if switch.role == "slave":
+                            self._observe(switch)
+                        switch.failures = 0
+                        delay = self.audit_seconds if switch.holds else min(1.0, self.audit_seconds)
                         continue
                 with self.change_lock:
                     if not self._current(switch):
@@ -641,6 +666,37 @@ class SmtpPolicy(app_manager.RyuApp):
         switch.pending = f"drift: {missing} missing, {extra} extra, {changed} changed; repairing"
         return rules, foreign
 
+    def _observe(self, switch):
+        """A slave's audit: read the switch (a slave's right) and note whether
+        it holds the policy in force as this replica knows it. Repairs are
+        its master's: this only reports (`holds`, `pending`, the flow count,
+        the block counters for /metrics). Counts each time; the flows
+        themselves when the counts match but the last reading differed, and
+        every FULL_AUDIT_EVERY readings, as the master's audit does."""
+        dp = switch.dp
+        with self.change_lock:
+            desired = self.border.flows(switch.dpid)
+        expected = collections.Counter(r.table for r in desired)
+        requests = [self._aggregate(dp, table) for table in switch.tables]
+        replies = self._exchange(dp, [], requests)
+        counts = {table: replies[r.xid][0].flow_count for table, r in zip(switch.tables, requests)}
+        switch.audits += 1
+        switch.last_audit, switch.flow_count = time.time(), sum(counts.values())
+        master = f"slave: controller {switch.master} is master"
+        if any(counts[t] != expected.get(t, 0) for t in switch.tables):
+            switch.holds = False
+            switch.pending = (f"{master}; the switch holds {switch.flow_count} flows where the policy in force has"
+                              f" {len(desired)} (a change on its way, or drift its master repairs)")
+            return
+        if switch.holds and switch.audits % FULL_AUDIT_EVERY:
+            return
+        rules, foreign = self._read_flows(switch, dump=True)
+        diff = diff_rules({with_version(r, 0) for r in rules}, desired)
+        switch.holds = not (diff.add or diff.delete or foreign)
+        switch.pending = None if switch.holds else (
+            f"{master}; the switch differs from the policy in force: {len(diff.add)} flows to add,"
+            f" {len(diff.delete) + len(foreign)} to remove (a change on its way, or drift its master repairs)")
+
     def _read_flows(self, switch, dump=False):
         """The switch's flows in the owned tables: (FlowRules, foreign flows).
         Flows with our cookie in other tables (left by another profile) are
@@ -712,8 +768,10 @@ class SmtpPolicy(app_manager.RyuApp):
             return  # nothing changed since the last look: the switch knows our role
         ofp, parser = dp.ofproto, dp.ofproto_parser
         request = parser.OFPRoleRequest(dp, ofp.OFPCR_ROLE_MASTER if mine else ofp.OFPCR_ROLE_SLAVE, generation)
-        self._exchange(dp, [], [request])
+        self._exchange(dp, [] if switch.async_set else [self._async_config(dp)], [request])
+        switch.async_set = True
         was = switch.role
+        switch.holds = switch.holds and was == "slave"
         switch.role, switch.master, switch.generation = ("master" if mine else "slave"), master, generation
         if mine:
             switch.in_sync = False
@@ -731,6 +789,23 @@ class SmtpPolicy(app_manager.RyuApp):
             self.logger.info("smtp-border: switch %016x: %s (master %s, generation %d)", switch.dpid, switch.role,
                              master, generation)
 
+    @staticmethod
+    def _async_config(dp):
+        """What this connection is sent in either role (OFPT_SET_ASYNC,
+        OpenFlow 1.3 section 6.1.1): the defaults, except that a slave gets
+        the blocked-attempt samples too. The block flows send them to
+        "the controller", which Open vSwitch reads as every connection
+        whose configuration asks; by default only the master's does, and
+        each replica's GET /blocked would hold only its own switches'
+        attempts. Masks: [master or equal, slave]."""
+        ofp = dp.ofproto
+        packet_in = 1 << ofp.OFPR_NO_MATCH | 1 << ofp.OFPR_ACTION
+        port_status = 1 << ofp.OFPPR_ADD | 1 << ofp.OFPPR_DELETE | 1 << ofp.OFPPR_MODIFY
+        flow_removed = (1 << ofp.OFPRR_IDLE_TIMEOUT | 1 << ofp.OFPRR_HARD_TIMEOUT | 1 << ofp.OFPRR_DELETE
+                        | 1 << ofp.OFPRR_GROUP_DELETE)
+        return dp.ofproto_parser.OFPSetAsync(dp, [packet_in, 1 << ofp.OFPR_ACTION], [port_status, port_status],
+                                             [flow_removed, 0])
+
     def _seen_on_switch(self, switch, diff, timeout=None):
         """True once the switch holds the diff (its adds, none of its deletes),
         read by the cookies of the flows concerned; False after `timeout`."""
@@ -747,7 +822,9 @@ class SmtpPolicy(app_manager.RyuApp):
                     entries = self.switch_flows(dp)
             except SwitchFailed:
                 return False
-            held = {e.rule for e in entries if e.rule is not None}
+            # Read as version 0, the diff's: a switch without bundles holds
+            # its policy table in either version (ordering.py).
+            held = {with_version(e.rule, 0) for e in entries if e.rule is not None}
             keys = {r.key for r in held}
             if all(r in held for r in diff.add) and not any(r.key in keys for r in diff.delete):
                 return True
@@ -1025,7 +1102,7 @@ class SmtpPolicy(app_manager.RyuApp):
         if switch is None:
             return status
         status.update(
-            in_sync=switch.in_sync, pending=switch.pending, flow_count=switch.flow_count, bundles=switch.bundles,
+            in_sync=switch.enforces, pending=switch.pending, flow_count=switch.flow_count, bundles=switch.bundles,
             fragments=switch.fragments,
             last_audit=_iso(switch.last_audit), last_repair=_iso(switch.last_repair),
             audit_ms=_rounded(switch.audit_ms), full_audit_ms=_rounded(switch.full_audit_ms),

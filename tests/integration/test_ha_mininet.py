@@ -3,12 +3,14 @@ both, sharing a real three-member etcd cluster: one master per switch (as
 Open vSwitch itself reports the roles), and when the master is killed the
 other takes over within seconds while SMTP stays blocked and the allowed
 twin stays open; a change made on the survivor is enforced."""
+import http.client
 import os
 import signal
 import subprocess
 import time
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 import campus
 from conftest import wait_for
@@ -30,7 +32,7 @@ def ha(tmp_path_factory):
         env = {"SMTP_POLICY_ETCD": cluster.endpoints}
         with Lab(ROOT / "policy.yaml", directory, env=dict(env, SMTP_POLICY_REPLICA="a")) as lab:
             second = Controller(lab.controller.policy_file, directory / "ryu-b.log",
-                                state_file=directory / "api-exceptions-b.json",
+                                state_file=directory / "api-exceptions-b.json", audit_log=directory / "blocked-b.jsonl",
                                 env=dict(env, SMTP_POLICY_REPLICA="b"))
             try:
                 second.start()
@@ -58,6 +60,16 @@ def roles(bridge):
     return found
 
 
+def metrics(controller):
+    """{(name, frozenset(labels)): value} from a replica's GET /metrics."""
+    connection = http.client.HTTPConnection("127.0.0.1", controller.api_port, timeout=30)
+    connection.request("GET", "/metrics")
+    text = connection.getresponse().read().decode()
+    connection.close()
+    return {(sample.name, frozenset(sample.labels.items())): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
 def master_of(lab, dpid):
     for name, controller in lab.replicas.items():
         if controller.process is None:
@@ -79,9 +91,27 @@ def test_one_master_per_switch_and_the_policy_holds(ha):
         assert pair == ["master", "slave"], (dpid, statuses["a"][dpid], statuses["b"][dpid])
         assert statuses["a"][dpid]["master"] == statuses["b"][dpid]["master"]
         assert statuses["a"][dpid]["role"] == statuses["b"][dpid]["role"] in ("enforcing", "inside")
+    started = time.time()
     results = ha.run_probes([Probe("outhost", "h1", 25), Probe("outhost", "h1", 2525),
                              Probe("h1", "outmx", 25), Probe("relay", "outmx", 25)])
     assert list(results.values()) == ["timeout", "open", "timeout", "open"]
+    # Audit on every replica: the slave, too, records both blocked attempts
+    # (and nothing allowed), and its metrics read the switch's counters.
+    since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started - 1))
+
+    def attempts(controller):
+        events = controller.api("GET", f"/smtp/v1/blocked?since={since}")[1]["events"]
+        return sorted((e["src"], e["dst"], e["dst_port"], e["direction"]) for e in events)
+
+    want = [("10.20.3.10", "198.51.100.25", 25, "outbound"), ("203.0.113.10", "10.20.3.10", 25, "inbound")]
+    assert wait_for(lambda: all(attempts(c) == want for c in ha.replicas.values()), 10), \
+        {name: attempts(c) for name, c in ha.replicas.items()}
+    border = f"{campus.BORDER_DPID:016x}"
+    for name, controller in ha.replicas.items():
+        values = metrics(controller)
+        assert values[("smtp_border_switch_in_sync", frozenset({("switch", border)}))] == 1, name
+        assert values[("smtp_border_blocked_packets_total", frozenset({("switch", border), ("direction", "outbound")}))] >= 1
+        assert values[("smtp_border_blocked_packets_total", frozenset({("switch", border), ("direction", "inbound")}))] >= 1
 
 
 def test_killing_the_master_hands_every_switch_to_the_other_without_a_window(ha):

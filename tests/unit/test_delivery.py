@@ -375,6 +375,42 @@ def test_only_block_flows_of_enforcing_switches_write_the_audit(make_app):
     assert 'smtp_border_audit_samples_total{switch="0000000000000001"} 1.0' in metrics
 
 
+def test_a_slave_reads_a_switch_without_bundles_in_either_policy_table_version(make_app):
+    """A replica that is slave for a switch reads it to answer for changes
+    (and for GET /switches and /metrics): a switch without bundles holds its
+    policy table as version 0 or 1 (smtp_border/ordering.py), the core's
+    rules are version 0; both must read as holding the policy."""
+    policy = """
+        campus: {prefixes: [%s]}
+        gateways: [{name: relay, addresses: [10.20.0.25]}]
+        switches: [{dpid: 1, uplinks: []}]
+    """
+    app = make_app(policy % "10.20.0.0/16, 10.40.0.0/16", audit_seconds=3600)  # no audit of its own meanwhile
+    switch = connect(app, bundles=False)
+    Path(app.store.policy_file).write_text(textwrap.dedent(policy % "10.20.0.0/16, 10.50.0.0/16"))
+    app.change(lambda border: border.reload())
+    assert app.switch_status(1)["version"] == 1 and switch.rules() == {with_version(r, 1) for r in desired(app)}
+    # As a slave would find it: its master (here, the app before) wrote it.
+    state = app.switches[1]
+    state.role, state.in_sync, state.master = "slave", False, "other"
+    app._observe(state)
+    assert state.holds and state.enforces and app.switch_status(1)["in_sync"], state.pending
+    assert app.enforcement()["enforced"] == ["0000000000000001"]
+    # A change the master delivers, read by cookie, in version 1 on the switch.
+    exception = FlowRule(POLICY_TABLE, 400, Match(metadata=2, eth_type=0x800, ip_src=netaddr.IPNetwork("10.50.3.10/32")),
+                         Instructions(goto_table=2), make_cookie(Clause.EXCEPTION_OUTBOUND, 77))
+    diff = type("Diff", (), {"add": (exception,), "delete": ()})()
+    assert not app._seen_on_switch(state, diff, timeout=0.2)
+    switch.add_behind_the_back(wire.add_flow(with_version(exception, 1)))
+    assert app._seen_on_switch(state, diff, timeout=0.2)
+    # The slave's reading now differs from the policy in force: it says so, and repairs nothing.
+    switch.log.clear()
+    app._observe(state)
+    assert not state.holds and "its master repairs" in state.pending
+    assert app.enforcement()["pending"][0]["reason"].startswith("delivered by its master")
+    assert flow_mods(switch) == []
+
+
 def test_without_bundles_a_campus_change_never_opens_what_both_policies_block(make_app):
     """The reload that leaked through the union (smtp_border/ordering.py):
     after every single flow mod the switch receives, every probe is judged
