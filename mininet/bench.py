@@ -188,7 +188,7 @@ def bench_one_change(sizes, changes, workdir):
                 controller.wait_installs({1: 1}, timeout=300)
                 add, delete = [], []
                 for i in range(changes):
-                    body = {"address": f"10.20.100.{i % 250 + 1}", "direction": "both", "reason": "bench"}
+                    body = {"address": f"10.20.100.{i % 250 + 1}", "direction": "both", "grounds": "message-size", "needs_message_size": "200MB", "reason": "bench"}
                     started = time.monotonic()
                     status, created = controller.api("POST", "/smtp/v1/exceptions", body)
                     add.append((time.monotonic() - started) * 1000)
@@ -235,7 +235,7 @@ def bench_rest_firewall(count, workdir):
             started = time.monotonic()
             for address in addresses:
                 status, _ = controller.api("POST", "/smtp/v1/exceptions",
-                                           {"address": address, "direction": "outbound", "reason": "bench"})
+                                           {"address": address, "direction": "outbound", "grounds": "message-size", "needs_message_size": "200MB", "reason": "bench"})
                 assert status == 201
             results["smtp_border_s"] = time.monotonic() - started
             assert bridge.flow_count() == before + count
@@ -246,7 +246,7 @@ def bench_rest_firewall(count, workdir):
             results["http_request_floor_s"] = time.monotonic() - started
             # The same rules again, as one batch request (one bundle, one barrier, one
             # record); the median of three.
-            batch = [{"address": address, "direction": "outbound", "reason": "bench"} for address in addresses]
+            batch = [{"address": address, "direction": "outbound", "grounds": "message-size", "needs_message_size": "200MB", "reason": "bench"} for address in addresses]
             batches = []
             for _ in range(3):
                 ids = [e["id"] for e in controller.api("GET", "/smtp/v1/exceptions")[1]["exceptions"] if e["source"] == "api"]
@@ -723,7 +723,7 @@ def bench_fleet(sizes, exceptions, changes, workdir, replicas=1):
             for n in range(changes):
                 controller = controllers[n % replicas]
                 address = str(exception_address(exceptions + n))
-                path, body = "/smtp/v1/exceptions", {"address": address, "direction": "both", "reason": "fleet bench"}
+                path, body = "/smtp/v1/exceptions", {"address": address, "direction": "both", "grounds": "message-size", "needs_message_size": "200MB", "reason": "fleet bench"}
                 for method in ("POST", "DELETE"):
                     t0 = time.monotonic()
                     status, answer = controller.api(method, path, body)
@@ -757,7 +757,7 @@ def switches_latency_under_changes(controller, pairs):
 
     def churn():
         for i in range(pairs):
-            body = {"address": f"10.20.100.{i % 250 + 1}", "direction": "both", "reason": "bench"}
+            body = {"address": f"10.20.100.{i % 250 + 1}", "direction": "both", "grounds": "message-size", "needs_message_size": "200MB", "reason": "bench"}
             status, created = controller.api("POST", "/smtp/v1/exceptions", body)
             controller.api("DELETE", f"/smtp/v1/exceptions/{created['id']}")
 

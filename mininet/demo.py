@@ -145,7 +145,7 @@ def rest_steps(lab, alice, bob):
     """5. An operator grants h1 an outbound exception over REST, then revokes it."""
     h1 = lab.address("h1", 4)
     status, created = lab.controller.api("POST", "/smtp/v1/exceptions", {
-        "address": h1, "direction": "outbound", "reason": "demo: temporary exception", "contact": "ops@example.edu",
+        "address": h1, "direction": "outbound", "grounds": "message-size", "needs_message_size": "200MB", "reason": "demo: temporary exception", "contact": "ops@example.edu",
     })
     granted = report("5. An operator grants h1 an outbound exception over REST",
                      "201 once every switch enforces it", f"{status}", status == 201,

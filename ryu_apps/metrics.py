@@ -7,6 +7,7 @@ reached the controller through the meter, and samples dropped are the
 meter's own count of what it held back.
 """
 import collections
+import datetime
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -14,6 +15,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from ryu_apps import tls
 from smtp_border.policy import utc_now
 from smtp_border.rules import AUDIT_METERS
+
+EXPIRING_DAYS = 30  # as `smtp-border mailservers --expiring`
+EXPIRING = datetime.timedelta(days=EXPIRING_DAYS)
 
 
 class PolicyCollector:
@@ -95,6 +99,26 @@ class PolicyCollector:
         for (direction, source), count in sorted(counts.items()):
             exceptions.add_metric([direction, source], count)
         yield exceptions
+        now = utc_now()
+        expiry = GaugeMetricFamily(
+            "smtp_border_exception_expiry_timestamp_seconds", "When an exception in force expires (Unix time), for"
+            " whoever granted it to hear before the host is cut off.",
+            labels=["id", "address", "direction", "contact"])
+        for e in app.policy.exceptions:
+            if e.expires is not None and e.is_active(now):
+                expiry.add_metric([e.id, str(e.address), e.direction.value, e.contact or ""], e.expires.timestamp())
+        yield expiry
+        yield GaugeMetricFamily(
+            "smtp_border_exceptions_expiring_soon", f"Exceptions in force that expire within {EXPIRING_DAYS} days.",
+            value=sum(e.expires is not None and e.is_active(now) and e.expires - now <= EXPIRING for e in app.policy.exceptions))
+        review = app.policy.for_review()
+        yield GaugeMetricFamily(
+            "smtp_border_exceptions_for_review", "Part 2 message-size grants the relay now carries (its"
+            " max_message_size reaches what they need): granted until this changes, so for review.",
+            value=sum(not e.lapsed for e, _ in review))
+        yield GaugeMetricFamily(
+            "smtp_border_exceptions_lapsed", "Part 2 message-size grants not in force because the relay now carries"
+            " what they need (part2_relay_suffices: lapse).", value=sum(e.lapsed for e, _ in review))
         yield GaugeMetricFamily("smtp_border_exceptions_quarantined",
                                 "API exceptions kept but not enforced because policy.yaml contradicts them.",
                                 value=len(app.store.quarantined))

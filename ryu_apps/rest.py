@@ -441,6 +441,12 @@ class SmtpRestController(ControllerBase):
         self.app.log_quarantine(newly)
         document = change_document(outcome.change, report)
         document["quarantined"] = [q.to_dict() for q in outcome.change.quarantined]
+        # Message-size grants the relay now carries ("until this changes"),
+        # and file entries that deserve a look: the operator reads them here.
+        policy = outcome.change.policy
+        document["review"] = [dict(e.to_dict(), review=why) for e, why in policy.for_review()]
+        document["warnings"] = list(policy.warnings())
+        self.app.log_review(policy)
         return change_response(200, document, report)
 
     @route("smtp", PREFIX + "/switches", methods=["GET"])

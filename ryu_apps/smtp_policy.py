@@ -272,11 +272,21 @@ class SmtpPolicy(app_manager.RyuApp):
             len(p.exceptions), len(self.store.api_exceptions), len(expired), where,
         )
         for e in expired:
+            if e.lapsed:
+                continue  # said by log_review
             self.logger.warning(
                 "smtp-border: exception %s (%s) expired at %s and is not enforced",
                 e.address, e.direction.value, e.expires.isoformat(),
             )
         self.log_quarantine(self.store.quarantined)
+        self.log_review(p)
+
+    def log_review(self, policy):
+        for warning in policy.warnings():
+            self.logger.warning("smtp-border: %s", warning)
+        for e, why in policy.for_review():
+            self.logger.warning("smtp-border: Part 2 exception %s (%s) is for REVIEW: %s (granted \"until this"
+                                " changes\"; contact %s)", e.id, e.address, why, e.contact or "none given")
 
     def log_quarantine(self, quarantined):
         for q in quarantined:

@@ -7,12 +7,15 @@ Offline, on a policy file:
 Against a running controller's REST API (--url or $SMTP_BORDER_URL,
 --token or $SMTP_POLICY_TOKEN):
     smtp-border exceptions list
-    smtp-border exceptions add 10.20.3.10 --direction outbound --reason "..." [--contact ...] [--expires ...]
+    smtp-border exceptions add 10.20.3.10 --direction outbound --needs-message-size 200MB --reason "..."
+                                          [--contact ...] [--expires ...]
     smtp-border exceptions rm ID
     smtp-border reload
     smtp-border blocked [--since 2026-11-27T00:00:00Z] [--limit 50]
     smtp-border top [--window 24h]
-    smtp-border mailservers [--soon-days 30]
+    smtp-border mailservers [--soon-days 30] [--expiring]
+
+The URL and tokens may be kept in ~/.config/smtp-border/env (mode 600).
 
 Errors are one line on standard error and exit status 1.
 """
@@ -20,13 +23,14 @@ import argparse
 import dataclasses
 import json
 import os
+import shlex
 import sys
 import urllib.error
 import urllib.parse
 import urllib.request
 
 from .pipeline import choose, entries
-from .policy import PolicyError, load_policy, parse_exception
+from .policy import MESSAGE_SIZE, PART2_GROUNDS, PolicyError, load_policy, parse_exception
 from .rules import sorted_rules, to_ofctl
 
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -36,8 +40,67 @@ class CliError(Exception):
     pass
 
 
+# Where the CLI finds the controller and its token, so that they need not be
+# exported in the shell (and its history): KEY=VALUE lines, as systemd's
+# EnvironmentFile reads them. The environment wins over the file, options
+# over both.
+ENV_FILE_ENV = "SMTP_BORDER_ENV_FILE"
+SETTINGS = ("SMTP_BORDER_URL", "SMTP_POLICY_TOKEN", "SMTP_POLICY_READ_TOKEN")
+
+
+def default_env_file(environ):
+    base = environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return os.path.join(base, "smtp-border", "env")
+
+
+def read_env_file(path, required=False):
+    """SETTINGS from a KEY=VALUE file (comments, blank lines, `export`, and
+    shell quoting allowed). A file holding a token must not be readable by
+    others (as ssh insists for keys): CliError naming the fix."""
+    try:
+        with open(path, encoding="utf-8") as stream:
+            text = stream.read()
+            mode = os.fstat(stream.fileno()).st_mode
+    except FileNotFoundError:
+        if required:
+            raise CliError(f"{path}: no such file") from None
+        return {}
+    except OSError as err:
+        raise CliError(f"{path}: cannot read: {err.strerror}") from None
+    found = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.removeprefix("export ").partition("=")
+        key = key.strip()
+        try:
+            words = shlex.split(value, comments=True)
+        except ValueError as err:
+            raise CliError(f"{path}:{number}: {err}") from None
+        if not sep or not key.isidentifier() or len(words) > 1:
+            raise CliError(f"{path}:{number}: expected KEY=VALUE (one value; quote it if it has spaces)")
+        if key in SETTINGS:
+            found[key] = words[0] if words else ""
+    if any("TOKEN" in key for key in found) and mode & 0o077:
+        raise CliError(f"{path} holds a token and others may read it (mode {mode & 0o777:o}): chmod 600 {path}")
+    return found
+
+
+def settings(environ):
+    """SETTINGS as the environment, then the env file, give them."""
+    explicit = environ.get(ENV_FILE_ENV)
+    merged = read_env_file(explicit or default_env_file(environ), required=bool(explicit))
+    merged.update({k: environ[k] for k in SETTINGS if environ.get(k)})
+    return merged
+
+
 def main(argv=None):
-    parser = build_parser()
+    try:
+        parser = build_parser(settings(os.environ))
+    except CliError as err:
+        print(f"smtp-border: {err}", file=sys.stderr)
+        return 1
     args = parser.parse_args(argv)
     try:
         args.run(args)
@@ -49,14 +112,16 @@ def main(argv=None):
     return 0
 
 
-def build_parser():
+def build_parser(found=None):
+    found = {} if found is None else found
     parser = argparse.ArgumentParser(
         prog="smtp-border", description=__doc__.split("\n\n")[0],
-        epilog="Run `smtp-border COMMAND --help` for each command.",
+        epilog="Run `smtp-border COMMAND --help` for each command. $SMTP_BORDER_URL and the tokens may also be"
+               f" set in ~/.config/smtp-border/env (or ${ENV_FILE_ENV}): KEY=VALUE lines, mode 600.",
     )
-    parser.add_argument("--url", default=os.environ.get("SMTP_BORDER_URL", DEFAULT_URL),
+    parser.add_argument("--url", default=found.get("SMTP_BORDER_URL", DEFAULT_URL),
                         help=f"the controller's REST API (default $SMTP_BORDER_URL or {DEFAULT_URL})")
-    parser.add_argument("--token", default=os.environ.get("SMTP_POLICY_TOKEN") or os.environ.get("SMTP_POLICY_READ_TOKEN"),
+    parser.add_argument("--token", default=found.get("SMTP_POLICY_TOKEN") or found.get("SMTP_POLICY_READ_TOKEN"),
                         help="bearer token for changes and for reading who was blocked"
                              " (default $SMTP_POLICY_TOKEN, or $SMTP_POLICY_READ_TOKEN for reading)")
     parser.add_argument("--json", action="store_true", help="print the API's JSON instead of a table")
@@ -88,6 +153,10 @@ def build_parser():
     add.add_argument("--reason", required=True)
     add.add_argument("--contact")
     add.add_argument("--expires", help="ISO 8601, e.g. 2027-06-30T00:00:00Z")
+    add.add_argument("--grounds", choices=list(PART2_GROUNDS),
+                     help="why a Part 2 (outbound) exception: the policy grants them for the message size limit")
+    add.add_argument("--needs-message-size", metavar="SIZE",
+                     help="the message size the host must send, e.g. 200MB (implies --grounds message-size)")
     add.set_defaults(run=cmd_exceptions_add)
     remove = exceptions.add_parser("rm", help="revoke an exception added over the API")
     remove.add_argument("id")
@@ -115,6 +184,7 @@ def build_parser():
 
     servers = commands.add_parser("mailservers", help="the inventory: relays and every exception, why, until when")
     servers.add_argument("--soon-days", type=int, default=30, help="flag exceptions expiring within this many days")
+    servers.add_argument("--expiring", action="store_true", help="list only those, soonest first")
     servers.set_defaults(run=cmd_mailservers)
     return parser
 
@@ -262,6 +332,10 @@ def cmd_exceptions_list(args):
 
 def cmd_exceptions_add(args):
     body = {"address": args.address, "direction": args.direction, "reason": args.reason}
+    if args.needs_message_size:
+        body.update(grounds=args.grounds or MESSAGE_SIZE, needs_message_size=args.needs_message_size)
+    elif args.grounds:
+        body["grounds"] = args.grounds
     if args.contact:
         body["contact"] = args.contact
     if args.expires:
@@ -277,12 +351,22 @@ def cmd_exceptions_rm(args):
 
 def cmd_reload(args):
     def render(document):
+        # A grant that lapsed (or came back) is the same grant: said once, by its review line.
+        changed = {e["id"] for e in document["added"]} & {e["id"] for e in document["removed"]}
+        lapsing = {e["id"] for e in document["added"] + document["removed"] if e.get("lapsed")} & changed
         for e in document["added"]:
-            print(f"added   {e['id']}: {e['address']} {e['direction']}")
+            if e["id"] not in lapsing:
+                print(f"added   {e['id']}: {e['address']} {e['direction']}")
         for e in document["removed"]:
-            print(f"removed {e['id']}: {e['address']} {e['direction']}")
+            if e["id"] not in lapsing:
+                print(f"removed {e['id']}: {e['address']} {e['direction']}")
         for q in document["quarantined"]:
             print(f"QUARANTINED {q['id']}: {q['address']}: {q['quarantine_reason']}")
+        for e in document.get("review", []):
+            print(f"{'LAPSED' if e.get('lapsed') else 'REVIEW'} {e['id']}: {e['address']} {e['direction']}:"
+                  f" {e['review']} (contact {e['contact'] or 'none given'})")
+        for warning in document.get("warnings", []):
+            print(f"warning: {warning}")
         if not (document["added"] or document["removed"]):
             print("reloaded: no exception changed")
         print(enforcement(document["switches"]))
@@ -322,22 +406,42 @@ def cmd_top(args):
 
 def cmd_mailservers(args):
     document = call(args, "GET", f"/smtp/v1/mailservers?soon_days={args.soon_days}")
+    if args.expiring:
+        # Only what expires within --soon-days, soonest first: who to call before the host is cut off.
+        document["exceptions"] = sorted((e for e in document["exceptions"] if e["expiring_soon"]),
+                                        key=lambda e: e["expires"])
 
     def render(document):
-        print("relays (gateways):")
-        table([(g["name"], ", ".join(g["addresses"])) for g in document["gateways"]], ["NAME", "ADDRESSES"])
-        print("\nexceptions:")
+        if not args.expiring:
+            limit = document.get("relay_max_message_size")
+            print("relays (gateways)" + (f", messages up to {limit}:" if limit else ":"))
+            table([(g["name"], ", ".join(g["addresses"]), g.get("max_message_size") or "-")
+                   for g in document["gateways"]], ["NAME", "ADDRESSES", "MAX MESSAGE"])
+            print("\nexceptions:")
+        elif not document["exceptions"]:
+            print(f"no exception expires within {args.soon_days} days")
+            return
 
         def state(e):
+            if e.get("lapsed"):
+                return "LAPSED"
             if not e["active"]:
                 return "EXPIRED"
+            if e.get("review"):
+                return "REVIEW"
             return "expires soon" if e["expiring_soon"] else "active"
 
+        def grounds(e):
+            return f"{e['grounds']} {e['needs_message_size']}" if e.get("needs_message_size") else e.get("grounds") or "-"
+
         table(
-            [(e["address"], e["direction"], state(e), e["expires"] or "never", e["contact"], e["reason"])
+            [(e["address"], e["direction"], state(e), e["expires"] or "never", e["contact"], grounds(e), e["reason"])
              for e in document["exceptions"]],
-            ["ADDRESS", "DIRECTION", "STATE", "EXPIRES", "CONTACT", "REASON"],
+            ["ADDRESS", "DIRECTION", "STATE", "EXPIRES", "CONTACT", "GROUNDS", "REASON"],
         )
+        for e in document["exceptions"]:
+            if e.get("review"):
+                print(f"review {e['address']}: {e['review']}")
 
     show(args, document, render)
 

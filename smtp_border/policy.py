@@ -9,6 +9,7 @@ The parser never returns a half-checked policy: callers either get a complete
 Policy or an error, so a bad reload can always keep the old policy in force.
 """
 import contextlib
+import dataclasses
 import datetime
 import difflib
 import enum
@@ -60,9 +61,28 @@ class Direction(enum.Enum):
 class Gateway:
     name: str
     addresses: Tuple[netaddr.IPNetwork, ...]
+    # The largest message it relays, in bytes (the policy: "currently limits
+    # the size of a message to 50 MB"); None: not declared.
+    max_message_size: Optional[int] = None
 
     def to_dict(self):
-        return {"name": self.name, "addresses": [str(a) for a in self.addresses]}
+        document = {"name": self.name, "addresses": [str(a) for a in self.addresses]}
+        if self.max_message_size is not None:
+            document["max_message_size"] = format_size(self.max_message_size)
+        return document
+
+
+# The grounds on which the policy grants Part 2 exceptions, as it words
+# them. Part 2 accepts only these; a policy file may narrow them
+# (part2_grounds), never widen them.
+PART2_GROUNDS = {"message-size": "Message size limit"}
+MESSAGE_SIZE = "message-size"
+PART2_RULE = ("ITS will grant exceptions to Part 2 for the following reason(s), based on their strong technical"
+              " merit: * Message size limit")
+# What to do with a message-size grant once the relay carries what it needs
+# (the policy grants them "until this changes"): report it for review, or
+# let it lapse (outbound grants only: a `both` grant keeps its Part 1 half).
+RELAY_SUFFICES = ("report", "lapse")
 
 
 @dataclass(frozen=True)
@@ -73,9 +93,17 @@ class MailException:
     contact: Optional[str] = None
     expires: Optional[datetime.datetime] = None  # always timezone-aware (UTC)
     source: str = SOURCE_FILE  # SOURCE_FILE (policy.yaml) or SOURCE_API (added over REST)
+    # Part 2 grants: on what grounds (PART2_GROUNDS), and for message-size
+    # the size the host must send, in bytes.
+    grounds: Optional[str] = None
+    needs_message_size: Optional[int] = None
+    # Set by the policy it is in force in (Policy.judged): the relay now
+    # carries what a message-size grant needs, and part2_relay_suffices is
+    # "lapse", so it is no longer in force.
+    lapsed: bool = False
 
     def is_active(self, now):
-        return self.expires is None or now < self.expires
+        return not self.lapsed and (self.expires is None or now < self.expires)
 
     @functools.cached_property  # a policy of 10,000 exceptions asks for every id at each change
     def id(self):
@@ -90,6 +118,9 @@ class MailException:
             "contact": self.contact,
             "expires": None if self.expires is None else self.expires.isoformat().replace("+00:00", "Z"),
             "source": self.source,
+            "grounds": self.grounds,
+            "needs_message_size": None if self.needs_message_size is None else format_size(self.needs_message_size),
+            **({"lapsed": True} if self.lapsed else {}),
         }
 
 
@@ -145,6 +176,12 @@ class ApiSpec:
 
 
 @dataclass(frozen=True)
+class Part2Spec:
+    grounds: Tuple[str, ...] = tuple(PART2_GROUNDS)  # accepted for new API grants
+    relay_suffices: str = "report"  # RELAY_SUFFICES
+
+
+@dataclass(frozen=True)
 class Policy:
     campus: Tuple[netaddr.IPNetwork, ...]
     smtp_ports: Tuple[int, ...]
@@ -156,6 +193,48 @@ class Policy:
     source: str = "policy"
     audit: AuditSpec = AuditSpec()
     api: ApiSpec = ApiSpec()
+    part2: Part2Spec = Part2Spec()
+
+    @property
+    def relay_limit(self):
+        """The largest message the relay carries, in bytes (the largest any
+        gateway declares), or None when none declares one."""
+        sizes = [g.max_message_size for g in self.gateways if g.max_message_size is not None]
+        return max(sizes) if sizes else None
+
+    def relay_suffices(self, exception):
+        """Does the relay now carry what this message-size grant needs? Such
+        a grant existed "until this changes": it is for review, or lapses."""
+        limit = self.relay_limit
+        return (exception.grounds == MESSAGE_SIZE and exception.needs_message_size is not None
+                and limit is not None and exception.needs_message_size <= limit)
+
+    def judged(self, exception):
+        """The exception as in force under this policy: lapsed when the relay
+        suffices and the file says part2_relay_suffices: lapse (outbound
+        grants only), in force again when it no longer does."""
+        lapsed = (self.part2.relay_suffices == "lapse" and exception.direction is Direction.OUTBOUND
+                  and self.relay_suffices(exception))
+        return exception if exception.lapsed == lapsed else dataclasses.replace(exception, lapsed=lapsed)
+
+    def for_review(self):
+        """Message-size grants the relay now carries: (exception, why), for
+        the reload answer, the inventory and a metric."""
+        limit = self.relay_limit
+        return tuple(
+            (e, f"the relay now carries messages up to {format_size(limit)}; this grant needs"
+                f" {format_size(e.needs_message_size)}" + ("; lapsed" if e.lapsed else ""))
+            for e in self.exceptions if self.relay_suffices(e))
+
+    def warnings(self):
+        """What loads but deserves the operator's eye: Part 2 entries of the
+        file that state no grounds (files from before grounds existed)."""
+        return tuple(
+            f"{self.source}: exceptions[{i}] ({e.address}): a Part 2 exception without grounds; the policy grants"
+            f" them only for: {', '.join(PART2_GROUNDS[g] for g in self.part2.grounds)} (add grounds:"
+            " message-size and needs_message_size)"
+            for i, e in enumerate(self.exceptions)
+            if e.source == SOURCE_FILE and e.direction.allows_outbound and e.grounds is None)
 
     def is_campus(self, address):
         return any(address in prefix for prefix in self.campus)
@@ -316,13 +395,14 @@ _StrictLoader = _strict_loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader))
 
 
 _TOP_KEYS = {"campus": True, "smtp_ports": False, "gateways": False, "exceptions": False, "switches": False, "audit": False,
-             "api": False}
+             "api": False, "part2_grounds": False, "part2_relay_suffices": False}
 _API_KEYS = {"widest_exception": False}
 _WIDEST_KEYS = {"ipv4": False, "ipv6": False}
 _AUDIT_KEYS = {"sample_rate": False, "log": False}
 _CAMPUS_KEYS = {"prefixes": True}
-_GATEWAY_KEYS = {"name": True, "addresses": True}
-_EXCEPTION_KEYS = {"address": True, "direction": True, "reason": True, "contact": False, "expires": False}
+_GATEWAY_KEYS = {"name": True, "addresses": True, "max_message_size": False}
+_EXCEPTION_KEYS = {"address": True, "direction": True, "reason": True, "contact": False, "expires": False,
+                   "grounds": False, "needs_message_size": False}
 _SWITCH_KEYS = {"dpid": True, "uplinks": False, "name": False, "access": False, "certificate_sha256": False,
                 "pipeline": False, "table": False, "table_size": False, "ipv6_entry_cost": False, "meters": False,
                 "bundles": False}
@@ -368,7 +448,9 @@ class _PolicyReader:
             addresses = self.networks(fields["addresses"], f"{path}.addresses")
             for j, address in enumerate(addresses):
                 check_inside(address, f"{path}.addresses[{j}]")
-            gateways.append(Gateway(name=name, addresses=addresses))
+            size = fields.get("max_message_size")
+            gateways.append(Gateway(name=name, addresses=addresses,
+                                    max_message_size=None if size is None else self.size(size, f"{path}.max_message_size")))
         self.unique([g.name for g in gateways], "gateways", "name")
 
         exceptions = []
@@ -396,7 +478,7 @@ class _PolicyReader:
             switches = tuple(self.switch(item, f"switches[{i}]") for i, item in self.items(top["switches"], "switches"))
             self.unique([s.dpid for s in switches], "switches", "dpid")
 
-        return Policy(
+        policy = Policy(
             campus=prefixes,
             smtp_ports=ports,
             gateways=tuple(gateways),
@@ -405,7 +487,31 @@ class _PolicyReader:
             source=self.source,
             audit=self.audit(top.get("audit") or {}),
             api=self.api(top.get("api") or {}),
+            part2=self.part2(top),
         )
+        judged = tuple(policy.judged(e) for e in exceptions)
+        return policy if all(a is b for a, b in zip(judged, exceptions)) else dataclasses.replace(policy, exceptions=judged)
+
+    def part2(self, top):
+        grounds = top.get("part2_grounds", list(PART2_GROUNDS))
+        if not isinstance(grounds, list) or not all(isinstance(g, str) for g in grounds):
+            self.fail("part2_grounds", f"expected a list of grounds (of {', '.join(PART2_GROUNDS)}), got {_kind(grounds)}")
+        for i, ground in enumerate(grounds):
+            if ground not in PART2_GROUNDS:
+                self.fail(f"part2_grounds[{i}]", f"{ground!r} is not a ground the policy grants Part 2 exceptions for"
+                          f" ({PART2_RULE!r}); use {', '.join(PART2_GROUNDS)}"
+                          + _did_you_mean(ground, list(PART2_GROUNDS)))
+        mode = top.get("part2_relay_suffices", "report")
+        if mode not in RELAY_SUFFICES:
+            self.fail("part2_relay_suffices", f"{mode!r}: use {' or '.join(RELAY_SUFFICES)} (what to do with a"
+                      " message-size grant once the relay carries what it needs)")
+        return Part2Spec(grounds=tuple(dict.fromkeys(grounds)), relay_suffices=mode)
+
+    def size(self, value, path):
+        try:
+            return parse_size(value)
+        except ValueError as err:
+            self.fail(path, str(err))
 
     def api(self, item):
         fields = self.mapping(item, "api", _API_KEYS)
@@ -464,6 +570,22 @@ class _PolicyReader:
                 + _did_you_mean(direction_text, choices),
             )
         contact = fields.get("contact")
+        grounds, needs = fields.get("grounds"), fields.get("needs_message_size")
+        if grounds is not None:
+            grounds = self.text(grounds, _key(path, "grounds"))
+            if grounds not in PART2_GROUNDS:
+                self.fail(_key(path, "grounds"), f"{grounds!r}: the policy grants Part 2 exceptions only for"
+                          f" {', '.join(PART2_GROUNDS)} ({PART2_RULE!r})" + _did_you_mean(str(grounds), list(PART2_GROUNDS)))
+            if not direction.allows_outbound:
+                self.fail(_key(path, "grounds"), "grounds are for Part 2 (outbound) exceptions; an inbound exception"
+                          " is a registered independent mail system and needs none")
+        if needs is not None:
+            if grounds != MESSAGE_SIZE:
+                self.fail(_key(path, "needs_message_size"), f"goes with grounds: {MESSAGE_SIZE}")
+            needs = self.size(needs, _key(path, "needs_message_size"))
+        elif grounds == MESSAGE_SIZE:
+            self.fail(_key(path, "needs_message_size"), "required with grounds: message-size: the size of message"
+                      " the host must send (e.g. 200MB), to be reviewed when the relay's limit changes")
         return MailException(
             address=address,
             direction=direction,
@@ -471,6 +593,8 @@ class _PolicyReader:
             contact=None if contact is None else self.text(contact, _key(path, "contact")),
             expires=None if fields.get("expires") is None else self.timestamp(fields["expires"], _key(path, "expires")),
             source=source,
+            grounds=grounds,
+            needs_message_size=needs,
         )
 
     def switch(self, item, path):
@@ -647,6 +771,32 @@ class _PolicyReader:
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=datetime.timezone.utc)
         return moment.astimezone(datetime.timezone.utc)
+
+
+_SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+
+
+def parse_size(value):
+    """A message size in bytes from 52428800, "50MB" or "50 MiB" (KB, MB,
+    GB are powers of ten, as mail servers and the policy text count; KiB,
+    MiB, GiB powers of two). ValueError naming the value otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValueError(f"expected a size such as 50MB, got {_kind(value)}")
+    text = str(value).strip().upper()
+    number = text.rstrip("KMGIB ")
+    unit = text[len(number):].strip()
+    if not number.isdigit() or unit not in _SIZE_UNITS or int(number) == 0:
+        raise ValueError(f"{value!r} is not a size; use bytes or a number with KB, MB, GB (or KiB, MiB, GiB), e.g. 50MB")
+    return int(number) * _SIZE_UNITS[unit]
+
+
+def format_size(size):
+    """The shortest exact spelling parse_size reads back: 50000000 -> "50MB"."""
+    for unit in ("GB", "MB", "KB", "GiB", "MiB", "KiB"):
+        factor = _SIZE_UNITS[unit.upper()]
+        if size % factor == 0:
+            return f"{size // factor}{unit}"
+    return str(size)
 
 
 def parse_exception(data, campus, source="request", path="", origin=SOURCE_API):

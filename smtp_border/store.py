@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from typing import Optional, Tuple
 
 from .policy import (
-    SOURCE_API, MailException, Policy, PolicyError, exception_id, load_policy, parse_exception, utc_now,
+    MESSAGE_SIZE, PART2_RULE, SOURCE_API, MailException, Policy, PolicyError, exception_id, format_size, load_policy,
+    parse_exception, utc_now,
 )
 from .state import StateFile, default_state_path
 
@@ -197,7 +198,29 @@ class PolicyStore:
         if exception.expires is not None and not exception.is_active(now or utc_now()):
             where = f"{path}.expires" if path else "expires"
             raise PolicyError("request", where, f"{exception.expires.isoformat()} is in the past")
+        if exception.direction.allows_outbound:
+            self._check_part2(exception, path)
         return exception
+
+    def _check_part2(self, exception, path):
+        """A Part 2 grant over the API must state grounds the policy accepts
+        (part2_grounds; by default the policy's own: message size), and for
+        message size, a need the relay does not meet."""
+        accepted = self.file_policy.part2.grounds
+        if exception.grounds not in accepted:
+            allowed = (f"grounds: {' or '.join(accepted)}" if accepted
+                       else "none over the API (part2_grounds is empty): grant it in the file")
+            raise PolicyError(
+                "request", f"{path}.grounds" if path else "grounds",
+                f"a Part 2 (outbound) exception needs grounds; {self.policy_file} accepts {allowed}. The policy:"
+                f" \"{PART2_RULE}\". For a message-size grant give grounds: {MESSAGE_SIZE} and"
+                " needs_message_size (e.g. 200MB)")
+        limit = self.file_policy.relay_limit
+        if exception.grounds == MESSAGE_SIZE and limit is not None and exception.needs_message_size <= limit:
+            raise PolicyError(
+                "request", f"{path}.needs_message_size" if path else "needs_message_size",
+                f"{format_size(exception.needs_message_size)} is within the relay's limit ({format_size(limit)},"
+                f" gateways[].max_message_size in {self.policy_file}): send that mail through the relay")
 
     def _removable(self, exception_id, context=""):
         try:
@@ -308,7 +331,7 @@ def _partition(file_policy, candidates):
             reason = (f"{address} is also in {file_policy.source} (exceptions[{in_file[address]}]),"
                       " whose entry is in force")
         if reason is None:
-            good.append(candidate)
+            good.append(file_policy.judged(candidate))
         else:
             bad.append(Quarantined(str(address), _saved_form(candidate), reason, candidate))
     return tuple(good), tuple(bad)
@@ -320,7 +343,7 @@ def _effective(file_policy, api_exceptions):
 
 def _saved_form(exception):
     data = exception.to_dict()
-    for key in ("id", "source"):
-        del data[key]
+    for key in ("id", "source", "lapsed"):
+        data.pop(key, None)
     return {k: v for k, v in data.items() if v is not None}
 

@@ -151,7 +151,7 @@ def test_an_exception_that_expires_stops_being_enforced(lab):
     probe = Probe("h2", "outmx", 25)
     expires = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=8)
     status, created = api(lab, "POST", "/smtp/v1/exceptions", {
-        "address": "10.20.3.11", "direction": "outbound", "reason": "test: expires soon",
+        "address": "10.20.3.11", "direction": "outbound", "grounds": "message-size", "needs_message_size": "200MB", "reason": "test: expires soon",
         "expires": expires.isoformat(),
     })
     assert status == 201, created
@@ -212,7 +212,7 @@ def test_a_syn_flood_does_not_slow_the_api_or_other_switches(lab):
         while flood.poll() is None and len(latencies) < 200:
             started = time.monotonic()
             status, created = api(lab, "POST", "/smtp/v1/exceptions",
-                                  {"address": "10.20.100.1", "direction": "outbound", "reason": "flood test"})
+                                  {"address": "10.20.100.1", "direction": "outbound", "grounds": "message-size", "needs_message_size": "200MB", "reason": "flood test"})
             statuses.append(status)
             if status == 201:
                 statuses.append(api(lab, "DELETE", f"/smtp/v1/exceptions/{created['id']}")[0])

@@ -38,12 +38,12 @@ pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="runs the controller as the other integration tests do"),
     pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium package is not installed"),
 ]
-CHANGE = {"address": "10.20.0.0/24", "direction": "both", "reason": "a hostile page"}
+CHANGE = {"address": "10.20.0.0/24", "direction": "both", "grounds": "message-size", "needs_message_size": "200MB", "reason": "a hostile page"}
 
 PAGE = """<!doctype html><html><body><pre id="log"></pre>
 <iframe name="sink" style="display:none"></iframe>
 <form id="form" method="POST" enctype="text/plain" target="sink" action="http://127.0.0.1:API/smtp/v1/exceptions">
-<input type="hidden" name='{"address": "10.20.0.0/24", "direction": "both", "reason": "form", "x": "' value='"}'>
+<input type="hidden" name='{"address": "10.20.0.0/24", "direction": "both", "grounds": "message-size", "needs_message_size": "200MB", "reason": "form", "x": "' value='"}'>
 </form>
 <script>
 const change = JSON.stringify(CHANGE);

@@ -44,7 +44,7 @@ def policy_for(variant, directory):
     for address in (ip4, ip6):
         document["exceptions"].append({
             "address": address,
-            "direction": "both",
+            "direction": "both", "grounds": "message-size", "needs_message_size": "200MB",
             "reason": "test: expired exception is not enforced",
             "expires": datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc),
         })
@@ -365,7 +365,7 @@ def test_a_change_past_the_switchs_flow_limit_is_refused_whole(lab):
         assert status["pipeline"]["budget_source"] == "table features"
         ip4 = campus.HOST_ADDRESSES["h1"][0]
         code, body = lab.controller.api("POST", "/smtp/v1/exceptions",
-                                        {"address": ip4, "direction": "both", "reason": "test: too big"})
+                                        {"address": ip4, "direction": "both", "grounds": "message-size", "needs_message_size": "200MB", "reason": "test: too big"})
         assert code == 409 and body["budget"] == {"dpid": f"{campus.BORDER_DPID:016x}", "name": "border",
                                                   "table": 0, "needed": held + 2, "available": held + 1,
                                                   "budget_from": "table features"}, body

@@ -1,12 +1,15 @@
 """The smtp-border command: offline commands on files, and the API commands
 against a live ryu-manager (no switches needed)."""
+import datetime
 import os
 import shutil
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import ROOT
 from lab import Controller
@@ -98,6 +101,16 @@ def test_exceptions_add_list_rm(controller):
     env = api_env(controller)
     code, out, err = run("exceptions", "add", "10.20.3.10", "--direction", "outbound", "--reason", "big files",
                          "--contact", "ops@example.edu", "--expires", "2031-01-01T00:00:00Z", env=env)
+    # Part 2 is granted on grounds (the relay's message size limit): refused without, and nothing changed.
+    assert code == 1 and out == "" and err.startswith(
+        "smtp-border: POST /smtp/v1/exceptions: 400: grounds: a Part 2 (outbound) exception needs grounds;")
+    assert "ITS will grant exceptions to Part 2 for the following reason(s)" in err
+    code, out, err = run("exceptions", "add", "10.20.3.10", "--direction", "outbound", "--reason", "big files",
+                         "--needs-message-size", "20MB", env=env)
+    assert code == 1 and "needs_message_size: 20MB is within the relay's limit (50MB" in err
+    code, out, err = run("exceptions", "add", "10.20.3.10", "--direction", "outbound", "--reason", "big files",
+                         "--contact", "ops@example.edu", "--expires", "2031-01-01T00:00:00Z",
+                         "--needs-message-size", "200MB", env=env)
     assert code == 0, err
     exception_id = out.split()[1].rstrip(":")
     # No switch is connected here: the border switch the policy lists is pending, and the CLI says so.
@@ -153,3 +166,81 @@ def test_read_only_commands(controller):
     assert "10.20.1.5/32" in out and "postmaster@physics.example.edu" in out
     code, out, _ = run("--json", "mailservers", env=env)
     assert code == 0 and '"summary"' in out
+
+
+def test_grants_the_relay_now_carries_are_reported_and_expiring_ones_listed(controller, tmp_path):
+    """Raise the relay's limit past what the file's two Part 2 grants need:
+    the reload answer, the inventory and /metrics report them for review;
+    a grant expiring in ten days is what --expiring lists."""
+    env = api_env(controller)
+    soon = (datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=10)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    code, out, err = run("exceptions", "add", "10.20.3.12", "--direction", "inbound", "--reason", "trial mail system",
+                         "--contact", "trial@example.edu", "--expires", soon, env=env)
+    assert code == 0, err
+    added = out.split()[1].rstrip(":")
+    shipped = (ROOT / "policy.yaml").read_text()
+    try:
+        controller.policy_file.write_text(shipped.replace("max_message_size: 50MB", "max_message_size: 250MB"))
+        code, out, err = run("reload", env=env)
+        assert code == 0, err
+        review = [line for line in out.splitlines() if line.startswith("REVIEW")]
+        assert len(review) == 2 and all("the relay now carries messages up to 250MB; this grant needs 200MB" in line
+                                        and "imaging-it@example.edu" in line for line in review)
+        code, out, _ = run("mailservers", env=env)
+        assert "messages up to 250MB" in out
+        assert [line.split()[0] for line in out.splitlines() if " REVIEW " in line] == ["10.20.2.50/32", "fd00:20:0:2::50/128"]
+        values = metrics(controller)
+        assert values["smtp_border_exceptions_for_review"] == 2 and values["smtp_border_exceptions_lapsed"] == 0
+        code, out, _ = run("mailservers", "--expiring", env=env)
+        rows = out.splitlines()[1:]
+        assert len(rows) == 1 and rows[0].startswith("10.20.3.12/32") and "expires soon" in rows[0]
+        assert values["smtp_border_exceptions_expiring_soon"] == 1
+        # The twin: the same, with the relay at 50 MB again, has nothing for review.
+        controller.policy_file.write_text(shipped)
+        code, out, _ = run("reload", env=env)
+        assert code == 0 and "REVIEW" not in out
+        assert metrics(controller)["smtp_border_exceptions_for_review"] == 0
+        assert "REVIEW" not in run("mailservers", env=env)[1]
+    finally:
+        controller.policy_file.write_text(shipped)
+        run("reload", env=env)
+        run("exceptions", "rm", added, env=env)
+
+
+def metrics(controller):
+    """Unlabelled samples of GET /metrics: name -> value."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{controller.api_port}/metrics", timeout=30) as response:
+        text = response.read().decode()
+    return {sample.name: sample.value for family in text_string_to_metric_families(text)
+            for sample in family.samples if not sample.labels}
+
+
+def test_the_url_and_token_come_from_the_env_file_not_the_shell(controller, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("SMTP_BORDER_URL", "SMTP_POLICY_TOKEN",
+                                                            "SMTP_POLICY_READ_TOKEN", "SMTP_BORDER_ENV_FILE")}
+    env["XDG_CONFIG_HOME"] = str(tmp_path)
+    (tmp_path / "smtp-border").mkdir()
+    settings = tmp_path / "smtp-border" / "env"
+    settings.write_text(f"# written by the operator\nSMTP_BORDER_URL=http://127.0.0.1:{controller.api_port}\n"
+                        f"export SMTP_POLICY_TOKEN='{TOKEN}'\n")
+    settings.chmod(0o600)
+    code, out, err = run("blocked", env=env)  # needs the token
+    assert code == 0 and out.split()[:2] == ["TIME", "DIRECTION"], err
+    # The shell's setting wins over the file; the option over both.
+    assert "401" in run("blocked", env=dict(env, SMTP_POLICY_TOKEN="wrong"))[2]
+    assert run("--token", TOKEN, "blocked", env=dict(env, SMTP_POLICY_TOKEN="wrong"))[0] == 0
+    # A token others may read is refused, naming the fix; so is a line that is not KEY=VALUE.
+    settings.chmod(0o644)
+    assert run("blocked", env=env) == (
+        1, "", f"smtp-border: {settings} holds a token and others may read it (mode 644): chmod 600 {settings}\n")
+    settings.chmod(0o600)
+    with settings.open("a") as stream:
+        stream.write("SMTP_BORDER_URL http://nowhere\n")
+    assert run("blocked", env=env) == (1, "", f"smtp-border: {settings}:4: expected KEY=VALUE (one value; quote it"
+                                               " if it has spaces)\n")
+    # Another file, named in the environment (as the systemd unit's EnvironmentFile can be).
+    other = tmp_path / "ops.env"
+    other.write_text(f"SMTP_BORDER_URL=http://127.0.0.1:{controller.api_port}\n")
+    assert run("mailservers", env=dict(env, SMTP_BORDER_ENV_FILE=str(other)))[0] == 0
+    assert run("mailservers", env=dict(env, SMTP_BORDER_ENV_FILE=str(tmp_path / "missing")))[2] == (
+        f"smtp-border: {tmp_path / 'missing'}: no such file\n")

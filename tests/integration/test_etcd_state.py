@@ -86,7 +86,7 @@ def test_a_change_on_one_replica_reaches_the_other_and_its_switches(replicas):
     a, b = replicas
     own = Watching(a)
     try:
-        added = a.add({"address": "10.20.3.10", "direction": "both", "reason": "r"})
+        added = a.add({"address": "10.20.3.10", "direction": "both", "grounds": "message-size", "needs_message_size": "200MB", "reason": "r"})
         assert added.diffs[1].add
         outcome = catch_up(b, 1)
         assert addresses(b) == ["10.20.3.10/32"] and b.flows(1) == a.flows(1)
@@ -105,13 +105,13 @@ def test_two_replicas_adding_the_same_address_at_once_one_wins_none_lost(replica
     a.add({"address": "10.20.3.10", "direction": "inbound", "reason": "first"})
     before = set(b.flows(1))
     with pytest.raises(ConcurrentChange, match="another controller changed 10.20.3.10/32"):
-        b.add({"address": "10.20.3.10", "direction": "outbound", "reason": "second"})
+        b.add({"address": "10.20.3.10", "direction": "outbound", "grounds": "message-size", "needs_message_size": "200MB", "reason": "second"})
     assert b.flows(1) == before and addresses(b) == []  # nothing changed on b
     catch_up(b, 1)
     kept = b.store.exception(a.store.api_exceptions[0].id)
     assert (kept.direction.value, kept.reason) == ("inbound", "first")
     # Removing what the other replica changed since: refused as well.
-    a.batch([{"address": "10.20.3.10", "direction": "both", "reason": "edited"}], [kept.id])
+    a.batch([{"address": "10.20.3.10", "direction": "both", "grounds": "message-size", "needs_message_size": "200MB", "reason": "edited"}], [kept.id])
     with pytest.raises(ConcurrentChange):
         b.remove(kept.id)
     catch_up(b, 1)  # the edit: one put that replaces the key
@@ -121,7 +121,7 @@ def test_two_replicas_adding_the_same_address_at_once_one_wins_none_lost(replica
 def test_a_new_replica_starts_from_what_etcd_holds_in_order(replicas, cluster, tmp_path):
     a, _ = replicas
     for host in (12, 11, 13):
-        a.add({"address": f"10.20.3.{host}", "direction": "both", "reason": "r"})
+        a.add({"address": f"10.20.3.{host}", "direction": "both", "grounds": "message-size", "needs_message_size": "200MB", "reason": "r"})
     state = a.store._state
     fresh = Border(tmp_path / "policy.yaml", state=EtcdState(cluster.endpoints, prefix=state.prefix))
     assert [str(e.address) for e in fresh.store.api_exceptions] == ["10.20.3.12/32", "10.20.3.11/32", "10.20.3.13/32"]
@@ -134,14 +134,14 @@ def test_losing_one_member_is_invisible_losing_quorum_refuses_changes_until_it_r
     watching = Watching(a)
     cluster.kill(first)
     try:
-        a.add({"address": "10.20.3.20", "direction": "both", "reason": "one member down"})
+        a.add({"address": "10.20.3.20", "direction": "both", "grounds": "message-size", "needs_message_size": "200MB", "reason": "one member down"})
         second = cluster.names[1]
         cluster.kill(second)
         try:
             before = set(a.flows(1))
             started = time.monotonic()
             with pytest.raises(StateInDoubt, match="may still take effect"):
-                a.add({"address": "10.20.3.21", "direction": "both", "reason": "no quorum"})
+                a.add({"address": "10.20.3.21", "direction": "both", "grounds": "message-size", "needs_message_size": "200MB", "reason": "no quorum"})
             print(f"refused without quorum after {time.monotonic() - started:.1f} s")
             assert a.flows(1) == before and "10.20.3.21/32" not in addresses(a)
         finally:
@@ -159,7 +159,7 @@ def test_losing_one_member_is_invisible_losing_quorum_refuses_changes_until_it_r
     catch_up(b, 1 + landed)
     assert addresses(a) == addresses(b) == truth and a.flows(1) == b.flows(1)
     assert "10.20.3.20/32" in truth
-    a.add({"address": "10.20.3.22", "direction": "both", "reason": "quorum back"})
+    a.add({"address": "10.20.3.22", "direction": "both", "grounds": "message-size", "needs_message_size": "200MB", "reason": "quorum back"})
     catch_up(b, 1)
     assert addresses(b) == truth + ["10.20.3.22/32"]
 
@@ -179,7 +179,7 @@ def test_a_journal_moves_into_an_empty_etcd_once(cluster, tmp_path, capsys):
     (tmp_path / "policy.yaml").write_text(textwrap.dedent(POLICY))
     local = Border(tmp_path / "policy.yaml")  # the journal beside policy.yaml
     for host in (31, 30):
-        local.add({"address": f"10.20.3.{host}", "direction": "both", "reason": "from the journal"})
+        local.add({"address": f"10.20.3.{host}", "direction": "both", "grounds": "message-size", "needs_message_size": "200MB", "reason": "from the journal"})
     journal = local.store.state_file
     assert cli.main(["journal-to-etcd", journal, "--etcd", cluster.endpoints]) == 0
     assert "2 exception(s) copied" in capsys.readouterr().out

@@ -132,7 +132,7 @@ def test_killing_the_master_hands_every_switch_to_the_other_without_a_window(ha)
     assert set(allowed_out) == {"open"} and len(allowed_out) >= 20
     # A change on the survivor is enforced on the border, its twin still blocked.
     code, body = ha.replicas[survivor].api("POST", "/smtp/v1/exceptions",
-                                          {"address": "10.20.3.10", "direction": "outbound", "reason": "failover"})
+                                          {"address": "10.20.3.10", "direction": "outbound", "grounds": "message-size", "needs_message_size": "200MB", "reason": "failover"})
     assert code in (201, 202), body
     try:
         assert body["switches"]["enforced"][:1] == [f"{campus.BORDER_DPID:016x}"], body
@@ -187,7 +187,7 @@ def test_a_change_on_the_slave_replica_is_enforced_by_the_master(ha):
     ensure_both_running(ha)
     slave = "b" if master_of(ha, campus.BORDER_DPID) == "a" else "a"
     code, body = ha.replicas[slave].api("POST", "/smtp/v1/exceptions",
-                                       {"address": "10.20.3.10", "direction": "outbound", "reason": "on the slave"})
+                                       {"address": "10.20.3.10", "direction": "outbound", "grounds": "message-size", "needs_message_size": "200MB", "reason": "on the slave"})
     # The slave answers once it has read the change on the switch, where its master put it.
     assert code == 201 and body["switches"]["enforced"] == [f"{campus.BORDER_DPID:016x}"], body["switches"]
     try:
@@ -240,7 +240,7 @@ def test_switches_keep_enforcing_through_an_etcd_quorum_loss(ha):
         blocked = ha.start_probe_loop("outhost", "h1", 25, seconds=6)
         allowed = ha.start_probe_loop("relay", "outmx", 25, seconds=6)
         code, body = master.api("POST", "/smtp/v1/exceptions",
-                                {"address": "10.20.3.10", "direction": "outbound", "reason": "no quorum"})
+                                {"address": "10.20.3.10", "direction": "outbound", "grounds": "message-size", "needs_message_size": "200MB", "reason": "no quorum"})
         assert code == 503 and "etcd" in body["error"], body
         assert set(blocked.communicate(timeout=30)[0].decode().split()) == {"timeout"}
         assert set(allowed.communicate(timeout=30)[0].decode().split()) == {"open"}
@@ -251,7 +251,7 @@ def test_switches_keep_enforcing_through_an_etcd_quorum_loss(ha):
     ensure_both_running(ha)
     master = ha.replicas[master_of(ha, campus.BORDER_DPID)]
     code, body = master.api("POST", "/smtp/v1/exceptions",
-                            {"address": "10.20.3.11", "direction": "outbound", "reason": "quorum back"})
+                            {"address": "10.20.3.11", "direction": "outbound", "grounds": "message-size", "needs_message_size": "200MB", "reason": "quorum back"})
     assert code == 201, body
     try:
         assert list(ha.run_probes([Probe("h2", "outmx", 25), Probe("h1", "outmx", 25)]).values())[0] == "open"

@@ -50,7 +50,7 @@ def seen_on(controller, address, present=True, timeout=10.0):
 
 def test_a_change_on_either_replica_is_in_force_on_both(replicas):
     a, b = replicas
-    code, body = a.api("POST", "/smtp/v1/exceptions", {"address": H1, "direction": "outbound", "reason": "on a"})
+    code, body = a.api("POST", "/smtp/v1/exceptions", {"address": H1, "direction": "outbound", "grounds": "message-size", "needs_message_size": "200MB", "reason": "on a"})
     assert code in (201, 202), body
     started = time.monotonic()
     assert seen_on(b, f"{H1}/32")
@@ -71,7 +71,7 @@ def test_two_replicas_adding_the_same_address_at_once_give_201_and_409(replicas)
     def post(name, controller):
         barrier.wait()
         answers[name] = controller.api("POST", "/smtp/v1/exceptions",
-                                       {"address": address, "direction": "both", "reason": f"from {name}"})
+                                       {"address": address, "direction": "both", "grounds": "message-size", "needs_message_size": "200MB", "reason": f"from {name}"})
 
     threads = [threading.Thread(target=post, args=item) for item in (("a", a), ("b", b))]
     for thread in threads:
@@ -93,13 +93,13 @@ def test_member_loss_is_invisible_quorum_loss_is_503_and_recovery_is_automatic(r
     first, second = cluster.names[:2]
     cluster.kill(first)
     try:
-        code, body = a.api("POST", "/smtp/v1/exceptions", {"address": "10.20.3.12", "direction": "both",
+        code, body = a.api("POST", "/smtp/v1/exceptions", {"address": "10.20.3.12", "direction": "both", "grounds": "message-size", "needs_message_size": "200MB",
                                                             "reason": "one member down"})
         assert code in (201, 202), body
         assert seen_on(b, "10.20.3.12/32")
         cluster.kill(second)
         try:
-            code, body = a.api("POST", "/smtp/v1/exceptions", {"address": "10.20.3.13", "direction": "both",
+            code, body = a.api("POST", "/smtp/v1/exceptions", {"address": "10.20.3.13", "direction": "both", "grounds": "message-size", "needs_message_size": "200MB",
                                                                 "reason": "no quorum"})
             assert code == 503 and "etcd" in body["error"], body
             assert "10.20.3.13/32" not in exceptions_on(a)
@@ -110,7 +110,7 @@ def test_member_loss_is_invisible_quorum_loss_is_503_and_recovery_is_automatic(r
     finally:
         cluster.start(first)
     cluster.wait_healthy()
-    code, body = b.api("POST", "/smtp/v1/exceptions", {"address": "10.20.3.14", "direction": "both",
+    code, body = b.api("POST", "/smtp/v1/exceptions", {"address": "10.20.3.14", "direction": "both", "grounds": "message-size", "needs_message_size": "200MB",
                                                         "reason": "quorum back"})
     assert code in (201, 202), body
     assert seen_on(a, "10.20.3.14/32")

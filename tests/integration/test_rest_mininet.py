@@ -26,7 +26,7 @@ pytestmark = [
 ]
 
 TOKEN = "test-token-0123456789"
-H1_OUTBOUND = {"address": "10.20.3.10", "direction": "outbound", "reason": "test: over the size limit"}
+H1_OUTBOUND = {"address": "10.20.3.10", "direction": "outbound", "grounds": "message-size", "needs_message_size": "200MB", "reason": "test: over the size limit"}
 
 
 @pytest.fixture(scope="module")
@@ -176,7 +176,7 @@ def test_a_batch_is_one_change_in_force_when_the_answer_comes(lab):
     # 200 inbound exceptions in unused campus space, spaced so that none merge.
     filler = [{"address": f"10.20.{110 + i // 250}.{i % 250 + 1}", "direction": "inbound", "reason": "batch"}
               for i in range(0, 400, 2)]
-    h2_outbound_v6 = {"address": "fd00:20:0:3::11", "direction": "outbound", "reason": "batch: IPv6 only"}
+    h2_outbound_v6 = {"address": "fd00:20:0:3::11", "direction": "outbound", "grounds": "message-size", "needs_message_size": "200MB", "reason": "batch: IPv6 only"}
     before = flow_durations(lab)
 
     # One bad item refuses the whole batch, naming the item; nothing changes.
@@ -303,7 +303,7 @@ def test_reload_applies_an_edited_file_and_refuses_a_broken_one(lab):
 
 def test_api_exceptions_survive_a_controller_restart(lab):
     status, created = api(lab, "POST", "/smtp/v1/exceptions", {
-        "address": "fd00:20:0:3::11", "direction": "outbound", "reason": "test: restart",
+        "address": "fd00:20:0:3::11", "direction": "outbound", "grounds": "message-size", "needs_message_size": "200MB", "reason": "test: restart",
         "contact": "ops@example.edu", "expires": "2031-01-01T00:00:00Z",
     })
     assert status == 201
@@ -381,7 +381,7 @@ def test_fifty_concurrent_clients_lose_no_update_and_disturb_no_traffic(lab):
 
     def client(i):
         """Add and remove one's own exception; odd clients end with it added."""
-        body = {"address": f"10.20.100.{i + 1}", "direction": "outbound", "reason": f"client {i}"}
+        body = {"address": f"10.20.100.{i + 1}", "direction": "outbound", "grounds": "message-size", "needs_message_size": "200MB", "reason": f"client {i}"}
         statuses = []
         for r in range(rounds):
             status, created = api(lab, "POST", "/smtp/v1/exceptions", body)
@@ -481,7 +481,7 @@ def test_fifty_clients_for_a_minute(lab):
     deadline = time.monotonic() + LOAD_SECONDS
 
     def client(i):
-        body = {"address": f"10.20.101.{i + 1}", "direction": "both", "reason": f"load client {i}"}
+        body = {"address": f"10.20.101.{i + 1}", "direction": "both", "grounds": "message-size", "needs_message_size": "200MB", "reason": f"load client {i}"}
         latencies, failures, present, exception_id = [], [], False, None
         while time.monotonic() < deadline and len(latencies) < 2000:
             started = time.monotonic()

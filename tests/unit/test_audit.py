@@ -100,7 +100,8 @@ exceptions:
     assert by_address["10.20.1.5/32"]["contact"] == "pm@dept" and not by_address["10.20.1.5/32"]["expiring_soon"]
     assert by_address["10.20.2.50/32"]["expiring_soon"] and by_address["10.20.2.50/32"]["days_left"] == 12.5
     assert not by_address["10.20.2.51/32"]["active"] and not by_address["10.20.2.51/32"]["expiring_soon"]
-    assert result["summary"] == {"gateways": 1, "exceptions": 3, "active": 2, "expired": 1, "expiring_soon": 1, "soon_days": 30}
+    assert result["summary"] == {"gateways": 1, "exceptions": 3, "active": 2, "expired": 1, "expiring_soon": 1, "soon_days": 30,
+                                 "for_review": 0, "lapsed": 0}
     assert format_time(T0) == "2026-11-27T12:00:00.000Z"
 
 

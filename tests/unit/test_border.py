@@ -48,7 +48,7 @@ def snapshot(border):
 
 def test_each_change_keeps_every_switch_equal_to_a_fresh_compile(border, tmp_path):
     before = snapshot(border)
-    added = border.add({"address": "10.20.3.10", "direction": "both", "reason": "r"})
+    added = border.add({"address": "10.20.3.10", "direction": "both", "grounds": "message-size", "needs_message_size": "200MB", "reason": "r"})
     assert_consistent(border, before, added)
     assert len(added.diffs[1]) == 2 and not added.diffs[9]  # its flows, and none on the inside switch
 
@@ -61,7 +61,7 @@ def test_each_change_keeps_every_switch_equal_to_a_fresh_compile(border, tmp_pat
     assert_consistent(border, before, border.reload())
 
     before = snapshot(border)
-    border.add({"address": "10.20.3.12", "direction": "outbound", "reason": "r", "expires": "2099-01-01T00:00:00Z"})
+    border.add({"address": "10.20.3.12", "direction": "outbound", "grounds": "message-size", "needs_message_size": "200MB", "reason": "r", "expires": "2099-01-01T00:00:00Z"})
     before = snapshot(border)
     expired = border.expire(LATER)
     assert [str(e.address) for e in expired.change.removed] == ["10.20.3.12/32"]
@@ -95,8 +95,8 @@ def test_a_reload_that_changes_only_exceptions_touches_only_their_flows(border, 
 
 def test_a_refused_change_changes_nothing(border):
     before = snapshot(border)
-    for bad in ({"address": "10.20.1.5", "direction": "both", "reason": "in the file"},
-                {"address": "192.0.2.1", "direction": "both", "reason": "outside"}):
+    for bad in ({"address": "10.20.1.5", "direction": "both", "grounds": "message-size", "needs_message_size": "200MB", "reason": "in the file"},
+                {"address": "192.0.2.1", "direction": "both", "grounds": "message-size", "needs_message_size": "200MB", "reason": "outside"}):
         with pytest.raises((Conflict, PolicyError)):
             border.add(bad)
     assert snapshot(border) == before
@@ -111,13 +111,13 @@ def test_a_change_that_cannot_be_saved_changes_nothing(border, monkeypatch):
 
     monkeypatch.setattr(os, "fsync", broken)
     with pytest.raises(StateUnavailable):
-        border.add({"address": "10.20.3.10", "direction": "both", "reason": "r"})
+        border.add({"address": "10.20.3.10", "direction": "both", "grounds": "message-size", "needs_message_size": "200MB", "reason": "r"})
     assert snapshot(border) == before and set(border.active_ids) == active
     assert all(str(e.address) != "10.20.3.10/32" for e in border.policy.exceptions)
 
 
 def test_a_switch_that_connects_later_is_compiled_as_of_the_index(border):
-    border.add({"address": "10.20.3.12", "direction": "outbound", "reason": "r", "expires": "2099-01-01T00:00:00Z"})
+    border.add({"address": "10.20.3.12", "direction": "outbound", "grounds": "message-size", "needs_message_size": "200MB", "reason": "r", "expires": "2099-01-01T00:00:00Z"})
     border.forget(1)
     assert border.flows(1) == compile_switch(border.policy, 1)
     border.expire(LATER)
@@ -136,7 +136,7 @@ def test_switches_with_other_profiles_get_their_own_exception_flows(border):
     choice = border.probed(2, Capabilities(n_tables=1, max_meters=0))
     assert choice.profile == Profile("single_table", meters=False)
     before = snapshot(border)
-    added = border.add({"address": "10.20.3.10", "direction": "both", "reason": "r"})
+    added = border.add({"address": "10.20.3.10", "direction": "both", "grounds": "message-size", "needs_message_size": "200MB", "reason": "r"})
     assert {r.table for r in added.diffs[2].add} == {0} and {r.table for r in added.diffs[1].add} == {1}
     for dpid in (1, 2, 9):
         fresh = border.profile(dpid).compile(border.policy, dpid)
@@ -157,12 +157,12 @@ def test_a_change_over_a_switchs_budget_is_refused_and_changes_nothing(tmp_path)
     fits = border.add({"address": "10.20.3.10", "direction": "inbound", "reason": "fits"})  # one flow: 20 of 20
     before, exceptions = snapshot(border), border.policy.exceptions
     with pytest.raises(OverBudget) as err:
-        border.add({"address": "10.20.3.11", "direction": "outbound", "reason": "one too many"})
+        border.add({"address": "10.20.3.11", "direction": "outbound", "grounds": "message-size", "needs_message_size": "200MB", "reason": "one too many"})
     assert (err.value.dpid, err.value.needed, err.value.available, err.value.source) == (2, 21, 20, "policy")
     assert snapshot(border) == before and border.policy.exceptions == exceptions
     assert border.budget(2)[0] == 20
     # The index was restored: a removal and an addition that fit go through exactly.
-    border.batch([{"address": "10.20.3.11", "direction": "outbound", "reason": "swap"}], [fits.subject.id])
+    border.batch([{"address": "10.20.3.11", "direction": "outbound", "grounds": "message-size", "needs_message_size": "200MB", "reason": "swap"}], [fits.subject.id])
     assert border.flows(2) == border.profile(2).compile(border.policy, 2) and border.budget(2)[0] == 20
     # A reload that grows the switch past its budget is refused too.
     (tmp_path / "policy.yaml").write_text((tmp_path / "policy.yaml").read_text().replace(
@@ -189,7 +189,7 @@ def test_switches_alike_are_compiled_once_and_each_keeps_its_own_flows(tmp_path,
     for dpid in (1, 2, 3, 4):
         border.flows(dpid)
     assert len(calls) == 1 and border.flows(1) == border.flows(4) and border.flows(1) is not border.flows(4)
-    border.add({"address": "10.20.3.10", "direction": "both", "reason": "r"})
+    border.add({"address": "10.20.3.10", "direction": "both", "grounds": "message-size", "needs_message_size": "200MB", "reason": "r"})
     assert len(calls) == 1
     assert border.flows(5) == real(border.profile(5), border.policy, 5) == border.flows(1)
     assert len(calls) == 2

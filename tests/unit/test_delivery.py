@@ -26,7 +26,7 @@ import fakeswitch
 from fakeswitch import FakeSwitch
 from flowsim import outcomes
 
-H1_OUT = {"address": "10.20.3.10", "direction": "outbound", "reason": "test"}
+H1_OUT = {"address": "10.20.3.10", "direction": "outbound", "grounds": "message-size", "needs_message_size": "200MB", "reason": "test"}
 
 
 @pytest.fixture
@@ -482,7 +482,7 @@ def test_blocked_counters_never_decrease_when_flows_are_replaced_or_the_switch_r
 def test_an_api_exception_the_file_contradicts_is_quarantined_and_the_rest_enforced(make_app, tmp_path):
     from smtp_border import state
     state.StateFile(tmp_path / "state.json").rewrite([
-        {"address": "10.99.0.1/32", "direction": "both", "reason": "outside the campus now"},
+        {"address": "10.99.0.1/32", "direction": "both", "grounds": "message-size", "needs_message_size": "200MB", "reason": "outside the campus now"},
         dict(H1_OUT, address="10.20.3.10/32"),
     ])
     app = make_app()
@@ -577,7 +577,7 @@ def test_an_api_change_past_the_tables_size_is_refused_and_one_that_fits_goes_th
     assert report["enforced"] == ["0000000000000001"] and len(switch.rules()) == size
     before = switch.rules()
     with pytest.raises(OverBudget) as err:
-        app.change(lambda border: border.add({"address": "10.20.3.11", "direction": "both", "reason": "r"}))
+        app.change(lambda border: border.add({"address": "10.20.3.11", "direction": "both", "grounds": "message-size", "needs_message_size": "200MB", "reason": "r"}))
     assert (err.value.needed, err.value.available) == (size + 1, size)
     assert switch.rules() == before == app.border.flows(1)
     assert "10.20.3.11" not in str([e.address for e in app.policy.exceptions])

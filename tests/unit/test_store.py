@@ -35,6 +35,8 @@ def store(tmp_path):
 
 
 def add(store, address, direction="outbound", **extra):
+    if direction != "inbound":
+        extra = {"grounds": "message-size", "needs_message_size": "200MB", **extra}
     change = store.propose_add({"address": address, "direction": direction, "reason": "test", **extra})
     store.commit(change)
     return change.added[0]
@@ -99,16 +101,16 @@ def test_rejections_leave_the_store_unchanged(store):
     with pytest.raises(Conflict, match=r"an exception for 10.20.3.10/32 already exists"):
         store.propose_add({"address": "10.20.3.10", "direction": "inbound", "reason": "again"})
     with pytest.raises(Conflict, match=r"an exception for 10.20.1.5/32 already exists"):
-        store.propose_add({"address": "10.20.1.5", "direction": "outbound", "reason": "file has it"})
+        store.propose_add({"address": "10.20.1.5", "direction": "outbound", "grounds": "message-size", "needs_message_size": "200MB", "reason": "file has it"})
     with pytest.raises(PolicyError) as caught:
         store.propose_add({"address": "10.20.3.11", "direction": "sideways", "reason": "x"})
     assert (caught.value.path, caught.value.source) == ("direction", "request")
     with pytest.raises(PolicyError, match="is not inside the campus prefixes"):
-        store.propose_add({"address": "192.0.2.1", "direction": "outbound", "reason": "x"})
+        store.propose_add({"address": "192.0.2.1", "direction": "outbound", "grounds": "message-size", "needs_message_size": "200MB", "reason": "x"})
     with pytest.raises(PolicyError, match=r"^request: expires: 2020-01-01T00:00:00\+00:00 is in the past$"):
-        store.propose_add({"address": "10.20.3.12", "direction": "outbound", "reason": "x", "expires": "2020-01-01T00:00:00Z"})
+        store.propose_add({"address": "10.20.3.12", "direction": "outbound", "grounds": "message-size", "needs_message_size": "200MB", "reason": "x", "expires": "2020-01-01T00:00:00Z"})
     with pytest.raises(PolicyError, match="unknown key 'id'"):
-        store.propose_add({"address": "10.20.3.12", "direction": "outbound", "reason": "x", "id": "abc"})
+        store.propose_add({"address": "10.20.3.12", "direction": "outbound", "grounds": "message-size", "needs_message_size": "200MB", "reason": "x", "id": "abc"})
     file_exception = store.policy.exceptions[0]
     with pytest.raises(Conflict, match="comes from .*policy.yaml; remove it there and reload"):
         store.propose_remove(file_exception.id)
@@ -121,7 +123,7 @@ def test_a_batch_removes_and_adds_as_one_change(store):
     old = [add(store, f"10.20.3.{i}") for i in range(1, 4)]
     lines = Path(store.state_file).read_text().count("\n")
     change = store.propose_batch(
-        [{"address": "10.20.3.1", "direction": "both", "reason": "changed"},  # removed below, so it may come back
+        [{"address": "10.20.3.1", "direction": "both", "grounds": "message-size", "needs_message_size": "200MB", "reason": "changed"},  # removed below, so it may come back
          {"address": "10.20.6.0/24", "direction": "inbound", "reason": "new lab"}],
         [old[0].id, old[1].id],
     )
@@ -136,14 +138,14 @@ def test_a_batch_removes_and_adds_as_one_change(store):
 def test_a_bad_batch_changes_nothing_and_names_the_item(store):
     kept = add(store, "10.20.3.1")
     before = (store.policy, state.read_state(store.state_file))
-    good = {"address": "10.20.7.1", "direction": "outbound", "reason": "ok"}
+    good = {"address": "10.20.7.1", "direction": "outbound", "grounds": "message-size", "needs_message_size": "200MB", "reason": "ok"}
     with pytest.raises(PolicyError) as caught:
         store.propose_batch([good, {"address": "10.20.7.2", "direction": "sideways", "reason": "x"}], [])
     assert (caught.value.source, caught.value.path) == ("request", "add[1].direction")
     with pytest.raises(PolicyError, match=r"add\[1\]\.address: 10.20.7.1/32 is added twice"):
         store.propose_batch([good, good], [])
     with pytest.raises(Conflict, match=r"^add\[1\]: an exception for 10.20.3.1/32 already exists"):
-        store.propose_batch([good, {"address": "10.20.3.1", "direction": "both", "reason": "x"}], [])
+        store.propose_batch([good, {"address": "10.20.3.1", "direction": "both", "grounds": "message-size", "needs_message_size": "200MB", "reason": "x"}], [])
     with pytest.raises(PolicyError, match=r"add\[0\]\.expires: 2020-01-01T00:00:00\+00:00 is in the past"):
         store.propose_batch([dict(good, expires="2020-01-01T00:00:00Z")], [])
     with pytest.raises(NotFound, match=r"^remove\[1\]: no exception with id 'nope'"):
@@ -239,8 +241,8 @@ def test_a_state_file_the_policy_contradicts_starts_with_it_quarantined(tmp_path
     path.write_text("{not json")
     with pytest.raises(PolicyError, match=r"policy.api-exceptions.json: line 1, column 2: not valid JSON"):
         PolicyStore(tmp_path / "policy.yaml")
-    items = [{"address": "10.99.0.1", "direction": "both", "reason": "x"},
-             {"address": "10.20.1.5", "direction": "both", "reason": "also in the file"},
+    items = [{"address": "10.99.0.1", "direction": "both", "grounds": "message-size", "needs_message_size": "200MB", "reason": "x"},
+             {"address": "10.20.1.5", "direction": "both", "grounds": "message-size", "needs_message_size": "200MB", "reason": "also in the file"},
              {"address": "10.20.9.9", "direction": "sideways", "reason": "x"},
              {"address": "10.20.9.10", "direction": "inbound", "reason": "fine"}]
     path.write_text(json.dumps({"format": state.FORMAT, "version": 1, "exceptions": items}))
@@ -260,7 +262,7 @@ def test_adding_the_same_exception_again_is_no_change(store):
     in force, not a conflict."""
     first = add(store, "10.20.3.10", contact="a@example.edu")
     lines = Path(store.state_file).read_text()
-    change = store.propose_add({"address": "10.20.3.10", "direction": "outbound", "reason": "test", "contact": "a@example.edu"})
+    change = store.propose_add({"address": "10.20.3.10", "direction": "outbound", "grounds": "message-size", "needs_message_size": "200MB", "reason": "test", "contact": "a@example.edu"})
     assert change.subject == first and change.added == () and not change.save_added
     store.commit(change)
     assert Path(store.state_file).read_text() == lines
@@ -316,7 +318,7 @@ def test_the_journal_is_compacted_and_replays_the_same(store, monkeypatch):
 def test_a_version_1_file_is_read_and_rewritten_as_a_journal(tmp_path):
     (tmp_path / "policy.yaml").write_text(textwrap.dedent(POLICY))
     path = tmp_path / "policy.api-exceptions.json"
-    items = [{"address": "10.20.3.10", "direction": "both", "reason": "old"}, {"address": "10.20.3.11", "direction": "inbound", "reason": "old"}]
+    items = [{"address": "10.20.3.10", "direction": "both", "grounds": "message-size", "needs_message_size": "200MB", "reason": "old"}, {"address": "10.20.3.11", "direction": "inbound", "reason": "old"}]
     path.write_text(json.dumps({"format": state.FORMAT, "version": 1, "exceptions": items}, indent=2))
     store = PolicyStore(tmp_path / "policy.yaml")
     assert [str(e.address) for e in store.api_exceptions] == ["10.20.3.10/32", "10.20.3.11/32"]
