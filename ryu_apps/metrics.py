@@ -16,6 +16,8 @@ from ryu_apps import tls
 from smtp_border.policy import utc_now
 from smtp_border.rules import AUDIT_METERS
 
+TOP_HOSTS = 10  # per direction: a bounded number of series
+TOP_WINDOW = datetime.timedelta(hours=1)
 EXPIRING_DAYS = 30  # as `smtp-border mailservers --expiring`
 EXPIRING = datetime.timedelta(days=EXPIRING_DAYS)
 
@@ -79,6 +81,22 @@ class PolicyCollector:
                 "smtp_border_duplicate_dpid_refused", "Connections closed because they claimed the dpid of a live"
                 " switch.", labels=["switch"]),
         }
+        attempts = CounterMetricFamily(
+            "smtp_border_blocked_attempts", "Blocked connection attempts recorded from the samples (one per"
+            " connection: retransmitted SYNs are not counted again), by direction: inbound is Part 1, outbound"
+            " Part 2. Capped by the audit meters; smtp_border_blocked_packets is exact.", labels=["direction"])
+        for direction in ("inbound", "outbound"):
+            attempts.add_metric([direction], app.counters[("attempts", direction)])
+        yield attempts
+        top = GaugeMetricFamily(
+            "smtp_border_top_blocked_hosts", f"Blocked attempts in the last hour of the {TOP_HOSTS} hosts with the"
+            " most, by direction: outbound, campus hosts trying to send mail directly (an infected host or an"
+            " unregistered mail server); inbound, outside sources.", labels=["direction", "address"])
+        ranking = app.audit.top(utc_now() - TOP_WINDOW, TOP_HOSTS)
+        for direction in ("inbound", "outbound"):
+            for entry in ranking[direction]:
+                top.add_metric([direction, entry["address"]], entry["attempts"])
+        yield top
         drift = CounterMetricFamily(
             "smtp_border_drift_flows", "Flows found missing, extra or changed by audits (then repaired).",
             labels=["kind"],
@@ -170,4 +188,5 @@ class PolicyCollector:
 def registry_for(app):
     registry = CollectorRegistry(auto_describe=False)
     registry.register(PolicyCollector(app))
+    registry.register(app.change_seconds)
     return registry

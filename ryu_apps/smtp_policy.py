@@ -46,6 +46,7 @@ from ryu.controller.handler import CONFIG_DISPATCHER, DEAD_DISPATCHER, HANDSHAKE
 from ryu.lib import hub
 from ryu.lib.packet import ipv4, ipv6, packet, tcp
 from ryu.ofproto import ofproto_v1_3
+from prometheus_client import Histogram
 
 from ryu_apps import openflow, rest, tls, wire
 from smtp_border import ordering
@@ -222,6 +223,13 @@ class SmtpPolicy(app_manager.RyuApp):
         self.logger.info("smtp-border: blocked attempts are logged to %s", self.audit.path)
         # reloads, reload_failures, samples[dpid], repairs[dpid], drift[kind], push_failures[dpid]
         self.counters = collections.Counter()
+        # Registered in the app's registry by ryu_apps/metrics.py.
+        self.change_seconds = Histogram(
+            "smtp_border_change_seconds", "Changes, from the request to the answer (every listed switch enforcing"
+            " it, or found pending), by where they came from (api: this controller's REST API; replica: another"
+            " controller, through etcd) and result (enforced, pending, refused: invalid or conflicting, nothing"
+            " changed).", ["source", "result"], registry=None,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
         self.block_counters = BlockCounters()
         self.last_change = time.time()
         self.switches = {}  # dpid -> Switch, for the live connection of each dpid
@@ -298,16 +306,25 @@ class SmtpPolicy(app_manager.RyuApp):
 
     # -- changes ----------------------------------------------------------------
 
-    def change(self, make, confirm=True):
+    def change(self, make, confirm=True, source="api"):
         """Apply one change: `make(border)` validates and saves it and returns
         an Outcome (or raises, and nothing changed); then every switch is
         brought to it. Returns (outcome, report) where report says which
         listed switches enforce it and which are pending. `confirm`: read
         the change on switches another controller masters (for an answer;
-        not for a change that came from that controller)."""
-        with self.change_lock:
-            outcome = make(self.border)
-            report = self.deliver(outcome, confirm)
+        not for a change that came from that controller). Timed, from the
+        lock's wait to the answer, into smtp_border_change_seconds by
+        `source` (api, replica) and result (enforced, pending, refused)."""
+        started = time.monotonic()
+        try:
+            with self.change_lock:
+                outcome = make(self.border)
+                report = self.deliver(outcome, confirm)
+        except Exception:
+            self.change_seconds.labels(source, "refused").observe(time.monotonic() - started)
+            raise
+        self.change_seconds.labels(source, "pending" if report["pending"] else "enforced").observe(
+            time.monotonic() - started)
         if not report["pending"]:
             self.last_change = time.time()
         return outcome, report
@@ -1010,7 +1027,7 @@ class SmtpPolicy(app_manager.RyuApp):
         # one answers for them, and a later change of its own (already on
         # its switches) would make this wait in vain, holding the lock that
         # the next change from etcd needs. (The fleet benchmark found it.)
-        outcome, report = self.change(lambda border: border.sync(events), confirm=False)
+        outcome, report = self.change(lambda border: border.sync(events), confirm=False, source="replica")
         change = outcome.change
         if change.added or change.removed:
             self.logger.info(
@@ -1206,6 +1223,7 @@ class SmtpPolicy(app_manager.RyuApp):
             segment.src_port, segment.dst_port, utc_now(),
         )
         if attempt is not None and self.audit.record(attempt):
+            self.counters[("attempts", attempt.direction)] += 1
             self.logger.info(
                 "smtp-border: blocked %s SMTP %s:%d -> %s:%d on switch %s port %s (%s)",
                 attempt.direction, attempt.src, attempt.src_port, attempt.dst, attempt.dst_port,

@@ -18,6 +18,7 @@ APT_PACKAGES=(
     openssl                                         # certificates for the OpenFlow-over-TLS test
     procps psmisc                                   # pkill/fuser for clean-up
     etcd-server                                     # the shared store of several controllers (docs/ha.md)
+    prometheus                                      # promtool: the alert rules are checked and unit-tested
 )
 
 log() { printf 'setup: %s\n' "$*"; }
@@ -34,7 +35,14 @@ done
 if [ ${#missing[@]} -gt 0 ]; then
     log "installing Debian packages: ${missing[*]}"
     apt-get update -qq
+    # Packages with daemons (etcd, prometheus) must not start them: the tests
+    # start their own on loopback. policy-rc.d says so to their scripts.
+    guard=
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && guard=1
+    fi
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    [ -z "$guard" ] || rm -f /usr/sbin/policy-rc.d
 fi
 
 # No systemd here (containers, CI): start OVS by hand. The kernel module may be

@@ -13,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import ROOT, wait_for
 from lab import Lab, Probe
+from monitoring import PROMETHEUS_OWN, dashboard_exprs, exported, metric_names, rule_exprs
 from smtp_border.policy import load_policy
 
 pytestmark = [
@@ -225,3 +226,21 @@ def test_a_syn_flood_does_not_slow_the_api_or_other_switches(lab):
           f"max {latencies[-1] * 1000:.1f} ms; internet switch ping: {ping_out.strip().splitlines()[-2]}")
     assert latencies and set(statuses) == {201, 200}
     assert " 0% packet loss" in ping_out
+
+
+def test_every_metric_the_dashboard_and_alerts_name_is_exported(lab):
+    """The controller running the campus, after the tests above (blocked
+    attempts, a flood, changes, reloads): every metric monitoring/ names is
+    in its /metrics, and those the campus exercises have samples."""
+    connection = http.client.HTTPConnection("127.0.0.1", lab.controller.api_port, timeout=30)
+    connection.request("GET", "/metrics")
+    text = connection.getresponse().read().decode()
+    connection.close()
+    families = {f.name for f in text_string_to_metric_families(text)}
+    samples = {s.name for f in text_string_to_metric_families(text) for s in f.samples}
+    named = metric_names(dashboard_exprs() + rule_exprs()) - PROMETHEUS_OWN
+    assert {n for n in named if not exported(n, families, samples)} == set()
+    exercised = {"smtp_border_switch_in_sync", "smtp_border_blocked_packets_total", "smtp_border_blocked_attempts_total",
+                 "smtp_border_top_blocked_hosts", "smtp_border_change_seconds_bucket", "smtp_border_exceptions",
+                 "smtp_border_exception_expiry_timestamp_seconds", "smtp_border_table_entries"}
+    assert exercised <= named and exercised - samples == set()

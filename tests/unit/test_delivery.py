@@ -11,6 +11,8 @@ from pathlib import Path
 import netaddr
 import pytest
 from ryu.app.wsgi import WSGIApplication
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 from ryu.lib import hub
 
 from ryu_apps import openflow, smtp_policy, wire
@@ -23,7 +25,9 @@ from smtp_border.semantics import Packet, is_allowed
 
 from conftest import ROOT
 import fakeswitch
+import monitoring
 from fakeswitch import FakeSwitch
+from monitoring import dashboard_exprs, exported, metric_names, rule_exprs
 from flowsim import outcomes
 
 H1_OUT = {"address": "10.20.3.10", "direction": "outbound", "grounds": "message-size", "needs_message_size": "200MB", "reason": "test"}
@@ -369,7 +373,6 @@ def test_only_block_flows_of_enforcing_switches_write_the_audit(make_app):
     assert app.counters[("samples_refused", 9)] == 1 and app.counters[("samples_refused", 1)] == 2
     border.packet_in(part2, accusation)  # the twin: a real sample from the border's block flow
     assert [(a.src, a.switch) for a in app.audit.recent] == [("10.20.3.10", "0000000000000001")]
-    from prometheus_client import generate_latest
     metrics = generate_latest(app.metrics_registry).decode()
     assert 'smtp_border_audit_samples_refused_total{switch="0000000000000009"} 1.0' in metrics
     assert 'smtp_border_audit_samples_total{switch="0000000000000001"} 1.0' in metrics
@@ -596,8 +599,6 @@ def test_a_switch_whose_table_is_full_gets_nothing_half_applied_and_the_answer_s
 
 
 def test_metrics_show_each_switchs_entries_and_budget(make_app):
-    from prometheus_client import generate_latest
-
     app = make_app(ONE_TABLE % "pipeline: single_table, table_size: 500")
     switch = connect(app)
     metrics = generate_latest(app.metrics_registry).decode()
@@ -619,3 +620,15 @@ def test_blocked_says_which_switches_block_without_samples(make_app):
     twin = make_app(ONE_TABLE % "pipeline: single_table")  # with meters: nothing to say
     connect(twin)
     assert rest.SmtpRestController(Request.blank("/"), None, {rest.APP_KEY: twin})._unsampled() == {}
+
+
+def test_the_dashboard_and_rules_name_only_metrics_the_app_exports(make_app):
+    """The collector of a real app (its Ryu event handlers, no switch):
+    every family exists even without samples."""
+    app = make_app()
+    text = generate_latest(app.metrics_registry).decode()
+    families = {f.name for f in text_string_to_metric_families(text)}
+    samples = {s.name for f in text_string_to_metric_families(text) for s in f.samples}
+    named = metric_names(dashboard_exprs() + rule_exprs()) - monitoring.PROMETHEUS_OWN
+    assert len(named) >= 20
+    assert {n for n in named if not exported(n, families, samples)} == set()
