@@ -11,6 +11,7 @@
     GET    /smtp/v1/blocked/top       hosts ranked by blocked attempts
     GET    /smtp/v1/mailservers       the inventory: relays and every exception
     GET    /metrics                   Prometheus text format
+    GET    /smtp/                     the status page (read-only; ryu_apps/status/)
 
 docs/openapi.yaml describes it. Every answer is JSON, errors too:
 {"error": "..."} (plus "field" when one field of the request is at fault).
@@ -43,6 +44,7 @@ import json
 import logging
 import os
 import re
+from pathlib import Path
 
 import eventlet.wsgi
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -109,6 +111,27 @@ def register(wsgi, app):
     # Connected last, so it only catches what no route above matched: a JSON
     # 404 or 405 instead of Ryu's HTML page.
     wsgi.mapper.connect("smtp_fallback", PREFIX + "/{path:.*}", controller=SmtpRestController, action="fallback")
+
+
+STATUS_DIR = Path(__file__).with_name("status")
+STATUS_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css"}
+# The page loads nothing but its own script and style and reads only this
+# API: no inline script, no other origin, no framing, no form posts.
+STATUS_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self';"
+                               " img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
+
+
+def status_asset(name):
+    """One file of the status page (ryu_apps/status/), read at each request:
+    a few kilobytes, and an upgrade is seen without a restart."""
+    path = STATUS_DIR / name
+    return Response(status=200, body=path.read_bytes(),
+                    headers=dict(STATUS_HEADERS, **{"Content-Type": f"{STATUS_TYPES[path.suffix]}; charset=utf-8"}))
 
 
 def json_response(status, document=None, headers=None):
@@ -498,6 +521,22 @@ class SmtpRestController(ControllerBase):
     def mailservers(self, req, **_):
         soon = query_int(req, "soon_days", 30, 0, 3650)
         return json_response(200, inventory(self.app.policy, utc_now(), datetime.timedelta(days=soon)))
+
+    @route("status", "/smtp/", methods=["GET"])
+    def status_page(self, req, **_):
+        return status_asset("index.html")
+
+    @route("status", "/smtp", methods=["GET"])
+    def status_redirect(self, req, **_):
+        return Response(status=301, headers={"Location": "/smtp/"})
+
+    @route("status", "/smtp/status.js", methods=["GET"])
+    def status_script(self, req, **_):
+        return status_asset("status.js")
+
+    @route("status", "/smtp/status.css", methods=["GET"])
+    def status_style(self, req, **_):
+        return status_asset("status.css")
 
     @route("metrics", "/metrics", methods=["GET"])
     @api()

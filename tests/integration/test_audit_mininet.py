@@ -4,13 +4,16 @@ import datetime
 import http.client
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from chromium import Chromium
 from conftest import ROOT, wait_for
 from lab import Lab, Probe
 from monitoring import PROMETHEUS_OWN, dashboard_exprs, exported, metric_names, rule_exprs
@@ -244,3 +247,70 @@ def test_every_metric_the_dashboard_and_alerts_name_is_exported(lab):
                  "smtp_border_top_blocked_hosts", "smtp_border_change_seconds_bucket", "smtp_border_exceptions",
                  "smtp_border_exception_expiry_timestamp_seconds", "smtp_border_table_entries"}
     assert exercised <= named and exercised - samples == set()
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium package is not installed")
+def test_the_status_page_in_a_real_browser_follows_the_border(lab, tmp_path):
+    """Headless Chromium keeps /smtp/ open against the campus controller:
+    the switch rows are there, an exception added over the API appears
+    (marked as expiring), a blocked attempt appears, all without reloading;
+    on a phone-sized screen nothing overflows; it loads nothing from
+    elsewhere. Screenshots go beside the test (SMTP_BORDER_SCREENSHOTS=dir
+    keeps them: docs/status-page.png is one)."""
+    url = f"http://127.0.0.1:{lab.controller.api_port}/smtp/"
+    expires = (datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=9)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    grant = {"address": "10.20.3.10", "direction": "outbound", "grounds": "message-size",
+             "needs_message_size": "200MB", "reason": "status page test: sends CT scans",
+             "contact": "radiology-it@example.edu", "expires": expires}
+    created = None
+    with Chromium(tmp_path / "profile") as browser:
+        browser.open(url)
+        browser.wait_for("Number(document.body.dataset.refreshes) >= 1")
+        rows = browser.evaluate("""[...document.querySelectorAll('#switches tbody tr')].map(tr =>
+            [tr.dataset.dpid, ...[...tr.cells].map(td => td.textContent)])""")
+        by_dpid = {r[0]: r[1:] for r in rows}
+        assert set(by_dpid) == {f"{dpid:016x}" for dpid in lab.dpids()}, rows
+        border = by_dpid[BORDER]
+        assert border[0] == f"border ({BORDER})" and border[2] == "yes" and border[3] == "multi_table"
+        assert border[4] == "yes" and int(border[5]) > 0
+        assert browser.evaluate("document.querySelector('#exceptions tbody tr[data-id]') !== null")
+        # The allowed twin of what follows: 10.20.3.10 has no exception yet.
+        assert not browser.evaluate("[...document.querySelectorAll('#exceptions td')].some(td =>"
+                                    " td.textContent === '10.20.3.10/32')")
+        try:
+            status, created = api(lab, "POST", "/smtp/v1/exceptions", grant)
+            assert status == 201, created
+            refreshes = browser.evaluate("Number(document.body.dataset.refreshes)")
+            row = browser.wait_for(f"""(() => {{ const tr = document.querySelector('#exceptions tr[data-id="{created['id']}"]');
+                return tr && [tr.className, ...[...tr.cells].map(td => td.textContent)]; }})()""", timeout=15)
+            assert row[0] == "expiring" and row[1] == "10.20.3.10/32" and row[3].startswith("expires in ")
+            assert row[5:8] == ["radiology-it@example.edu", "message-size: needs 200MB", grant["reason"]]
+            assert browser.evaluate("Number(document.body.dataset.refreshes)") > refreshes  # no reload: refreshed
+        finally:
+            if created is not None:
+                assert api(lab, "DELETE", f"/smtp/v1/exceptions/{created['id']}")[0] == 200
+        # A blocked attempt appears: h1 is held by Part 2 again; its twin on another port is open.
+        started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        assert list(lab.run_probes([Probe("h1", "outmx", 25), Probe("h1", "outmx", 2525)]).values()) == ["timeout", "open"]
+        first = browser.wait_for("""(() => { const tr = document.querySelector('#blocked tbody tr[data-src]');
+            return tr && tr.dataset.src === '10.20.3.10' && [...tr.cells].map(td => td.textContent); })()""", timeout=15)
+        assert first[0] >= started and first[1] == "outbound" and first[3] == "198.51.100.25:25" and first[4] == BORDER
+        assert browser.evaluate("[...document.querySelectorAll('#top-outbound li')].some(li =>"
+                                " li.dataset.address === '10.20.3.10')")
+        # Who was blocked is readable here (development mode: no token), so no token is asked for.
+        assert browser.evaluate("document.getElementById('token-form').offsetParent === null")
+        # Nothing but this origin was loaded (no external assets).
+        assert browser.evaluate("performance.getEntriesByType('resource').every(e =>"
+                                " e.name.startsWith(location.origin))")
+        shots = Path(os.environ.get("SMTP_BORDER_SCREENSHOTS") or tmp_path)
+        desktop = browser.screenshot(shots / "status-page.png")
+        # A phone: 390 px wide, every row a card, nothing wider than the screen.
+        browser.resize(390, 844, mobile=True)
+        browser.wait_for("document.documentElement.scrollWidth <= 390")
+        assert browser.evaluate("getComputedStyle(document.querySelector('#switches thead')).display") == "none"
+        phone = browser.screenshot(shots / "status-page-phone.png")
+        for shot in (desktop, phone):
+            assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
+    # Read-only: the page's script makes no request but GET.
+    script = (ROOT / "ryu_apps" / "status" / "status.js").read_text()
+    assert "fetch(" in script and not re.search(r"method\s*:", script)
