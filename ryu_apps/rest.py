@@ -345,11 +345,17 @@ def policy_document(store):
         "campus": {"prefixes": [str(p) for p in policy.campus]},
         "smtp_ports": list(policy.smtp_ports),
         "gateways": [g.to_dict() for g in policy.gateways],
+        "part2": {"grounds": list(policy.part2.grounds), "relay_suffices": policy.part2.relay_suffices},
         "exceptions": [e.to_dict() for e in policy.exceptions],
         "switches": None if policy.switches is None else [
             {"dpid": f"{s.dpid:016x}", "name": s.name, "uplinks": list(s.uplinks)} for s in policy.switches
         ],
     }
+
+
+def exception_state(exception, active):
+    """active, expired, or lapsed (a Part 2 grant the relay now carries, with part2_relay_suffices: lapse)."""
+    return "active" if exception.id in active else "lapsed" if exception.lapsed else "expired"
 
 
 def change_document(change, report):
@@ -402,7 +408,7 @@ class SmtpRestController(ControllerBase):
     @api()
     def list_exceptions(self, req, **_):
         active = self.app.border.active_ids
-        exceptions = [dict(e.to_dict(), state="active" if e.id in active else "expired") for e in self.app.policy.exceptions]
+        exceptions = [dict(e.to_dict(), state=exception_state(e, active)) for e in self.app.policy.exceptions]
         quarantined = [q.to_dict() for q in self.app.store.quarantined]
         return json_response(200, {"exceptions": exceptions + quarantined})
 
@@ -413,8 +419,7 @@ class SmtpRestController(ControllerBase):
             if q.id == exception_id:
                 return json_response(200, q.to_dict())
         exception = self.app.store.exception(exception_id)
-        state = "active" if exception.id in self.app.border.active_ids else "expired"
-        return json_response(200, dict(exception.to_dict(), state=state))
+        return json_response(200, dict(exception.to_dict(), state=exception_state(exception, self.app.border.active_ids)))
 
     @route("smtp", PREFIX + "/exceptions", methods=["POST"])
     @api(CHANGE)

@@ -19,6 +19,7 @@ APT_PACKAGES=(
     procps psmisc                                   # pkill/fuser for clean-up
     etcd-server                                     # the shared store of several controllers (docs/ha.md)
     prometheus                                      # promtool: the alert rules are checked and unit-tested
+    systemd logrotate                               # systemd-analyze and logrotate check deploy/
 )
 
 log() { printf 'setup: %s\n' "$*"; }
