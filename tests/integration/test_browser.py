@@ -30,6 +30,7 @@ import threading
 
 import pytest
 
+from chromium import Chromium
 from conftest import ROOT
 from lab import Controller
 
@@ -189,3 +190,37 @@ def test_a_hostile_page_in_a_real_browser_changes_nothing(controller, tmp_path):
     status, created = controller.api("POST", "/smtp/v1/exceptions", CHANGE)
     assert status in (201, 202), created
     assert controller.api("DELETE", f"/smtp/v1/exceptions/{created['id']}")[0] in (200, 202)
+
+
+def test_the_status_page_asks_for_the_read_token_and_keeps_it_for_the_tab(tmp_path):
+    """With tokens, the status page shows switches and exceptions to anyone
+    who can reach it, and who was blocked only once the read token is given;
+    a wrong one is refused, and the token stays in the tab (sessionStorage),
+    never in the page's storage that outlives it."""
+    policy = tmp_path / "policy.yaml"
+    shutil.copy(ROOT / "policy.yaml", policy)
+    running = Controller(policy, tmp_path / "ryu-manager.txt", token="change-token",
+                         env={"SMTP_POLICY_READ_TOKEN": "read-token"}).start()
+    try:
+        with Chromium(tmp_path / "profile") as browser:
+            browser.open(f"http://127.0.0.1:{running.api_port}/smtp/")
+            browser.wait_for("Number(document.body.dataset.refreshes) >= 1")
+            assert browser.evaluate("document.querySelectorAll('#exceptions tbody tr[data-id]').length") == 4
+            assert browser.evaluate("document.getElementById('token-form').offsetParent !== null")
+            assert "Authorization: Bearer" in browser.evaluate("document.getElementById('blocked-note').textContent")
+
+            def give(token):
+                browser.evaluate(f"""(() => {{ document.getElementById('token').value = {json.dumps(token)};
+                    document.getElementById('token-form').requestSubmit(); }})()""")
+
+            give("wrong")
+            browser.wait_for("Number(document.body.dataset.refreshes) >= 2")
+            assert browser.evaluate("document.getElementById('token-form').offsetParent !== null")
+            give("read-token")
+            browser.wait_for("document.getElementById('token-form').offsetParent === null")
+            assert browser.evaluate("document.querySelector('#blocked tbody td').textContent") == \
+                "no blocked attempt recorded"
+            assert browser.evaluate("sessionStorage.getItem('smtp-border-read-token')") == "read-token"
+            assert browser.evaluate("localStorage.length") == 0
+    finally:
+        running.stop()

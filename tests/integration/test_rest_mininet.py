@@ -195,7 +195,8 @@ def test_a_batch_is_one_change_in_force_when_the_answer_comes(lab):
     # Change h1 to inbound and remove everything else, in one batch.
     ids = [e["id"] for e in api(lab, "GET", "/smtp/v1/exceptions")[1]["exceptions"] if e["source"] == "api"]
     status, answer = api(lab, "POST", "/smtp/v1/exceptions/batch",
-                         {"remove": ids, "add": [dict(H1_OUTBOUND, direction="inbound", reason="now a mail server")]})
+                         {"remove": ids, "add": [{"address": H1_OUTBOUND["address"], "direction": "inbound",
+                                                  "reason": "now a mail server"}]})
     assert status == 200, answer
     assert (len(answer["removed"]), [e["direction"] for e in answer["added"]]) == (len(filler) + 2, ["inbound"])
     assert outcomes(lab, h1_out, h1_twin, h2_v6, h2_v4, h1_in) == ["timeout", "open", "timeout", "timeout", "open"]
