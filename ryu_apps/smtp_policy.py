@@ -227,7 +227,7 @@ class SmtpPolicy(app_manager.RyuApp):
         self.change_seconds = Histogram(
             "smtp_border_change_seconds", "Changes, from the request to the answer (every listed switch enforcing"
             " it, or found pending), by where they came from (api: this controller's REST API; replica: another"
-            " controller, through etcd) and result (enforced, pending, refused: invalid or conflicting, nothing"
+            " controller, through etcd) and result (enforced, pending, refused: invalid, conflicting or not saved; nothing"
             " changed).", ["source", "result"], registry=None,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
         self.block_counters = BlockCounters()
