@@ -66,6 +66,12 @@ class FakeSwitch:
         self.table_features = None if shape is None else switchshapes.SHAPES[shape]()
         self.max_meters = max_meters
         self.n_tables = n_tables
+        # OpenFlow roles, as Open vSwitch keeps them for one connection: a
+        # slave's writes are refused (OFPBRC_IS_SLAVE), a generation id
+        # older than the highest seen is stale (OFPRRFC_STALE).
+        self.role = "equal"
+        self.generation = None
+        self.async_config = None  # (packet_in, port_status, flow_removed) masks, [master, slave] each
 
     # -- the Datapath interface the app uses ------------------------------------
 
@@ -124,6 +130,13 @@ class FakeSwitch:
                 stats.packet_count += packets
                 stats.byte_count += packets * 60 if octets is None else octets
 
+    def demote(self, generation):
+        """Another controller became master with `generation`: as Open
+        vSwitch does, this connection's master becomes a slave."""
+        self.generation = generation
+        if self.role == "master":
+            self.role = "slave"
+
     def sent(self, kind):
         return [m for name, m in self.log if name == kind]
 
@@ -136,7 +149,17 @@ class FakeSwitch:
 
     def _receive(self, msg_type, xid, data):
         try:
-            if msg_type == OFP.OFPT_FLOW_MOD:
+            if self.role == "slave" and msg_type in (OFP.OFPT_FLOW_MOD, OFP.OFPT_EXPERIMENTER, OFP.OFPT_METER_MOD,
+                                                     OFP.OFPT_SET_CONFIG):
+                self.log.append(("refused_slave", msg_type))
+                raise Refused(OFP.OFPET_BAD_REQUEST, OFP.OFPBRC_IS_SLAVE)
+            if msg_type == OFP.OFPT_ROLE_REQUEST:
+                self._role_request(xid, data)
+            elif msg_type == OFP.OFPT_SET_ASYNC:
+                masks = struct.unpack_from(OFP.OFP_ASYNC_CONFIG_PACK_STR, data, OFP.OFP_HEADER_SIZE)
+                self.async_config = (masks[0:2], masks[2:4], masks[4:6])
+                self.log.append(("set_async", self.async_config))
+            elif msg_type == OFP.OFPT_FLOW_MOD:
                 msg = ofproto_parser.msg(self, OFP.OFP_VERSION, msg_type, len(data), xid, data)
                 self.log.append(("flow_mod", msg))
                 self._flow_mod(msg, self.table)
@@ -179,6 +202,19 @@ class FakeSwitch:
             error = PARSER.OFPErrorMsg(self, type_=err.type_, code=err.code, data=data[:64])
             error.xid = xid
             self.app._error(ofp_event.EventOFPErrorMsg(error))
+
+    def _role_request(self, xid, data):
+        role, generation = struct.unpack_from(OFP.OFP_ROLE_REQUEST_PACK_STR, data, OFP.OFP_HEADER_SIZE)
+        self.log.append(("role_request", (role, generation)))
+        if role in (OFP.OFPCR_ROLE_MASTER, OFP.OFPCR_ROLE_SLAVE):
+            # Compared as OpenFlow says: the signed difference, modulo 2**64.
+            if self.generation is not None and (generation - self.generation) % 2**64 >= 2**63:
+                raise Refused(OFP.OFPET_ROLE_REQUEST_FAILED, OFP.OFPRRFC_STALE)
+            self.generation = generation
+            self.role = "master" if role == OFP.OFPCR_ROLE_MASTER else "slave"
+        reply = PARSER.OFPRoleReply(self, role=role, generation_id=self.generation or 0)
+        reply.xid = xid
+        self.app._barrier_reply(ofp_event.EventOFPRoleReply(reply))
 
     def _table_features_reply(self, xid):
         """As a switch answers: bytes, split into messages under 64 KiB, all

@@ -170,7 +170,8 @@ def test_a_frozen_master_is_replaced_and_steps_down_when_it_wakes(ha):
                         and master_of_from(ha, other, campus.BORDER_DPID), 20), roles("s1")
     finally:
         os.kill(process.pid, signal.SIGCONT)
-    assert wait_for(lambda: status_of(ha.replicas[frozen], campus.BORDER_DPID)["openflow_role"] == "slave", 20)
+    # (If Open vSwitch dropped the frozen connection, the switch reconnects to it meanwhile.)
+    assert wait_for(lambda: status_of(ha.replicas[frozen], campus.BORDER_DPID).get("openflow_role") == "slave", 30)
     assert status_of(ha.replicas[frozen], campus.BORDER_DPID)["master"] == other
     assert wait_for(lambda: sorted(roles("s1").values()) == ["master", "slave"], 10), roles("s1")
     woke = ha.replicas[frozen].log()[len(before):]

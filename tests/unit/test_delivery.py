@@ -26,7 +26,7 @@ from smtp_border.semantics import Packet, is_allowed
 from conftest import ROOT
 import fakeswitch
 import monitoring
-from fakeswitch import FakeSwitch
+from fakeswitch import OFP, FakeSwitch
 from monitoring import dashboard_exprs, exported, metric_names, rule_exprs
 from flowsim import outcomes
 
@@ -632,3 +632,115 @@ def test_the_dashboard_and_rules_name_only_metrics_the_app_exports(make_app):
     named = metric_names(dashboard_exprs() + rule_exprs()) - monitoring.PROMETHEUS_OWN
     assert len(named) >= 20
     assert {n for n in named if not exported(n, families, samples)} == set()
+
+
+class FakeMastership:
+    """The master keys as etcd holds them (smtp_border/etcdstate.Mastership,
+    tested against a real etcd in tests/integration): dpid -> (replica,
+    generation id), shared by the replicas of a test, with a lease that holds."""
+
+    def __init__(self, replica, masters):
+        self.replica, self.masters = replica, masters
+        self.lease_ok = self.holds_lease = True
+        self.ttl = 5
+
+    def claim(self, dpid):
+        return self.masters.setdefault(dpid, (self.replica, max([g for _, g in self.masters.values()] or [0]) + 1))
+
+    def release(self, dpid, generation):
+        if self.masters.get(dpid, (None, None))[1] == generation:
+            del self.masters[dpid]
+
+
+def as_written_by_its_master(app, dpid=1):
+    """A switch holding the policy as another controller wrote it."""
+    switch = FakeSwitch(dpid)
+    for rule in desired(app, dpid):
+        switch.add_behind_the_back(wire.add_flow(rule))
+    return switch
+
+
+WRITES = ("flow_mod", "bundle", "meter_mod", "set_config")
+
+
+def test_a_slave_writes_nothing_reads_the_switch_and_gets_the_samples(make_app, monkeypatch):
+    app = make_app()
+    app.mastership = FakeMastership("me", {1: ("other", 7)})
+    switch = as_written_by_its_master(app)
+    switch.connect(app)
+    assert settle(app, until=lambda: app.switches[1].holds), app.switches[1].pending
+    assert (switch.role, switch.generation) == ("slave", 7)
+    assert [name for name, _ in switch.log if name in WRITES + ("refused_slave",)] == []
+    # Asked for blocked-attempt samples as slave too; flow-removed stays the master's.
+    packet_in, _, flow_removed = switch.async_config
+    assert packet_in == (1 << OFP.OFPR_NO_MATCH | 1 << OFP.OFPR_ACTION, 1 << OFP.OFPR_ACTION) and flow_removed[1] == 0
+    assert switch.sent("set_async") and [n for n, _ in switch.log].index("set_async") < [n for n, _ in switch.log].index(
+        "role_request")
+    status = app.switch_status(1)
+    assert (status["in_sync"], status["openflow_role"], status["master"], status["generation"]) == (True, "slave", "other", 7)
+    assert app.enforcement()["enforced"] == ["0000000000000001"]
+    switch.packet_in(make_cookie(Clause.PART2_BLOCK, 0x800), syn("10.20.3.10", "198.51.100.25"))
+    assert [(a.src, a.direction) for a in app.audit.recent] == [("10.20.3.10", "outbound")]
+    # A change made on the slave: pending (its master delivers) until read on the switch; nothing sent.
+    monkeypatch.setattr(smtp_policy, "CONFIRM_SECONDS", 0.2)
+    outcome, report = app.change(lambda border: border.add(H1_OUT))
+    assert report["enforced"] == [] and report["pending"][0]["reason"] == "delivered by its master, controller other"
+    for rule in outcome.diffs[1].add:  # the master delivers it
+        switch.add_behind_the_back(wire.add_flow(rule))
+    assert settle(app, until=lambda: app.switches[1].holds)
+    assert app.enforcement()["enforced"] == ["0000000000000001"]
+    # A change that came from the other controller (etcd): not waited for; the
+    # slave's next audit reads the flows it touches by cookie, not every flow.
+    dumps = []
+    monkeypatch.setattr(app, "switch_flows", lambda dp: dumps.append(dp) or smtp_policy.SmtpPolicy.switch_flows(app, dp))
+    started = time.monotonic()
+    outcome, report = app.change(lambda border: border.add(dict(H1_OUT, address="10.20.3.20")), confirm=False,
+                                 source="replica")
+    assert time.monotonic() - started < 0.1 and not app.switches[1].holds and app.switches[1].unseen
+    assert not settle(app, until=lambda: app.switches[1].holds, timeout=0.3)  # its master has not delivered yet
+    for rule in outcome.diffs[1].add:
+        switch.add_behind_the_back(wire.add_flow(rule))
+    assert settle(app, until=lambda: app.switches[1].holds) and dumps == []
+    assert [name for name, _ in switch.log if name in WRITES + ("refused_slave",)] == []
+
+
+def test_a_slave_whose_master_went_takes_over_without_a_flush(make_app):
+    app = make_app()
+    masters = {1: ("other", 7)}
+    app.mastership = FakeMastership("me", masters)
+    switch = as_written_by_its_master(app)
+    switch.connect(app)
+    assert settle(app, until=lambda: app.switches[1].holds)
+    masters[1] = ("me", 8)  # the other's lease lapsed; this replica won the key
+    assert settle(app, until=lambda: app.switches[1].in_sync)
+    assert (switch.role, switch.generation) == ("master", 8)
+    # Reconciled from what the switch held: its flows were right, so none is sent, none deleted.
+    assert flow_mods(switch) == [] and switch.rules() == desired(app)
+    assert switch.sent("meter_mod")  # the audit meters are the master's to set
+
+
+def test_a_fenced_master_steps_down_and_a_stale_generation_never_writes(make_app):
+    app = make_app()
+    masters = {1: ("me", 3)}
+    app.mastership = FakeMastership("me", masters)
+    switch = FakeSwitch(1)
+    switch.connect(app)
+    assert settle(app) and (switch.role, switch.generation) == ("master", 3)
+    assert switch.rules() == desired(app)
+    # Another controller took the switch (generation 9) while this one still believed it was master.
+    masters[1] = ("third", 9)
+    switch.demote(9)
+    before = dict(switch.table)
+    _, report = app.change(lambda border: border.add(H1_OUT))
+    assert report["enforced"] == [] and switch.sent("refused_slave")
+    assert switch.table == before  # refused: nothing of it reached the table
+    assert settle(app, until=lambda: app.switches[1].role == "slave" and app.switches[1].master == "third")
+    # The twin: told it is master again, but with a generation older than the switch has seen: refused as stale.
+    masters[1] = ("me", 5)
+    app.switches[1].role = None
+    app.switches[1].wake.set()
+    assert not settle(app, until=lambda: app.switches[1].in_sync, timeout=0.5)
+    assert switch.role == "slave" and switch.table == before
+    masters[1] = ("me", 10)  # a newer claim: master, and the change goes out
+    assert settle(app, until=lambda: app.switches[1].in_sync)
+    assert (switch.role, switch.generation) == ("master", 10) and switch.rules() == desired(app)
