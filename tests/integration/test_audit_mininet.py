@@ -260,7 +260,7 @@ def test_the_status_page_in_a_real_browser_follows_the_border(lab, tmp_path):
     url = f"http://127.0.0.1:{lab.controller.api_port}/smtp/"
     expires = (datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=9)).strftime("%Y-%m-%dT%H:%M:%SZ")
     grant = {"address": "10.20.3.10", "direction": "outbound", "grounds": "message-size",
-             "needs_message_size": "200MB", "reason": "status page test: sends CT scans",
+             "needs_message_size": "200MB", "reason": "sends CT scans <img src=x onerror=document.title='owned'>",
              "contact": "radiology-it@example.edu", "expires": expires}
     created = None
     with Chromium(tmp_path / "profile") as browser:
@@ -285,6 +285,8 @@ def test_the_status_page_in_a_real_browser_follows_the_border(lab, tmp_path):
                 return tr && [tr.className, ...[...tr.cells].map(td => td.textContent)]; }})()""", timeout=15)
             assert row[0] == "expiring" and row[1] == "10.20.3.10/32" and row[3].startswith("expires in ")
             assert row[5:8] == ["radiology-it@example.edu", "message-size: needs 200MB", grant["reason"]]
+            # Text stays text: the markup in the reason is shown, never run.
+            assert browser.evaluate("document.querySelector('main img') === null && document.title !== 'owned'")
             assert browser.evaluate("Number(document.body.dataset.refreshes)") > refreshes  # no reload: refreshed
         finally:
             if created is not None:
