@@ -55,8 +55,9 @@ def default_env_file(environ):
 
 def read_env_file(path, required=False):
     """SETTINGS from a KEY=VALUE file (comments, blank lines, `export`, and
-    shell quoting allowed). A file holding a token must not be readable by
-    others (as ssh insists for keys): CliError naming the fix."""
+    shell quoting allowed). A file holding a token must not be open to
+    everyone (as ssh insists for keys; its group may read it, as the
+    service's /etc/smtp-border/env is): CliError naming the fix."""
     try:
         with open(path, encoding="utf-8") as stream:
             text = stream.read()
@@ -82,7 +83,7 @@ def read_env_file(path, required=False):
             raise CliError(f"{path}:{number}: expected KEY=VALUE (one value; quote it if it has spaces)")
         if key in SETTINGS:
             found[key] = words[0] if words else ""
-    if any("TOKEN" in key for key in found) and mode & 0o077:
+    if any("TOKEN" in key for key in found) and mode & 0o007:
         raise CliError(f"{path} holds a token and others may read it (mode {mode & 0o777:o}): chmod 600 {path}")
     return found
 

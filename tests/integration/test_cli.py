@@ -233,6 +233,8 @@ def test_the_url_and_token_come_from_the_env_file_not_the_shell(controller, tmp_
     settings.chmod(0o644)
     assert run("blocked", env=env) == (
         1, "", f"smtp-border: {settings} holds a token and others may read it (mode 644): chmod 600 {settings}\n")
+    settings.chmod(0o640)  # its group may read it (the service's /etc/smtp-border/env is so)
+    assert run("blocked", env=env)[0] == 0
     settings.chmod(0o600)
     with settings.open("a") as stream:
         stream.write("SMTP_BORDER_URL http://nowhere\n")

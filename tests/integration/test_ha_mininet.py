@@ -147,6 +147,9 @@ def ensure_both_running(ha):
         if controller.process is None:
             controller.start()
     assert wait_for(lambda: all(sorted(roles(s.name).values()) == ["master", "slave"] for s in ha.net.switches), 20)
+    # And as the controllers report it (a moment after Open vSwitch has it: after a replica restarted, it
+    # may still be settling the border switch when Open vSwitch already shows both roles).
+    assert wait_for(lambda: master_of(ha, campus.BORDER_DPID) is not None, 20)
 
 
 def test_a_frozen_master_is_replaced_and_steps_down_when_it_wakes(ha):
