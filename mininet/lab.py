@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from mininet.clean import cleanup as mininet_cleanup
 from mininet.log import setLogLevel
 from mininet.net import Mininet
@@ -143,6 +145,22 @@ class Controller:
 
     def log(self):
         return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
+
+    def metrics_text(self):
+        """GET /metrics: the Prometheus text format."""
+        connection = http.client.HTTPConnection("127.0.0.1", self.api_port, timeout=30)
+        try:
+            connection.request("GET", "/metrics")
+            response = connection.getresponse()
+            assert response.status == 200 and response.getheader("Content-Type").startswith("text/plain")
+            return response.read().decode()
+        finally:
+            connection.close()
+
+    def metrics(self):
+        """{(name, frozenset(labels)): value} of GET /metrics, parsed by prometheus_client."""
+        return {(sample.name, frozenset(sample.labels.items())): sample.value
+                for family in text_string_to_metric_families(self.metrics_text()) for sample in family.samples}
 
     def installs(self, dpid):
         return sum(1 for m in INSTALLED.finditer(self.log()) if int(m.group(1), 16) == dpid)

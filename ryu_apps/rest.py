@@ -471,10 +471,9 @@ class SmtpRestController(ControllerBase):
         document["quarantined"] = [q.to_dict() for q in outcome.change.quarantined]
         # Message-size grants the relay now carries ("until this changes"),
         # and file entries that deserve a look: the operator reads them here.
-        policy = outcome.change.policy
-        document["review"] = [dict(e.to_dict(), review=why) for e, why in policy.for_review()]
-        document["warnings"] = list(policy.warnings())
-        self.app.log_review(policy)
+        review, warnings = self.app.log_review(outcome.change.policy)
+        document["review"] = [dict(e.to_dict(), review=why) for e, why in review]
+        document["warnings"] = list(warnings)
         return change_response(200, document, report)
 
     @route("smtp", PREFIX + "/switches", methods=["GET"])

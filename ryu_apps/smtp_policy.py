@@ -181,7 +181,6 @@ class Switch:
         # for the slave's next audit to read by their cookies; None: too many,
         # or unknown (it compares every flow).
         self.unseen = None
-        self.async_set = False  # asked for blocked-attempt samples as slave too (OFPT_SET_ASYNC)
         self.wake = hub.Event()
 
     @property
@@ -297,11 +296,15 @@ class SmtpPolicy(app_manager.RyuApp):
         self.log_review(p)
 
     def log_review(self, policy):
-        for warning in policy.warnings():
+        """Log what of `policy` deserves the operator's eye; return it
+        (grants for review, warnings), for the reload's answer."""
+        review, warnings = policy.for_review(), policy.warnings()
+        for warning in warnings:
             self.logger.warning("smtp-border: %s", warning)
-        for e, why in policy.for_review():
+        for e, why in review:
             self.logger.warning("smtp-border: Part 2 exception %s (%s) is for REVIEW: %s (granted \"until this"
                                 " changes\"; contact %s)", e.id, e.address, why, e.contact or "none given")
+        return review, warnings
 
     def log_quarantine(self, quarantined):
         for q in quarantined:
@@ -673,15 +676,9 @@ class SmtpPolicy(app_manager.RyuApp):
         dp = switch.dp
         started = time.monotonic()
         desired = self.border.flows(switch.dpid)
-        switch.audits += 1
-        full = switch.audits % FULL_AUDIT_EVERY == 0
-        expected = collections.Counter(r.table for r in desired)
-        requests = [self._aggregate(dp, table) for table in switch.tables]
         config = dp.ofproto_parser.OFPGetConfigRequest(dp)
-        replies = self._exchange(dp, [], requests + [config])
-        counts = {table: replies[r.xid][0].flow_count for table, r in zip(switch.tables, requests)}
-        switch.last_audit = time.time()
-        switch.flow_count = sum(counts.values())
+        counted, replies = self._count(switch, desired, [config])
+        full = switch.audits % FULL_AUDIT_EVERY == 0
         if switch.fragments == "nx-match" and replies[config.xid][0].flags & dp.ofproto.OFPC_FRAG_MASK != FRAG_NX_MATCH:
             self.counters[("drift", "config")] += 1
             self.logger.warning("smtp-border: switch %016x DRIFT found by audit: fragment handling changed to %d; "
@@ -690,7 +687,7 @@ class SmtpPolicy(app_manager.RyuApp):
             switch.in_sync, switch.drift = False, True
             switch.pending = "drift: fragment handling changed; repairing"
             return None
-        if not full and all(counts[t] == expected.get(t, 0) for t in switch.tables):
+        if not full and counted:
             switch.audit_ms = (time.monotonic() - started) * 1000
             return
         rules, foreign = self._read_flows(switch, dump=True)
@@ -712,6 +709,20 @@ class SmtpPolicy(app_manager.RyuApp):
         switch.pending = f"drift: {missing} missing, {extra} extra, {changed} changed; repairing"
         return rules, foreign
 
+    def _count(self, switch, desired, extra=()):
+        """An audit's first reading: the flows in each owned table (one
+        aggregate request each, with `extra` requests in the same write),
+        noted on the switch. (Whether every table holds as many flows as
+        `desired` puts there, {xid: replies}.)"""
+        dp = switch.dp
+        requests = [self._aggregate(dp, table) for table in switch.tables]
+        replies = self._exchange(dp, [], requests + list(extra))
+        counts = {table: replies[r.xid][0].flow_count for table, r in zip(switch.tables, requests)}
+        switch.audits += 1
+        switch.last_audit, switch.flow_count = time.time(), sum(counts.values())
+        expected = collections.Counter(r.table for r in desired)
+        return all(counts[t] == expected.get(t, 0) for t in switch.tables), replies
+
     def _observe(self, switch):
         """A slave's audit: read the switch (a slave's right) and note whether
         it holds the policy in force as this replica knows it. Repairs are
@@ -721,17 +732,11 @@ class SmtpPolicy(app_manager.RyuApp):
         policy (by their cookies), or every flow. The periodic full
         comparison is the master's alone (it repairs what it finds); the
         slaves' would double the dumps every switch answers."""
-        dp = switch.dp
         with self.change_lock:
             desired = self.border.flows(switch.dpid)
-        expected = collections.Counter(r.table for r in desired)
-        requests = [self._aggregate(dp, table) for table in switch.tables]
-        replies = self._exchange(dp, [], requests)
-        counts = {table: replies[r.xid][0].flow_count for table, r in zip(switch.tables, requests)}
-        switch.audits += 1
-        switch.last_audit, switch.flow_count = time.time(), sum(counts.values())
+        counted, _ = self._count(switch, desired)
         master = f"slave: controller {switch.master} is master"
-        if any(counts[t] != expected.get(t, 0) for t in switch.tables):
+        if not counted:
             switch.holds = False
             switch.pending = (f"{master}; the switch holds {switch.flow_count} flows where the policy in force has"
                               f" {len(desired)} (a change on its way, or drift its master repairs)")
@@ -828,8 +833,8 @@ class SmtpPolicy(app_manager.RyuApp):
             return  # nothing changed since the last look: the switch knows our role
         ofp, parser = dp.ofproto, dp.ofproto_parser
         request = parser.OFPRoleRequest(dp, ofp.OFPCR_ROLE_MASTER if mine else ofp.OFPCR_ROLE_SLAVE, generation)
-        self._exchange(dp, [] if switch.async_set else [self._async_config(dp)], [request])
-        switch.async_set = True
+        # The first role on this connection goes with its asynchronous configuration.
+        self._exchange(dp, [] if switch.generation is not None else [self._async_config(dp)], [request])
         was = switch.role
         switch.holds = switch.holds and was == "slave"
         switch.unseen = switch.unseen if was == "slave" else None

@@ -195,7 +195,7 @@ class Policy:
     api: ApiSpec = ApiSpec()
     part2: Part2Spec = Part2Spec()
 
-    @property
+    @functools.cached_property  # asked for every exception by relay_suffices
     def relay_limit(self):
         """The largest message the relay carries, in bytes (the largest any
         gateway declares), or None when none declares one."""

@@ -1,7 +1,6 @@
 """Audit and operations against live switches: the blocked-attempt record, the
 sampling meter under a SYN flood, exception expiry, Prometheus metrics."""
 import datetime
-import http.client
 import json
 import os
 import re
@@ -44,21 +43,6 @@ def api(lab, method, path, body=None):
     return lab.controller.api(method, path, body)
 
 
-def metrics(lab):
-    """{(name, frozenset(labels)): value} from GET /metrics, parsed by prometheus_client."""
-    connection = http.client.HTTPConnection("127.0.0.1", lab.controller.api_port, timeout=30)
-    connection.request("GET", "/metrics")
-    response = connection.getresponse()
-    assert response.status == 200 and response.getheader("Content-Type").startswith("text/plain")
-    text = response.read().decode()
-    connection.close()
-    values = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            values[(sample.name, frozenset(sample.labels.items()))] = sample.value
-    return values
-
-
 def metric(values, name, **labels):
     return values.get((name, frozenset(labels.items())), 0.0)
 
@@ -99,7 +83,7 @@ def test_blocked_attempts_are_recorded_with_who_and_where(lab):
 
 def test_syn_flood_is_capped_at_the_meter_while_counters_count_every_packet(lab):
     count = 3000
-    before = metrics(lab)
+    before = lab.controller.metrics()
     started = time.monotonic()
     flood = lab.host("h2").popen(
         ["hping3", "-q", "-S", "-p", "25", "-c", str(count), "-i", "u300", lab.address("outmx", 4)],
@@ -108,7 +92,7 @@ def test_syn_flood_is_capped_at_the_meter_while_counters_count_every_packet(lab)
     assert flood.wait(timeout=60) in (0, 1)  # hping3 exits 1 when no reply came back
     seconds = time.monotonic() - started
     time.sleep(1)
-    after = metrics(lab)
+    after = lab.controller.metrics()
 
     blocked = metric(after, "smtp_border_blocked_packets_total", switch=BORDER, direction="outbound") - metric(
         before, "smtp_border_blocked_packets_total", switch=BORDER, direction="outbound")
@@ -147,7 +131,7 @@ def test_a_flood_from_outside_does_not_hide_a_campus_host_sending_mail(lab):
     outbound = [e for e in events if e["direction"] == "outbound" and e["src"] == lab.address("h2", 4)]
     print(f"during an inbound flood of 6000 SYNs: {len(inbound)} inbound samples recorded, {len(outbound)} outbound")
     assert inbound and outbound, events[:5]
-    after = metrics(lab)
+    after = lab.controller.metrics()
     assert metric(after, "smtp_border_audit_samples_dropped_total", switch=BORDER, direction="inbound") > 1000
 
 
@@ -175,7 +159,7 @@ def test_an_exception_that_expires_stops_being_enforced(lab):
 
 
 def test_metrics_follow_the_policy_and_real_traffic(lab):
-    before = metrics(lab)
+    before = lab.controller.metrics()
     policy = load_policy(lab.controller.policy_file)
     assert metric(before, "smtp_border_switches_connected") == 3
     assert metric(before, "smtp_border_exceptions", direction="inbound", source="file") == sum(
@@ -191,7 +175,7 @@ def test_metrics_follow_the_policy_and_real_traffic(lab):
         assert api(lab, "POST", "/smtp/v1/reload")[0] == 400
     finally:
         lab.controller.policy_file.write_text(shipped)
-    after = metrics(lab)
+    after = lab.controller.metrics()
 
     def delta(name, **labels):
         return metric(after, name, **labels) - metric(before, name, **labels)
@@ -235,10 +219,7 @@ def test_every_metric_the_dashboard_and_alerts_name_is_exported(lab):
     """The controller running the campus, after the tests above (blocked
     attempts, a flood, changes, reloads): every metric monitoring/ names is
     in its /metrics, and those the campus exercises have samples."""
-    connection = http.client.HTTPConnection("127.0.0.1", lab.controller.api_port, timeout=30)
-    connection.request("GET", "/metrics")
-    text = connection.getresponse().read().decode()
-    connection.close()
+    text = lab.controller.metrics_text()
     families = {f.name for f in text_string_to_metric_families(text)}
     samples = {s.name for f in text_string_to_metric_families(text) for s in f.samples}
     named = metric_names(dashboard_exprs() + rule_exprs()) - PROMETHEUS_OWN

@@ -5,11 +5,9 @@ import os
 import shutil
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import ROOT
 from lab import Controller
@@ -189,7 +187,7 @@ def test_grants_the_relay_now_carries_are_reported_and_expiring_ones_listed(cont
         code, out, _ = run("mailservers", env=env)
         assert "messages up to 250MB" in out
         assert [line.split()[0] for line in out.splitlines() if " REVIEW " in line] == ["10.20.2.50/32", "fd00:20:0:2::50/128"]
-        values = metrics(controller)
+        values = unlabelled(controller.metrics())
         assert values["smtp_border_exceptions_for_review"] == 2 and values["smtp_border_exceptions_lapsed"] == 0
         code, out, _ = run("mailservers", "--expiring", env=env)
         rows = out.splitlines()[1:]
@@ -199,20 +197,12 @@ def test_grants_the_relay_now_carries_are_reported_and_expiring_ones_listed(cont
         controller.policy_file.write_text(shipped)
         code, out, _ = run("reload", env=env)
         assert code == 0 and "REVIEW" not in out
-        assert metrics(controller)["smtp_border_exceptions_for_review"] == 0
+        assert unlabelled(controller.metrics())["smtp_border_exceptions_for_review"] == 0
         assert "REVIEW" not in run("mailservers", env=env)[1]
     finally:
         controller.policy_file.write_text(shipped)
         run("reload", env=env)
         run("exceptions", "rm", added, env=env)
-
-
-def metrics(controller):
-    """Unlabelled samples of GET /metrics: name -> value."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{controller.api_port}/metrics", timeout=30) as response:
-        text = response.read().decode()
-    return {sample.name: sample.value for family in text_string_to_metric_families(text)
-            for sample in family.samples if not sample.labels}
 
 
 def test_the_url_and_token_come_from_the_env_file_not_the_shell(controller, tmp_path):
@@ -246,3 +236,7 @@ def test_the_url_and_token_come_from_the_env_file_not_the_shell(controller, tmp_
     assert run("mailservers", env=dict(env, SMTP_BORDER_ENV_FILE=str(other)))[0] == 0
     assert run("mailservers", env=dict(env, SMTP_BORDER_ENV_FILE=str(tmp_path / "missing")))[2] == (
         f"smtp-border: {tmp_path / 'missing'}: no such file\n")
+
+
+def unlabelled(values):
+    return {name: value for (name, labels), value in values.items() if not labels}

@@ -3,14 +3,12 @@ both, sharing a real three-member etcd cluster: one master per switch (as
 Open vSwitch itself reports the roles), and when the master is killed the
 other takes over within seconds while SMTP stays blocked and the allowed
 twin stays open; a change made on the survivor is enforced."""
-import http.client
 import os
 import signal
 import subprocess
 import time
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 import campus
 from conftest import wait_for
@@ -60,16 +58,6 @@ def roles(bridge):
     return found
 
 
-def metrics(controller):
-    """{(name, frozenset(labels)): value} from a replica's GET /metrics."""
-    connection = http.client.HTTPConnection("127.0.0.1", controller.api_port, timeout=30)
-    connection.request("GET", "/metrics")
-    text = connection.getresponse().read().decode()
-    connection.close()
-    return {(sample.name, frozenset(sample.labels.items())): sample.value
-            for family in text_string_to_metric_families(text) for sample in family.samples}
-
-
 def master_of(lab, dpid):
     for name, controller in lab.replicas.items():
         if controller.process is None:
@@ -108,7 +96,7 @@ def test_one_master_per_switch_and_the_policy_holds(ha):
         {name: attempts(c) for name, c in ha.replicas.items()}
     border = f"{campus.BORDER_DPID:016x}"
     for name, controller in ha.replicas.items():
-        values = metrics(controller)
+        values = controller.metrics()
         assert values[("smtp_border_switch_in_sync", frozenset({("switch", border)}))] == 1, name
         assert values[("smtp_border_blocked_packets_total", frozenset({("switch", border), ("direction", "outbound")}))] >= 1
         assert values[("smtp_border_blocked_packets_total", frozenset({("switch", border), ("direction", "inbound")}))] >= 1

@@ -254,19 +254,8 @@ def test_flows_changed_behind_the_controllers_back_are_repaired_within_the_audit
     assert int(stream_out[2]) < 200, f"ordinary traffic stalled for {stream_out[2]} ms during the repair"
     s1 = api(lab, "GET", "/smtp/v1/switches?verify=1")[1]["switches"][0]
     assert s1["in_sync"] is True and s1["repairs"] >= 2
-    status, text = metrics_text(lab)
+    text = lab.controller.metrics_text()
     assert re.search(r'smtp_border_drift_repairs_total\{switch="0000000000000001"\} [2-9]', text), text
-
-
-def metrics_text(lab):
-    import http.client
-    connection = http.client.HTTPConnection("127.0.0.1", lab.controller.api_port, timeout=30)
-    try:
-        connection.request("GET", "/metrics")
-        response = connection.getresponse()
-        return response.status, response.read().decode()
-    finally:
-        connection.close()
 
 
 def test_reload_applies_an_edited_file_and_refuses_a_broken_one(lab):
