@@ -13,11 +13,12 @@ setup:
 demo: setup
 	$(PYTHON) mininet/demo.py
 
-test: setup
+test:
+	TESTS=1 VENV=$(VENV) bash scripts/setup.sh
 	$(PYTHON) -m pytest -v -rs $(PYTEST_ARGS) tests
 
-# Fast tests only (no root, no network, no ryu-manager): the core, delivery against a fake switch.
-unit:
+# Fast tests only (no network, no controller process): the core, delivery against a fake switch.
+unit: setup
 	$(PYTHON) -m pytest -q tests/unit
 
 # Last resort after an interrupted run: what `mn -c` does, plus our controllers.

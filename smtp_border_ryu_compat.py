@@ -1,8 +1,12 @@
-"""Let stock ``ryu-manager`` (Ryu 4.34) start on Python 3.11 with eventlet 0.33.
+"""Let stock ``ryu-manager`` (Ryu 4.34) start with a current eventlet (0.41, on
+Python 3.11 to 3.13).
 
 ``ryu.app.wsgi`` imports ``eventlet.wsgi.ALREADY_HANDLED``, which eventlet
-removed in 0.30.3, and ``ryu-manager`` imports ``ryu.app.wsgi`` before it loads
-any application, so the fix cannot live in our app module.  The package ships a
+removed in 0.30.3, and ``ryu-manager`` (and Ryu's app manager, which
+smtp-border-controller uses) imports ``ryu.app.wsgi`` before it loads any
+application, so the fix cannot live in our app module. The app itself no
+longer uses ``ryu.app.wsgi`` (ryu_apps/web.py); with os-ken, which has no
+such module, this hook never fires.  The package ships a
 ``.pth`` file that imports this module at interpreter start-up; all it does then
 is register an import hook.  Eventlet itself is imported only when something
 imports ``ryu.app.wsgi``, so pip, pytest and other tools in the virtualenv pay

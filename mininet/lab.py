@@ -36,6 +36,18 @@ MAILSERVER = HERE / "mailserver.py"
 SENDMAIL = HERE / "sendmail.py"
 VENV_BIN = Path(sys.executable).parent
 RYU_MANAGER = VENV_BIN / "ryu-manager"
+APP = "ryu_apps.smtp_policy"
+
+
+def launcher(bin_dir=VENV_BIN):
+    """The command that starts the controller from a virtualenv's bin: stock
+    ryu-manager with the app where Ryu is installed (how operators run it),
+    else smtp-border-controller (os-ken has no manager). (program, trailing args)"""
+    ryu_manager = Path(bin_dir) / "ryu-manager"
+    if ryu_manager.exists():
+        return ryu_manager, [APP]
+    return Path(bin_dir) / "smtp-border-controller", []
+
 LISTEN_PORTS = (25, 587, 2525)  # TCP and UDP probe listeners; with mail servers, TCP 25 is theirs
 INSTALLED = re.compile(r"smtp-border: switch ([0-9a-f]{16}) .*flows installed")
 OPENFLOW_ERROR = "smtp-border: OpenFlow error"
@@ -48,10 +60,12 @@ def free_port():
 
 
 class Controller:
-    """A ryu-manager process running ryu_apps.smtp_policy, logging to a file."""
+    """A controller process running ryu_apps.smtp_policy (ryu-manager, or
+    smtp-border-controller on os-ken: launcher()), logging to a file.
+    `bin_dir`: the virtualenv's bin to run it from (default this one's)."""
 
     def __init__(self, policy_file, log_file, state_file=None, token=None, bundles=True, audit_seconds=1.0, tls=None,
-                 env=None, audit_log=None):
+                 env=None, audit_log=None, bin_dir=VENV_BIN):
         self.policy_file = Path(policy_file)
         self.log_file = Path(log_file)
         # API exceptions go beside the log, never into the repository.
@@ -65,6 +79,7 @@ class Controller:
         # (key, certificate, CA) files: OpenFlow over TLS on of_port, switches need a certificate from the CA.
         self.tls = tls
         self.env = dict(env or {})  # more environment (SMTP_POLICY_ETCD, ...)
+        self.program, self.trailing = launcher(bin_dir)
         self.of_port = free_port()
         self.api_port = free_port()
         self.process = None
@@ -92,8 +107,8 @@ class Controller:
         else:
             listen = ["--ofp-tcp-listen-port", str(self.of_port)]
         command = [
-            str(RYU_MANAGER), "--ofp-listen-host", "127.0.0.1", *listen,
-            "--wsapi-host", "127.0.0.1", "--wsapi-port", str(self.api_port), "ryu_apps.smtp_policy",
+            str(self.program), "--ofp-listen-host", "127.0.0.1", *listen,
+            "--wsapi-host", "127.0.0.1", "--wsapi-port", str(self.api_port), *self.trailing,
         ]
         with open(self.log_file, "ab") as log:
             self.process = subprocess.Popen(
@@ -107,12 +122,12 @@ class Controller:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"ryu-manager exited with {self.process.returncode}:\n{self.log()[-3000:]}")
+                raise RuntimeError(f"{self.program.name} exited with {self.process.returncode}:\n{self.log()[-3000:]}")
             with socket.socket() as sock:
                 if sock.connect_ex(("127.0.0.1", port)) == 0:
                     return
             time.sleep(0.1)
-        raise TimeoutError(f"ryu-manager did not listen on port {port} within {timeout}s")
+        raise TimeoutError(f"{self.program.name} did not listen on port {port} within {timeout}s")
 
     def api(self, method, path, body=None, token=None, headers=None, timeout=60):
         """Call the REST API; returns (status, parsed JSON or None)."""
@@ -172,7 +187,7 @@ class Controller:
             if all(self.installs(dpid) >= count for dpid, count in want.items()):
                 return
             if self.process and self.process.poll() is not None:
-                raise RuntimeError(f"ryu-manager exited with {self.process.returncode}:\n{self.log()[-3000:]}")
+                raise RuntimeError(f"{self.program.name} exited with {self.process.returncode}:\n{self.log()[-3000:]}")
             time.sleep(0.1)
         raise TimeoutError(f"switches {want} not installed within {timeout}s:\n{self.log()[-3000:]}")
 

@@ -9,10 +9,10 @@ import collections.abc
 import struct
 
 import netaddr
-from ryu.ofproto import ofproto_parser, ofproto_v1_3_parser
-from ryu.ofproto import ofproto_v1_3 as ofp
 
 from ryu_apps import wire
+from ryu_apps.framework import ofproto_parser, ofproto_v1_3_parser
+from ryu_apps.framework import ofproto_v1_3 as ofp
 from smtp_border.rules import MATCH_FIELDS, METADATA_MASK, SAMPLE_BYTES, FlowRule, Instructions, Match
 
 def match_of(parser, match):

@@ -1,4 +1,4 @@
-"""REST API of smtp-border, on Ryu's own WSGI server (--wsapi-host, --wsapi-port).
+"""REST API of smtp-border, on its own WSGI server (ryu_apps/web.py; --wsapi-host, --wsapi-port).
 
     GET    /smtp/v1/policy            the policy in force
     GET    /smtp/v1/exceptions        every exception, from the file and the API
@@ -46,12 +46,11 @@ import os
 import re
 from pathlib import Path
 
-import eventlet.wsgi
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from ryu.app.wsgi import ControllerBase, Response, route
-from ryu.lib import hub
 
+from ryu_apps import framework, web
 from ryu_apps.metrics import registry_for
+from ryu_apps.web import Response, route
 from smtp_border.audit import format_time, parse_time
 from smtp_border.inventory import inventory
 from smtp_border.policy import PolicyError, utc_now
@@ -61,14 +60,13 @@ from smtp_border.state import StateUnavailable
 from smtp_border.store import Conflict, NotFound
 
 LOG = logging.getLogger("smtp_border.rest")
-APP_KEY = "smtp_policy_app"
 TOKEN_ENV = "SMTP_POLICY_TOKEN"  # changes, and reads of who was blocked
 READ_TOKEN_ENV = "SMTP_POLICY_READ_TOKEN"  # optional: reads of who was blocked only
 # "1": a development controller on one machine: changes and offender reads
 # without a token, from loopback clients naming a loopback Host only.
 LOOPBACK_DEV_ENV = "SMTP_POLICY_LOOPBACK_DEV"
 # Slow or idle clients are dropped after this many seconds, and at most
-# this many connections are served at once (Ryu's server sets neither).
+# this many connections are served at once (ryu_apps/web.py).
 HTTP_TIMEOUT_ENV = "SMTP_POLICY_HTTP_TIMEOUT"
 HTTP_TIMEOUT = 10.0
 MAX_CONNECTIONS = 128
@@ -92,7 +90,9 @@ WINDOW_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 MAX_WINDOW = 3650 * 86400
 
 
-def register(wsgi, app):
+def register(app):
+    """Make the API of `app`; returns start(), which binds --wsapi-host and
+    --wsapi-port and serves in a green thread."""
     if os.environ.get(TOKEN_ENV):
         app.logger.info("smtp-border: REST changes need the bearer token of %s", TOKEN_ENV)
     elif loopback_dev():
@@ -105,12 +105,21 @@ def register(wsgi, app):
             "smtp-border: %s is not set: the REST API is read-only (set it to make changes; %s=1 for a"
             " development controller on loopback)", TOKEN_ENV, LOOPBACK_DEV_ENV,
         )
-    _bound_the_server(float(os.environ.get(HTTP_TIMEOUT_ENV) or HTTP_TIMEOUT), MAX_CONNECTIONS)
     app.metrics_registry = registry_for(app)
-    wsgi.register(SmtpRestController, {APP_KEY: app})
-    # Connected last, so it only catches what no route above matched: a JSON
-    # 404 or 405 instead of Ryu's HTML page.
-    wsgi.mapper.connect("smtp_fallback", PREFIX + "/{path:.*}", controller=SmtpRestController, action="fallback")
+    application = web.Application(SmtpRestController(app))
+    timeout = float(os.environ.get(HTTP_TIMEOUT_ENV) or HTTP_TIMEOUT)
+
+    def start():
+        host, port = framework.wsapi_address()
+        try:
+            sock = web.listen(host, port)
+        except OSError as err:
+            raise SystemExit(f"smtp-border: the REST API cannot listen on {host}:{port} (--wsapi-host,"
+                             f" --wsapi-port): {err}") from None
+        app.logger.info("smtp-border: REST API on http://%s:%d%s", host, port, PREFIX)
+        return framework.hub.spawn(web.serve, sock, application, timeout, MAX_CONNECTIONS)
+
+    return start
 
 
 STATUS_DIR = Path(__file__).with_name("status")
@@ -142,20 +151,6 @@ def json_response(status, document=None, headers=None):
     for name, value in (headers or {}).items():
         response.headers[name] = value
     return response
-
-
-def _bound_the_server(timeout, connections):
-    """Give Ryu's WSGI server (eventlet.wsgi.server, called with neither) a
-    socket timeout and a bound on concurrent connections, so that a few slow
-    or idle clients cannot hold every green thread. Ryu builds and starts the
-    server after the apps are made, from hub.WSGIServer: set it there."""
-
-    def serve_forever(server):
-        server.logger = hub.LoggingWrapper()
-        eventlet.wsgi.server(server.server, server.handle, server.logger, max_size=connections,
-                             socket_timeout=timeout, keepalive=timeout)
-
-    hub.WSGIServer.serve_forever = serve_forever
 
 
 CHANGE, OFFENDERS = "change", "offenders"
@@ -387,24 +382,22 @@ def change_response(status, document, report, headers=None):
 
 def routes():
     """(path, method) of every route the API serves, as the @route decorators say."""
-    for member in vars(SmtpRestController).values():
-        info = getattr(member, "routing_info", None)
-        if info:
-            for method in info["methods"]:
-                yield info["path"], method
+    for path, method, _ in web.routes_of(SmtpRestController):
+        yield path, method
 
 
-class SmtpRestController(ControllerBase):
-    def __init__(self, req, link, data, **config):
-        super().__init__(req, link, data, **config)
-        self.app = data[APP_KEY]
+class SmtpRestController:
+    """The API's handlers (ryu_apps/web.py routes to them)."""
 
-    @route("smtp", PREFIX + "/policy", methods=["GET"])
+    def __init__(self, app):
+        self.app = app
+
+    @route(PREFIX + "/policy", methods=["GET"])
     @api()
     def get_policy(self, req, **_):
         return json_response(200, policy_document(self.app.store))
 
-    @route("smtp", PREFIX + "/exceptions", methods=["GET"])
+    @route(PREFIX + "/exceptions", methods=["GET"])
     @api()
     def list_exceptions(self, req, **_):
         active = self.app.border.active_ids
@@ -412,7 +405,7 @@ class SmtpRestController(ControllerBase):
         quarantined = [q.to_dict() for q in self.app.store.quarantined]
         return json_response(200, {"exceptions": exceptions + quarantined})
 
-    @route("smtp", PREFIX + "/exceptions/{exception_id}", methods=["GET"])
+    @route(PREFIX + "/exceptions/{exception_id}", methods=["GET"])
     @api()
     def get_exception(self, req, exception_id, **_):
         for q in self.app.store.quarantined:
@@ -421,7 +414,7 @@ class SmtpRestController(ControllerBase):
         exception = self.app.store.exception(exception_id)
         return json_response(200, dict(exception.to_dict(), state=exception_state(exception, self.app.border.active_ids)))
 
-    @route("smtp", PREFIX + "/exceptions", methods=["POST"])
+    @route(PREFIX + "/exceptions", methods=["POST"])
     @api(CHANGE)
     def add_exception(self, req, **_):
         data = read_json(req)
@@ -430,7 +423,7 @@ class SmtpRestController(ControllerBase):
         return change_response(201 if outcome.change.added else 200, {**exception.to_dict(), "switches": report},
                                report, {"Location": f"{PREFIX}/exceptions/{exception.id}"})
 
-    @route("smtp", PREFIX + "/exceptions/batch", methods=["POST"])
+    @route(PREFIX + "/exceptions/batch", methods=["POST"])
     @api(CHANGE)
     def batch(self, req, **_):
         data = read_json(req, MAX_BATCH_BODY)
@@ -446,13 +439,13 @@ class SmtpRestController(ControllerBase):
         outcome, report = self._change(lambda border: border.batch(additions, removals))
         return change_response(200, change_document(outcome.change, report), report)
 
-    @route("smtp", PREFIX + "/exceptions/{exception_id}", methods=["DELETE"])
+    @route(PREFIX + "/exceptions/{exception_id}", methods=["DELETE"])
     @api(CHANGE)
     def delete_exception(self, req, exception_id, **_):
         outcome, report = self._change(lambda border: border.remove(exception_id))
         return change_response(200, change_document(outcome.change, report), report)
 
-    @route("smtp", PREFIX + "/reload", methods=["POST"])
+    @route(PREFIX + "/reload", methods=["POST"])
     @api(CHANGE)
     def reload(self, req, **_):
         def reload(border):
@@ -476,7 +469,7 @@ class SmtpRestController(ControllerBase):
         document["warnings"] = list(warnings)
         return change_response(200, document, report)
 
-    @route("smtp", PREFIX + "/switches", methods=["GET"])
+    @route(PREFIX + "/switches", methods=["GET"])
     @api()
     def switches(self, req, **_):
         # What the controller knows (kept up to date by pushes and audits):
@@ -489,7 +482,7 @@ class SmtpRestController(ControllerBase):
         statuses = [self.app.switch_status(dpid) for dpid in self.app.known_dpids()]
         return json_response(200, {"switches": statuses})
 
-    @route("smtp", PREFIX + "/blocked", methods=["GET"])
+    @route(PREFIX + "/blocked", methods=["GET"])
     @api(OFFENDERS)
     def blocked(self, req, **_):
         since = query_time(req, "since")
@@ -498,7 +491,7 @@ class SmtpRestController(ControllerBase):
         return json_response(200, {"events": events, "sampled": True, "log": str(self.app.audit.path),
                                    **self._unsampled()})
 
-    @route("smtp", PREFIX + "/blocked/top", methods=["GET"])
+    @route(PREFIX + "/blocked/top", methods=["GET"])
     @api(OFFENDERS)
     def blocked_top(self, req, **_):
         window = query_window(req, "window", 86400)
@@ -520,36 +513,36 @@ class SmtpRestController(ControllerBase):
                 "note": "these switches have no meters: they block without sending samples, so their attempts are"
                         " not listed here; smtp_border_blocked_packets in /metrics counts them"}
 
-    @route("smtp", PREFIX + "/mailservers", methods=["GET"])
+    @route(PREFIX + "/mailservers", methods=["GET"])
     @api()
     def mailservers(self, req, **_):
         soon = query_int(req, "soon_days", 30, 0, 3650)
         return json_response(200, inventory(self.app.policy, utc_now(), datetime.timedelta(days=soon)))
 
-    @route("status", "/smtp/", methods=["GET"])
+    @route("/smtp/", methods=["GET"])
     def status_page(self, req, **_):
         return status_asset("index.html")
 
-    @route("status", "/smtp", methods=["GET"])
+    @route("/smtp", methods=["GET"])
     def status_redirect(self, req, **_):
         return Response(status=301, headers={"Location": "/smtp/"})
 
-    @route("status", "/smtp/status.js", methods=["GET"])
+    @route("/smtp/status.js", methods=["GET"])
     def status_script(self, req, **_):
         return status_asset("status.js")
 
-    @route("status", "/smtp/status.css", methods=["GET"])
+    @route("/smtp/status.css", methods=["GET"])
     def status_style(self, req, **_):
         return status_asset("status.css")
 
-    @route("metrics", "/metrics", methods=["GET"])
+    @route("/metrics", methods=["GET"])
     @api()
     def metrics(self, req, **_):
         return Response(status=200, body=generate_latest(self.app.metrics_registry),
                         headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    def fallback(self, req, **_):
-        methods = sorted(m for path, m in routes() if re.fullmatch(re.sub(r"\{[^}]+\}", "[^/]+", path), req.path))
+    def fallback(self, req, methods):
+        """What no route matched: a JSON 404, or 405 naming the `methods` that path has."""
         if methods:
             return json_response(405, {"error": f"{req.method} is not allowed here; use {', '.join(methods)}"},
                                  {"Allow": ", ".join(methods)})

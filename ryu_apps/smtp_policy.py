@@ -39,16 +39,13 @@ import sys
 import time
 import weakref
 
-from ryu.app.wsgi import WSGIApplication
-from ryu.base import app_manager
-from ryu.controller import ofp_event
-from ryu.controller.handler import CONFIG_DISPATCHER, DEAD_DISPATCHER, HANDSHAKE_DISPATCHER, MAIN_DISPATCHER, set_ev_cls
-from ryu.lib import hub
-from ryu.lib.packet import ipv4, ipv6, packet, tcp
-from ryu.ofproto import ofproto_v1_3
 from prometheus_client import Histogram
 
 from ryu_apps import openflow, rest, tls, wire
+from ryu_apps.framework import (
+    CONFIG_DISPATCHER, DEAD_DISPATCHER, HANDSHAKE_DISPATCHER, MAIN_DISPATCHER, App, hub, ipv4, ipv6,
+    ofp_event, ofproto_v1_3, packet, set_ev_cls, tcp,
+)
 from smtp_border import ordering
 from smtp_border.audit import DIRECTIONS, SAMPLED, AuditLog, attempt_from_sample, default_log_path
 from smtp_border.border import Border
@@ -200,9 +197,8 @@ class Switch:
         self.wake.set()
 
 
-class SmtpPolicy(app_manager.RyuApp):
+class SmtpPolicy(App):
     OFP_VERSIONS = [ofproto_v1_3.OFP_VERSION]
-    _CONTEXTS = {"wsgi": WSGIApplication}
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -249,7 +245,7 @@ class SmtpPolicy(app_manager.RyuApp):
         # One change at a time, across all switches: changes never interleave,
         # and concurrent REST requests are applied one after the other.
         self.change_lock = hub.Semaphore(1)
-        rest.register(kwargs["wsgi"], self)
+        self._start_api = rest.register(self)
         tls.install()  # before Ryu starts its OpenFlow server (after every app is made)
         openflow.install_flow_stats_reader()  # flow-stats replies read as bytes (ryu_apps/wire.py)
         hub.spawn(self._expiry_loop)
@@ -262,6 +258,12 @@ class SmtpPolicy(app_manager.RyuApp):
             self.logger.info("smtp-border: replica %s; each switch's master is chosen in etcd", replica)
             hub.spawn(self._lease_loop)
             hub.spawn(self._masters_loop)
+
+    def start(self):
+        """Called by the framework once every app is made: serve the REST API too."""
+        thread = super().start()
+        self.threads.append(self._start_api())
+        return thread
 
     @property
     def policy(self):

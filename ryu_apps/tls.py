@@ -14,7 +14,7 @@ all), TLS 1.2 at least, and every refused handshake logged.
 import logging
 import ssl
 
-from ryu.lib import hub
+from ryu_apps.framework import hub
 
 LOG = logging.getLogger("smtp_border.tls")
 refused = 0  # handshakes refused since start (a metric)

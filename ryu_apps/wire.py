@@ -16,8 +16,8 @@ every other message (barriers, meters, statistics, bundle control).
 import struct
 from typing import NamedTuple, Optional
 
-from ryu.ofproto import ofproto_common
-from ryu.ofproto import ofproto_v1_3 as ofp
+from ryu_apps.framework import ofproto_common
+from ryu_apps.framework import ofproto_v1_3 as ofp
 
 from smtp_border.rules import MATCH_FIELDS, METADATA_MASK, SAMPLE_BYTES, FlowRule, Instructions, Match
 

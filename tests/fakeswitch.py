@@ -12,9 +12,9 @@ swallow barriers, lose its flows, or have flows added behind the app's back.
 """
 import struct
 
-from ryu.controller import ofp_event
-from ryu.controller.handler import DEAD_DISPATCHER, MAIN_DISPATCHER
-from ryu.ofproto import ofproto_common, ofproto_parser, ofproto_v1_3, ofproto_v1_3_parser
+from ryu_apps.framework import (
+    DEAD_DISPATCHER, MAIN_DISPATCHER, ofp_event, ofproto_common, ofproto_parser, ofproto_v1_3, ofproto_v1_3_parser,
+)
 
 from ryu_apps import openflow
 import switchshapes

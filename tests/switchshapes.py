@@ -7,8 +7,8 @@ what each table matches, which instructions it takes, where it may go, how
 many entries it holds. They are not captures: enough of each to decide a
 profile the way the real switch's reply would.
 """
-from ryu.ofproto import ofproto_v1_3 as ofp
-from ryu.ofproto import ofproto_v1_3_parser as parser
+from ryu_apps.framework import ofproto_v1_3 as ofp
+from ryu_apps.framework import ofproto_v1_3_parser as parser
 
 POLICY_MATCHES = ("in_port", "eth_type", "ip_proto", "tcp_dst", "ipv4_src", "ipv4_dst", "ipv6_src", "ipv6_dst")
 ALL_INSTRUCTIONS = (ofp.OFPIT_GOTO_TABLE, ofp.OFPIT_WRITE_METADATA, ofp.OFPIT_WRITE_ACTIONS, ofp.OFPIT_APPLY_ACTIONS,

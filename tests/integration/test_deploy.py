@@ -81,7 +81,7 @@ def tree():
 def test_the_unit_runs_the_controller_unprivileged_where_it_says(tree):
     nobody = pwd.getpwnam("nobody")
     runuser = shutil.which("runuser") or "/usr/sbin/runuser"
-    probe = subprocess.run([runuser, "-u", "nobody", "--", "test", "-x", str(ROOT / ".venv" / "bin" / "ryu-manager")])
+    probe = subprocess.run([runuser, "-u", "nobody", "--", "test", "-x", str(ROOT / ".venv" / "bin" / "smtp-border-controller")])
     if probe.returncode != 0:
         pytest.skip(f"{ROOT} is not readable by an unprivileged user")
     etc, state, logs = tree / "etc", tree / "lib", tree / "log"
@@ -103,7 +103,7 @@ def test_the_unit_runs_the_controller_unprivileged_where_it_says(tree):
     values = environment(etc / "env")
     unit = unit_for_this_clone(tree)
     command = exec_line(unit, "ExecStart", values)
-    assert command[0] == str(ROOT / ".venv" / "bin" / "ryu-manager") and command[-1] == "ryu_apps.smtp_policy"
+    assert command[0] == str(ROOT / ".venv" / "bin" / "smtp-border-controller")
     env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", **values}
     log = open(tree / "controller.log", "wb")
     process = subprocess.Popen([runuser, "-u", "nobody", "--", *command], env=env, cwd=state, stdout=log,

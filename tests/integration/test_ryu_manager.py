@@ -1,22 +1,37 @@
-"""Stock ryu-manager, as an operator runs it: a bad policy stops it with one line."""
+"""The two ways an operator starts the controller: stock `ryu-manager
+ryu_apps.smtp_policy` (Ryu) and `smtp-border-controller` (Ryu or os-ken,
+ryu_apps/launcher.py). A bad policy stops either with one line; the
+launcher takes the options operators use and says what it runs on."""
+import json
 import os
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 
-RYU_MANAGER = Path(sys.executable).parent / "ryu-manager"
+from conftest import ROOT
+from lab import free_port
+
+BIN = Path(sys.executable).parent
+RYU_MANAGER = BIN / "ryu-manager"
+LAUNCHER = BIN / "smtp-border-controller"
+# Each way that is installed here: ryu-manager only with Ryu.
+LAUNCHERS = [pytest.param([str(LAUNCHER)], id="smtp-border-controller")] + (
+    [pytest.param([str(RYU_MANAGER), "ryu_apps.smtp_policy"], id="ryu-manager")] if RYU_MANAGER.exists() else [])
 
 
-def run_ryu_manager(policy_file, cwd, timeout=30):
-    env = dict(os.environ, SMTP_POLICY_FILE=str(policy_file))
+def run_controller(launcher, policy_file, cwd, timeout=30, env=None):
+    env = dict(os.environ if env is None else env, SMTP_POLICY_FILE=str(policy_file))
     return subprocess.run(
-        [str(RYU_MANAGER), "--ofp-tcp-listen-port", "0", "ryu_apps.smtp_policy"],
+        [launcher[0], "--ofp-tcp-listen-port", "0", *launcher[1:]],
         cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
     )
 
 
+@pytest.mark.parametrize("launcher", LAUNCHERS)
 @pytest.mark.parametrize(
     "content, message",
     [
@@ -32,20 +47,68 @@ def run_ryu_manager(policy_file, cwd, timeout=30):
         ("campus: [\n", "smtp-border: policy.yaml: line 2, column 1: YAML syntax error: did not find expected node content"),
     ],
 )
-def test_bad_policy_stops_ryu_manager_with_one_line(tmp_path, content, message):
+def test_bad_policy_stops_the_controller_with_one_line(tmp_path, launcher, content, message):
     (tmp_path / "policy.yaml").write_text(content)
-    result = run_ryu_manager("policy.yaml", tmp_path)
+    result = run_controller(launcher, "policy.yaml", tmp_path)
     assert result.returncode != 0
     assert "Traceback" not in result.stderr + result.stdout
     assert result.stderr.strip().splitlines()[-1] == message
 
 
-def test_missing_policy_file_defaults_to_policy_yaml_in_cwd(tmp_path):
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_missing_policy_file_defaults_to_policy_yaml_in_cwd(tmp_path, launcher):
     env = {k: v for k, v in os.environ.items() if k != "SMTP_POLICY_FILE"}
-    result = subprocess.run(
-        [str(RYU_MANAGER), "ryu_apps.smtp_policy"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=30
-    )
+    result = subprocess.run(launcher, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=30)
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1] == (
         "smtp-border: policy.yaml: cannot read policy file: No such file or directory"
     )
+
+
+def test_the_launcher_names_its_framework_and_python():
+    from ryu_apps import framework
+
+    result = subprocess.run([str(LAUNCHER), "--version"], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    said = result.stdout.strip().splitlines()[-1]
+    assert said.startswith("smtp-border-controller ")
+    assert f"({framework.NAME} {framework.VERSION}, Python {sys.version.split()[0]})" in said
+
+
+def test_the_launcher_takes_the_operators_options(tmp_path):
+    """--ofp-listen-host, --ofp-tcp-listen-port, --wsapi-host and --log-file
+    on the command line, --wsapi-port from --config-file: the controller
+    listens where told, logs where told, and its API answers (its twin: a
+    port it was not told stays closed)."""
+    of_port, api_port, other = free_port(), free_port(), free_port()
+    config = tmp_path / "controller.conf"
+    config.write_text(f"[DEFAULT]\nwsapi_port = {api_port}\n")
+    log_file = tmp_path / "controller.log"
+    env = dict(os.environ, SMTP_POLICY_FILE=str(ROOT / "policy.yaml"), SMTP_POLICY_STATE=str(tmp_path / "state.json"),
+               SMTP_POLICY_AUDIT_LOG=str(tmp_path / "blocked.jsonl"))
+    process = subprocess.Popen(
+        [str(LAUNCHER), "--ofp-listen-host", "127.0.0.1", "--ofp-tcp-listen-port", str(of_port),
+         "--wsapi-host", "127.0.0.1", "--config-file", str(config), "--log-file", str(log_file)],
+        env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{api_port}/smtp/v1/policy", timeout=5) as answer:
+                    policy = json.load(answer)
+                break
+            except OSError:
+                assert process.poll() is None, process.stderr.read().decode()[-3000:]
+                assert time.monotonic() < deadline, "the API did not answer"
+                time.sleep(0.2)
+        assert policy["campus"]
+        import socket
+        with socket.create_connection(("127.0.0.1", of_port), timeout=5):
+            pass  # OpenFlow listens where told
+        with pytest.raises(OSError):
+            urllib.request.urlopen(f"http://127.0.0.1:{other}/smtp/v1/policy", timeout=2)
+        text = log_file.read_text()
+        assert "smtp-border: policy" in text and f"REST API on http://127.0.0.1:{api_port}" in text
+    finally:
+        process.terminate()
+        process.wait(timeout=20)

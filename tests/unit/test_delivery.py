@@ -10,12 +10,11 @@ from pathlib import Path
 
 import netaddr
 import pytest
-from ryu.app.wsgi import WSGIApplication
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
-from ryu.lib import hub
 
 from ryu_apps import openflow, smtp_policy, wire
+from ryu_apps.framework import hub
 from smtp_border.compiler import compile_switch
 from smtp_border.policy import load_policy, parse_policy
 from smtp_border.rules import (
@@ -48,7 +47,7 @@ def make_app(tmp_path, monkeypatch):
         monkeypatch.setenv("SMTP_POLICY_AUDIT_LOG", str(tmp_path / "blocked.jsonl"))
         monkeypatch.setenv("SMTP_POLICY_AUDIT_SECONDS", str(audit_seconds))
         monkeypatch.setenv("SMTP_POLICY_BUNDLES", bundles)
-        app = smtp_policy.SmtpPolicy(wsgi=WSGIApplication())
+        app = smtp_policy.SmtpPolicy()
         apps.append(app)
         return app
 
@@ -348,7 +347,7 @@ def test_a_dpid_pinned_to_a_certificate_takes_only_that_one(make_app):
 
 
 def syn(src, dst, dport=25):
-    from ryu.lib.packet import ethernet, ipv4, packet, tcp
+    from ryu_apps.framework import ethernet, ipv4, packet, tcp
     pkt = packet.Packet()
     pkt.add_protocol(ethernet.ethernet(ethertype=0x0800))
     pkt.add_protocol(ipv4.ipv4(src=src, dst=dst, proto=6))
@@ -608,18 +607,16 @@ def test_metrics_show_each_switchs_entries_and_budget(make_app):
 
 def test_blocked_says_which_switches_block_without_samples(make_app):
     """GET /blocked and /blocked/top carry it (the handlers add _unsampled())."""
-    from webob import Request
-
     from ryu_apps import rest
 
     app = make_app(ONE_TABLE % "pipeline: single_table, meters: false")
     switch = connect(app)
     assert not switch.sent("meter_mod") and not any(r.instructions.sample_meter for r in switch.rules())
-    controller = rest.SmtpRestController(Request.blank("/"), None, {rest.APP_KEY: app})
+    controller = rest.SmtpRestController(app)
     assert controller._unsampled()["unsampled_switches"] == ["0000000000000001"]
     twin = make_app(ONE_TABLE % "pipeline: single_table")  # with meters: nothing to say
     connect(twin)
-    assert rest.SmtpRestController(Request.blank("/"), None, {rest.APP_KEY: twin})._unsampled() == {}
+    assert rest.SmtpRestController(twin)._unsampled() == {}
 
 
 def test_the_dashboard_and_rules_name_only_metrics_the_app_exports(make_app):

@@ -2,7 +2,7 @@
 import struct
 
 import netaddr
-from ryu.ofproto import ofproto_parser, ofproto_protocol, ofproto_v1_3
+from ryu_apps.framework import ofproto_parser, ofproto_protocol, ofproto_v1_3
 
 from ryu_apps import openflow, wire
 from smtp_border.compiler import compile_switch

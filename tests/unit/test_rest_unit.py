@@ -6,7 +6,7 @@ from webob import Request
 
 from ryu_apps import rest
 from ryu_apps.smtp_policy import _refuses_bundles
-from ryu.ofproto import ofproto_v1_3 as ofp
+from ryu_apps.framework import ofproto_v1_3 as ofp
 
 from conftest import ROOT
 
@@ -152,3 +152,41 @@ def test_bundle_refusal_is_recognised():
     assert _refuses_bundles(ofp, [(ofp.OFPET_FLOW_MOD_FAILED, 0), (ofp.OFPET_BAD_REQUEST, ofp.OFPBRC_BAD_TYPE)])
     assert not _refuses_bundles(ofp, [(ofp.OFPET_BAD_MATCH, ofp.OFPBMC_BAD_PREREQ)])
     assert not _refuses_bundles(ofp, [])
+
+
+def test_the_router_passes_segments_and_says_404_and_405_as_json():
+    """ryu_apps/web.py, the WSGI application the API is served by on both
+    frameworks: a route's {segment} reaches its handler; a known path asked
+    with another method is 405 naming the allowed ones; anything else is a
+    JSON 404; a segment never spans a slash."""
+    from ryu_apps import web
+
+    seen = []
+
+    class Handlers(rest.SmtpRestController):
+        @web.route("/smtp/v1/exceptions/{exception_id}", methods=["GET"])
+        def get_exception(self, req, exception_id):
+            seen.append(exception_id)
+            return rest.json_response(200, {"id": exception_id})
+
+    application = web.Application(Handlers(app=None))
+
+    def call(method, path):
+        response = Request.blank(path, method=method).get_response(application)
+        return response.status_int, response.json, response.headers
+
+    assert call("GET", "/smtp/v1/exceptions/f1398fa45fcd")[:2] == (200, {"id": "f1398fa45fcd"}) and seen == ["f1398fa45fcd"]
+    status, body, headers = call("PUT", "/smtp/v1/exceptions/f1398fa45fcd")
+    assert status == 405 and headers["Allow"] == "DELETE, GET" and "use DELETE, GET" in body["error"]
+    assert call("GET", "/smtp/v1/exceptions/a/b")[:2] == (404, {"error": "no such resource: /smtp/v1/exceptions/a/b"})
+    assert call("GET", "/nowhere")[0] == 404
+    assert seen == ["f1398fa45fcd"]
+
+
+def test_every_route_of_the_api_is_served_by_the_router():
+    from ryu_apps import web
+
+    application = web.Application(rest.SmtpRestController(app=None))
+    for path, method in rest.routes():
+        concrete = path.replace("{exception_id}", "abc123")
+        assert method in application.allowed(concrete), (method, path)

@@ -9,7 +9,7 @@ import subprocess
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from ryu.ofproto import ofproto_protocol, ofproto_v1_3
+from ryu_apps.framework import ofproto_protocol, ofproto_v1_3
 
 from ryu_apps import openflow, wire
 from smtp_border.compiler import compile_switch
