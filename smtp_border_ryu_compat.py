@@ -15,6 +15,14 @@ so any unique object will do.
 """
 import importlib.abc
 import sys
+import warnings
+
+# Eventlet 0.36 and later warn at import that eventlet is in bugfix-only
+# maintenance; both frameworks' hubs are eventlet, and the app relies on it
+# (docs/running.md#why-the-eventlet-hub says so, and what would replace it).
+# Eight lines at every start of the controller and the CLI tell an operator
+# nothing they can act on.
+warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
 
 _HOOKED_MODULE = "ryu.app.wsgi"
 

@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -142,15 +143,17 @@ def floor_ms(bridge, flow_file, repeats):
     return floors
 
 
-def bench_full_install(sizes, workdir, repeats=5):
+def bench_full_install(sizes, workdir, repeats=5, bin_dir=VENV_BIN):
     """Median of `repeats` installs onto an empty bridge, each on a new
-    connection, against the median of as many `ovs-ofctl --bundle` runs."""
+    connection, against the median of as many `ovs-ofctl --bundle` runs.
+    `bin_dir`: the virtualenv whose controller is measured (section 10)."""
     rows = []
     for size in sizes:
         policy, flows, flow_file = policy_and_flows(size, workdir, "policy")
         walls, apps, since_hellos = [], [], []
         with Bridge() as bridge:
-            controller = Controller(policy, workdir / f"install-{size}.txt", state_file=workdir / f"state-{size}.json", audit_seconds=None).start()
+            controller = Controller(policy, workdir / f"install-{size}.txt", state_file=workdir / f"state-{size}.json",
+                                    audit_seconds=None, bin_dir=bin_dir).start()
             try:
                 for attempt in range(1, repeats + 1):
                     bridge.clear()
@@ -177,12 +180,13 @@ def bench_full_install(sizes, workdir, repeats=5):
 
 # -- 2. one change, REST request to confirmed answer --------------------------
 
-def bench_one_change(sizes, changes, workdir):
+def bench_one_change(sizes, changes, workdir, bin_dir=VENV_BIN):
     rows = []
     for size in sizes:
         policy = policy_with(size, workdir / f"change-{size}.yaml")
         with Bridge() as bridge:
-            controller = Controller(policy, workdir / f"change-{size}.txt", state_file=workdir / f"change-{size}.json", audit_seconds=None).start()
+            controller = Controller(policy, workdir / f"change-{size}.txt", state_file=workdir / f"change-{size}.json",
+                                    audit_seconds=None, bin_dir=bin_dir).start()
             try:
                 bridge.connect(controller.of_port)
                 controller.wait_installs({1: 1}, timeout=300)
@@ -786,6 +790,92 @@ def bench_scale(workdir):
     return {"rows": rows, "shipped_policy_flows": shipped}
 
 
+# -- 10. the same code on the old and the new platform stacks ------------------
+
+# name: (Python, framework, a pin over the project's own). "old" is the stack
+# before issue 22: Ryu 4.34 with eventlet 0.33.3 on Python 3.11.
+STACKS = {
+    "old": ("3.11", "ryu", "eventlet==0.33.3"),
+    "ryu-py3.11": ("3.11", "ryu", None),
+    "ryu-py3.13": ("3.13", "ryu", None),
+    "os-ken-py3.13": ("3.13", "os-ken", None),
+}
+STACK_VENVS = Path(os.environ.get("SMTP_BORDER_STACK_VENVS", "/var/tmp/smtp-border-stacks"))
+
+
+def interpreter(version):
+    """A python<version> from pyenv (as scripts/platforms.sh finds it), else PATH."""
+    pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
+    for candidate in sorted(pyenv.glob(f"{version}.*/bin/python{version}")):
+        return str(candidate)
+    found = shutil.which(f"python{version}")
+    if not found:
+        raise SystemExit(f"bench: no python{version} here (pyenv or PATH)")
+    return found
+
+
+def stack_bin(name):
+    """The bin of a virtualenv holding this checkout on stack `name`, made
+    once (scripts/setup.sh, then the stack's pin) and kept in STACK_VENVS."""
+    if name == "this":
+        return VENV_BIN
+    version, framework, pin = STACKS[name]
+    venv = STACK_VENVS / name
+    if not (venv / "bin" / "python").exists():
+        run("bash", str(ROOT / "scripts" / "setup.sh"), env=dict(os.environ, APT="0", VENV=str(venv), FRAMEWORK=framework,
+                                                                 PYTHON=interpreter(version)))
+        if pin:
+            run(str(venv / "bin" / "pip"), "install", "-q", "--no-deps", pin)
+    return venv / "bin"
+
+
+def stack_versions(bin_dir):
+    code = ("import sys, importlib.metadata as m\n"
+            "from ryu_apps import framework\n"
+            "print(framework.NAME, framework.VERSION, m.version('eventlet'), sys.version.split()[0])")
+    name, version, eventlet, python = run(str(bin_dir / "python"), "-W", "ignore", "-c", code,
+                                          cwd=str(ROOT)).stdout.split()
+    return {"framework": f"{name} {version}", "eventlet": eventlet, "python": python}
+
+
+def startup_s(size, workdir, bin_dir, repeats):
+    """Seconds from starting the controller (policy of `size` exceptions) to its API answering."""
+    policy = policy_with(size, workdir / f"start-{size}.yaml")
+    times = []
+    for n in range(repeats):
+        controller = Controller(policy, workdir / f"start-{size}-{n}.txt", state_file=workdir / f"start-{size}-{n}.json",
+                                audit_seconds=None, bin_dir=bin_dir)
+        started = time.monotonic()
+        controller.start()
+        try:
+            times.append(api_answering_s(controller, started))
+        finally:
+            controller.stop()
+    return times
+
+
+def bench_stacks(names, install_sizes, change_size, changes, start_size, workdir, repeats):
+    """Each stack in turn, on the same bridge and the same code: the full
+    install against the ovs-ofctl floor (ratio), one change (p50, p99) and
+    start-up to the API answering."""
+    rows = []
+    for name in names:
+        bin_dir = stack_bin(name)
+        (workdir / name).mkdir(exist_ok=True)
+        row = {"stack": name, **stack_versions(bin_dir)}
+        for install in bench_full_install(install_sizes, workdir / name, repeats=repeats, bin_dir=bin_dir):
+            row[f"install_{install['exceptions']}_ratio"] = install["ratio"]
+            row[f"install_{install['exceptions']}_ms"] = install["hello_to_barrier_ms"]
+        change = bench_one_change((change_size,), changes, workdir / name, bin_dir=bin_dir)[0]
+        row.update(change_exceptions=change_size, add_p50_ms=change["add_p50_ms"], add_p99_ms=change["add_p99_ms"],
+                   delete_p50_ms=change["delete_p50_ms"], delete_p99_ms=change["delete_p99_ms"])
+        starts = startup_s(start_size, workdir / name, bin_dir, repeats)
+        row.update(start_exceptions=start_size, start_to_api_s=round(statistics.median(starts), 2),
+                   start_to_api_all_s=[round(v, 2) for v in starts])
+        rows.append(row)
+    return rows
+
+
 # -- main ---------------------------------------------------------------------
 
 def table(title, rows):
@@ -799,7 +889,7 @@ def table(title, rows):
         print("  " + "  ".join(str(row[h]).rjust(w) for h, w in zip(headers, widths)))
 
 
-SECTIONS = ("install", "change", "firewall", "dataplane", "convergence", "cold", "scale", "fleet")
+SECTIONS = ("install", "change", "firewall", "dataplane", "convergence", "cold", "scale", "fleet", "stacks")
 
 
 def main(argv=None):
@@ -807,6 +897,9 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="every measurement at a small size (for the test suite)")
     parser.add_argument("--json", default=str(ROOT / "results" / "bench.json"), help="where to write the figures")
     parser.add_argument("--only", help=f"comma-separated sections to run (default all): {', '.join(SECTIONS)}")
+    parser.add_argument("--stacks", help="comma-separated stacks for section 10 (default: all of"
+                        f" {', '.join(STACKS)}; with --quick, 'this': the running virtualenv only); their virtualenvs"
+                        f" are made once in {STACK_VENVS}")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         parser.error("run as root (Open vSwitch and Mininet)")
@@ -851,6 +944,17 @@ def main(argv=None):
             table("9. Fleet: every switch connecting at once until all enforce, one change fanned out to all"
                   " (request to answer), controllers' CPU and memory; one controller, then two sharing the switches",
                   results["fleet"])
+        if "stacks" in wanted:
+            names = args.stacks.split(",") if args.stacks else (["this"] if args.quick else list(STACKS))
+            unknown_stacks = set(names) - set(STACKS) - {"this"}
+            if unknown_stacks:
+                parser.error(f"unknown stack(s) {', '.join(sorted(unknown_stacks))}; choose from {', '.join(STACKS)}, this")
+            if args.quick:
+                results["stacks"] = bench_stacks(names, (10,), 10, 5, 100, workdir, repeats=2)
+            else:
+                results["stacks"] = bench_stacks(names, (1000, 10000), 1000, 100, 10000, workdir, repeats=5)
+            table("10. Platform stacks, the same code: full install (hello to barrier) against the ovs-ofctl floor,"
+                  " one change, start to the API answering", results["stacks"])
         if "scale" in wanted:
             results["scale"] = bench_scale(workdir)
             table("6. Flows per switch", results["scale"]["rows"])

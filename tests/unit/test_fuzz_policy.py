@@ -7,8 +7,9 @@ from hypothesis import strategies as st
 from smtp_border.policy import PolicyError, parse_policy
 
 from conftest import ROOT
+from strategies import examples
 
-SETTINGS = settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=examples(500), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 KEYS = ["campus", "prefixes", "smtp_ports", "gateways", "name", "addresses", "exceptions", "address", "direction",
         "reason", "contact", "expires", "switches", "dpid", "uplinks", "audit", "sample_rate", "log", "other"]
 SCALARS = st.one_of(

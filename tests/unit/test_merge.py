@@ -6,13 +6,13 @@ from hypothesis import strategies as st
 
 from smtp_border.merge import MergedNetworks
 
-from strategies import V4_SPACE, V6_SPACE, networks_in
+from strategies import V4_SPACE, V6_SPACE, networks_in, examples
 
 NETWORKS = st.one_of(networks_in(V4_SPACE).filter(lambda n: n.prefixlen >= 26),
                      networks_in(V6_SPACE).filter(lambda n: n.prefixlen >= 122))
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=examples(400), deadline=None)
 @given(start=st.lists(NETWORKS, max_size=20), steps=st.lists(st.tuples(st.booleans(), NETWORKS), max_size=30))
 def test_incremental_merge_equals_cidr_merge(start, steps):
     members = list(start)

@@ -13,9 +13,9 @@ from smtp_border.rules import with_version
 from smtp_border.semantics import Packet, is_allowed
 
 from flowsim import outcomes
-from strategies import NOW, packets, policies
+from strategies import NOW, packets, policies, examples
 
-SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def steps(before, phases):

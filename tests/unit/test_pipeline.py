@@ -17,9 +17,9 @@ from smtp_border.policy import SwitchSpec, parse_policy
 from smtp_border.rules import ETH_TYPE_IPV6
 
 import switchshapes
-from strategies import NOW, policies, switch_of
+from strategies import NOW, policies, switch_of, examples
 
-SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=examples(150), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def probed(shape, max_meters=200_000, n_tables=None, **kwargs):

@@ -13,6 +13,7 @@ from smtp_border import policy as policy_module
 from smtp_border.policy import Direction, PolicyError, load_policy, parse_policy
 
 from conftest import ROOT
+from strategies import examples
 
 BASE = """
 campus:
@@ -236,7 +237,7 @@ def test_a_large_policy_reads_as_with_the_pure_python_loader():
     assert parse_with(policy_module._StrictLoader, text) == parse_with(PURE, text)
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=examples(500), deadline=None)
 @given(st.one_of(
     st.from_regex(r"\A[-+0-9a-fA-FxXoObB_:.eEtTzZ ]{0,24}\Z"),
     st.ip_addresses().map(str),

@@ -10,9 +10,9 @@ from smtp_border.diff import diff_rules
 from smtp_border.semantics import is_allowed
 
 from flowsim import forwards
-from strategies import NOW, packets, policies, switch_of
+from strategies import NOW, packets, policies, switch_of, examples
 
-SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @SETTINGS

@@ -13,9 +13,9 @@ from smtp_border.single_table import compile_single_table
 
 from conftest import ROOT
 from flowsim import forwards, outcomes
-from strategies import NOW, packets, policies, switch_of
+from strategies import NOW, packets, policies, switch_of, examples
 
-SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @SETTINGS

@@ -19,7 +19,7 @@ from smtp_border.rules import sorted_rules, with_version
 
 import fakeswitch
 from conftest import ROOT
-from strategies import NOW, policies
+from strategies import NOW, policies, examples
 
 DP = ofproto_protocol.ProtocolDesc(ofproto_v1_3.OFP_VERSION)
 OFP, PARSER = DP.ofproto, DP.ofproto_parser
@@ -58,7 +58,7 @@ def test_shipped_policy_on_every_switch():
         assert_same_bytes(compile_switch(policy, dpid))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(policy=policies(), dpid=st.integers(1, 4))
 def test_random_policies(policy, dpid):
     # IPv4 and IPv6, hosts and networks, both directions, sampled drops or
@@ -128,7 +128,7 @@ def read_both(data):
     return wire.flow_entries(data), ryu
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(policy=policies(), dpid=st.integers(1, 4))
 def test_every_flow_the_app_installs_reads_back_as_itself_as_through_ryu(policy, dpid):
     rules = compile_switch(policy, dpid, NOW)
