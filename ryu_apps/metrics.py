@@ -12,7 +12,7 @@ import datetime
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from ryu_apps import tls
+from ryu_apps import facade, tls
 from smtp_border.policy import utc_now
 from smtp_border.rules import AUDIT_METERS
 
@@ -32,15 +32,7 @@ class PolicyCollector:
             "smtp_border_audit_samples_dropped", "Blocked-packet samples held back by the audit meters, by direction.",
             labels=["switch", "direction"],
         )
-        for dpid, switch in sorted(app.switches.items()):
-            if not app.policy.switch_spec(dpid):
-                continue  # an inside switch blocks nothing
-            try:
-                app.read_block_counters(switch)
-                meters = app.meter_stats(switch.dp) if app.policy.audit.sample_rate else []
-            except Exception as err:  # a switch that does not answer keeps its last reading
-                app.logger.warning("smtp-border: metrics: switch %016x did not answer: %s", dpid, err)
-                continue
+        for dpid, meters in facade.read_counters(app).items():  # at once, each within a deadline
             for meter in meters:
                 if meter.meter_id in AUDIT_METERS:
                     dropped.add_metric([f"{dpid:016x}", AUDIT_METERS[meter.meter_id]],
@@ -171,6 +163,14 @@ class PolicyCollector:
         yield budget
         yield GaugeMetricFamily("smtp_border_switches_connected", "Switches connected to the controller.",
                                 value=len(app.switches))
+        channel = CounterMetricFamily(
+            "smtp_border_channel_dropped", "Messages from a connection the controller did not use, by kind: errors,"
+            " echoes and packet-ins over their rate limit, unreadable samples, multipart replies over the size"
+            " limit (ryu_apps/channel.py). Connected switches only.", labels=["switch", "kind"])
+        for chan in list(app.channels.values()):
+            for kind, count in sorted(chan.dropped.items()):
+                channel.add_metric([chan.name, kind], count)
+        yield channel
         yield CounterMetricFamily("smtp_border_policy_reloads", "Successful policy reloads.",
                                   value=app.counters["reloads"])
         yield CounterMetricFamily("smtp_border_policy_reload_failures", "Reloads refused because the file was invalid.",

@@ -30,6 +30,7 @@ ROOT=${DEBIAN13_ROOT:-/var/tmp/smtp-border-trixie}
 SUITE=trixie
 OVS_CTL=/usr/share/openvswitch/scripts/ovs-ctl
 COMMAND=("$@")
+export CI=${CI:-} SMTP_BORDER_EXAMPLES_DIVISOR=${SMTP_BORDER_EXAMPLES_DIVISOR:-}
 [ ${#COMMAND[@]} -gt 0 ] || COMMAND=(bash -c 'make demo && make unit')
 
 log() { printf 'debian13: %s\n' "$*"; }
@@ -122,6 +123,6 @@ mkdir -p "$ROOT/.host-root"
 unshare --mount --propagation private -- /bin/sh -c '
     cd "$1" && pivot_root . .host-root && cd / && shift &&
     exec /usr/bin/env -i HOME=/root PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-        TERM="${TERM:-dumb}" LANG=C.UTF-8 CI="$CI" /bin/bash -c '"'"'
+        TERM="${TERM:-dumb}" LANG=C.UTF-8 CI="$CI" SMTP_BORDER_EXAMPLES_DIVISOR="$SMTP_BORDER_EXAMPLES_DIVISOR" /bin/bash -c '"'"'
         umount -l /.host-root && cd /src && . /etc/os-release && echo "debian13: $PRETTY_NAME" && exec "$@"'"'"' bash "$@"
 ' sh "$ROOT" "${COMMAND[@]}"

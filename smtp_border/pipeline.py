@@ -134,6 +134,35 @@ class Profile:
             return exception_rule(network, inbound)
         return single_table_exception_rule(network, inbound, by_port, self.table)
 
+    def plan(self, held, desired):
+        """How a switch without bundles is taken from the flows it `held`
+        (FlowRules and foreign flows) to `desired`, flow mod by flow mod,
+        never letting through what both block nor blocking what both allow
+        (smtp_border/ordering.py has the proofs): (policy-table version the
+        switch then holds, phases of (ADD or DELETE, rule or foreign flow))."""
+        from . import ordering
+
+        if self.name == MULTI:
+            return ordering.plan(held, desired)
+        return 0, ordering.plan_one_table(held, desired)
+
+    def change_phases(self, diff, version):
+        """The phases of flow mods that deliver one change's `diff` to a
+        switch without bundles holding policy-table `version`; None when
+        the change is not one that can go in place (the three-table
+        pipeline's classification changes: the switch is read and taken
+        through the two-phase plan instead)."""
+        from . import ordering
+
+        if self.name != MULTI:
+            return ordering.one_table_phases(diff.add, diff.delete)
+        if not ordering.is_allow_only(diff):
+            return None
+        from .rules import with_version
+
+        return [phase for phase in ([(ordering.ADD, with_version(r, version)) for r in diff.add],
+                                    [(ordering.DELETE, with_version(r, version)) for r in diff.delete]) if phase]
+
     def check(self, rules):
         """Raise ValueError naming the first rule that uses a table, match
         field or instruction this profile does not declare."""

@@ -173,19 +173,19 @@ class FakeSwitch:
                     return
                 reply = PARSER.OFPBarrierReply(self)
                 reply.xid = xid
-                self.app._barrier_reply(ofp_event.EventOFPBarrierReply(reply))
+                self.app._reply(ofp_event.EventOFPBarrierReply(reply))
             elif msg_type == OFP.OFPT_ECHO_REQUEST:
                 self.log.append(("echo", xid))
                 if self.answers_echo:
                     reply = PARSER.OFPEchoReply(self, data=data[OFP.OFP_HEADER_SIZE:])
                     reply.xid = xid
-                    self.app._barrier_reply(ofp_event.EventOFPEchoReply(reply))
+                    self.app._reply(ofp_event.EventOFPEchoReply(reply))
             elif msg_type == OFP.OFPT_MULTIPART_REQUEST:
                 self._multipart(xid, data)
             elif msg_type == OFP.OFPT_GET_CONFIG_REQUEST:
                 reply = PARSER.OFPGetConfigReply(self, flags=self.config_flags, miss_send_len=128)
                 reply.xid = xid
-                self.app._config_reply(ofp_event.EventOFPGetConfigReply(reply))
+                self.app._reply(ofp_event.EventOFPGetConfigReply(reply))
             elif msg_type == OFP.OFPT_SET_CONFIG:
                 flags, miss_send_len = struct.unpack_from(OFP.OFP_SWITCH_CONFIG_PACK_STR, data, OFP.OFP_HEADER_SIZE)
                 self.log.append(("set_config", flags))
@@ -214,7 +214,7 @@ class FakeSwitch:
             self.role = "master" if role == OFP.OFPCR_ROLE_MASTER else "slave"
         reply = PARSER.OFPRoleReply(self, role=role, generation_id=self.generation or 0)
         reply.xid = xid
-        self.app._barrier_reply(ofp_event.EventOFPRoleReply(reply))
+        self.app._reply(ofp_event.EventOFPRoleReply(reply))
 
     def _table_features_reply(self, xid):
         """As a switch answers: bytes, split into messages under 64 KiB, all

@@ -2,6 +2,7 @@
 the real app, its real event handlers, its bytes parsed back into tables.
 Connections and reconnections, bundles and their absence, failed pushes and
 retries, audits and drift, expiry, duplicate connections, counters."""
+import dataclasses
 import datetime
 import shutil
 import textwrap
@@ -13,7 +14,9 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ryu_apps import openflow, smtp_policy, wire
+from ryu_apps import facade, openflow, smtp_policy, wire
+from ryu_apps.agent import FRAG_NX_MATCH, Agent, Timing
+from ryu_apps.channel import Limits
 from ryu_apps.framework import hub
 from smtp_border.compiler import compile_switch
 from smtp_border.policy import load_policy, parse_policy
@@ -36,7 +39,7 @@ H1_OUT = {"address": "10.20.3.10", "direction": "outbound", "grounds": "message-
 def make_app(tmp_path, monkeypatch):
     apps = []
 
-    def make(policy_text=None, audit_seconds=0.05, bundles="auto"):
+    def make(policy_text=None, audit_seconds=0.05, bundles="auto", expiry_seconds=3600, echo_timeout=3.0, **timing):
         policy = tmp_path / "policy.yaml"
         if policy_text is None:
             shutil.copy(ROOT / "policy.yaml", policy)
@@ -47,13 +50,12 @@ def make_app(tmp_path, monkeypatch):
         monkeypatch.setenv("SMTP_POLICY_AUDIT_LOG", str(tmp_path / "blocked.jsonl"))
         monkeypatch.setenv("SMTP_POLICY_AUDIT_SECONDS", str(audit_seconds))
         monkeypatch.setenv("SMTP_POLICY_BUNDLES", bundles)
-        app = smtp_policy.SmtpPolicy()
+        app = smtp_policy.SmtpPolicy(timing=Timing(audit_seconds=audit_seconds, retry_min=0.01, **timing),
+                                     limits=Limits(reply_timeout=0.2, echo_timeout=echo_timeout),
+                                     expiry_seconds=expiry_seconds)
         apps.append(app)
         return app
 
-    monkeypatch.setattr(smtp_policy, "REPLY_TIMEOUT", 0.2)
-    monkeypatch.setattr(smtp_policy, "RETRY_MIN", 0.01)
-    monkeypatch.setattr(smtp_policy, "EXPIRY_CHECK_SECONDS", 3600)
     yield make
     for app in apps:  # end the workers: their switches go away
         for switch in list(app.switches.values()):
@@ -156,7 +158,7 @@ def test_flows_deleted_behind_the_controllers_back_are_repaired_by_the_audit(mak
     switch = connect(app)
     switch.table.clear()  # ovs-ofctl del-flows
     assert settle(app, lambda: switch.rules() == desired(app))
-    status = app.switch_status(1)
+    status = facade.switch_status(app, 1)
     assert status["in_sync"] and status["repairs"] == 1 and status["last_audit"] and status["last_repair"]
     assert app.counters[("drift", "missing")] == len(desired(app))
 
@@ -166,19 +168,19 @@ def test_an_enforcing_switch_reads_first_fragments_ports_before_it_gets_flows(ma
     0; the app sets Nicira's nx-match (ports of first fragments) first."""
     app = make_app()
     switch = connect(app)
-    assert switch.config_flags & 3 == smtp_policy.FRAG_NX_MATCH
+    assert switch.config_flags & 3 == FRAG_NX_MATCH
     kinds = [name for name, _ in switch.log]
     assert kinds.index("set_config") < kinds.index("bundle")
-    assert app.switch_status(1)["fragments"] == "nx-match"
+    assert facade.switch_status(app, 1)["fragments"] == "nx-match"
     inside = connect(app, dpid=9)  # forwarding only: its fragment handling is not ours to set
-    assert inside.sent("set_config") == [] and app.switch_status(9)["fragments"] is None
+    assert inside.sent("set_config") == [] and facade.switch_status(app, 9)["fragments"] is None
 
 
 def test_fragment_handling_changed_behind_the_controllers_back_is_restored(make_app):
     app = make_app()
     switch = connect(app)
     switch.config_flags = 0  # ovs-ofctl set-frags br normal
-    assert settle(app, lambda: switch.config_flags == smtp_policy.FRAG_NX_MATCH and app.switches[1].in_sync)
+    assert settle(app, lambda: switch.config_flags == FRAG_NX_MATCH and app.switches[1].in_sync)
     assert app.counters[("drift", "config")] == 1
     assert switch.rules() == desired(app)
 
@@ -189,7 +191,7 @@ def test_a_switch_that_keeps_normal_fragment_handling_is_still_enforced_and_says
     switch = connect(app, fragment_modes=False)
     assert switch.rules() == desired(app)
     assert switch.config_flags == 0
-    assert app.switch_status(1)["fragments"].startswith("mode 0: first TCP fragments are dropped")
+    assert facade.switch_status(app, 1)["fragments"].startswith("mode 0: first TCP fragments are dropped")
 
 
 def test_an_allow_flow_added_by_hand_is_removed_by_the_audit(make_app):
@@ -202,11 +204,10 @@ def test_an_allow_flow_added_by_hand_is_removed_by_the_audit(make_app):
     assert app.counters[("drift", "extra")] == 1
 
 
-def test_a_flow_changed_in_place_is_caught_by_the_full_audit(make_app, monkeypatch):
+def test_a_flow_changed_in_place_is_caught_by_the_full_audit(make_app):
     """Same key, other actions: the counts stay equal, so only the periodic
     full comparison sees it."""
-    monkeypatch.setattr(smtp_policy, "FULL_AUDIT_EVERY", 3)
-    app = make_app()
+    app = make_app(full_audit_every=3)
     switch = connect(app)
     block = next(r for r in desired(app) if r.clause == Clause.PART2_BLOCK)
     opened = FlowRule(block.table, block.priority, block.match, Instructions(goto_table=2), block.cookie)
@@ -217,36 +218,38 @@ def test_a_flow_changed_in_place_is_caught_by_the_full_audit(make_app, monkeypat
 
 
 def test_a_refused_push_is_answered_as_pending_then_retried_until_enforced(make_app):
-    app = make_app()
+    app = make_app(change_deadline=0.3)
     switch = connect(app)
-    switch.refuse_flow_mods = 1  # the change's bundle fails on the switch
+    switch.refuse_flow_mods = 10**6  # the change's bundle fails on the switch, and every retry within the deadline
     outcome, report = app.change(lambda border: border.add(H1_OUT))
     assert report["enforced"] == []
     assert report["pending"][0]["connected"] and "OFPET_FLOW_MOD_FAILED" in report["pending"][0]["reason"]
+    switch.refuse_flow_mods = 0
     assert settle(app)
     assert switch.rules() == desired(app)
     assert any(r.match.ip_src == netaddr.IPNetwork("10.20.3.10/32") for r in switch.rules())
 
 
 def test_a_delete_whose_push_failed_still_withdraws_the_flow(make_app):
-    app = make_app()
+    app = make_app(change_deadline=0.1)  # shorter than the reply timeout (0.2 s)
     switch = connect(app)
     added, _ = app.change(lambda border: border.add(H1_OUT))
     switch.swallow_barriers = 1  # the switch never confirms the removal
     _, report = app.change(lambda border: border.remove(added.subject.id))
-    assert report["pending"] and "no reply within" in report["pending"][0]["reason"]
+    assert report["pending"] and report["pending"][0]["reason"].startswith("slow: still delivering")
     assert settle(app)
     assert not any(r.match.ip_src == netaddr.IPNetwork("10.20.3.10/32") for r in switch.rules())
     assert switch.rules() == desired(app)
 
 
 def test_a_crash_while_delivering_is_reported_never_as_done(make_app, monkeypatch):
-    app = make_app()
+    app = make_app(change_deadline=0.3)
     switch = connect(app)
     real = openflow.apply_diff
     monkeypatch.setattr(openflow, "apply_diff", lambda diff: 1 / 0)
     _, report = app.change(lambda border: border.add(H1_OUT))
     assert report["enforced"] == [] and "ZeroDivisionError" in report["crashed"][1]
+    assert "division by zero" in report["pending"][0]["reason"]
     monkeypatch.setattr(openflow, "apply_diff", real)
     assert settle(app)  # the worker reconciles it all the same
     assert switch.rules() == desired(app)
@@ -278,8 +281,7 @@ def test_an_expiry_while_a_switch_is_away_is_enforced_when_it_returns(make_app):
 
 
 def test_the_expiry_loop_survives_an_unexpected_error(make_app, monkeypatch):
-    monkeypatch.setattr(smtp_policy, "EXPIRY_CHECK_SECONDS", 0.01)
-    app = make_app()
+    app = make_app(expiry_seconds=0.01)
     calls = []
 
     def flaky(now):
@@ -306,9 +308,8 @@ def test_a_second_connection_claiming_a_live_switchs_dpid_is_closed(make_app):
     assert real.rules() == desired(app)
 
 
-def test_a_switch_that_reconnects_while_its_old_connection_is_dead_takes_over(make_app, monkeypatch):
-    monkeypatch.setattr(smtp_policy, "ECHO_TIMEOUT", 0.05)
-    app = make_app()
+def test_a_switch_that_reconnects_while_its_old_connection_is_dead_takes_over(make_app):
+    app = make_app(echo_timeout=0.05)
     old = connect(app)
     old.answers_echo = False  # the old TCP connection is dead but not yet timed out
     new = FakeSwitch(1)
@@ -391,23 +392,23 @@ def test_a_slave_reads_a_switch_without_bundles_in_either_policy_table_version(m
     switch = connect(app, bundles=False)
     Path(app.store.policy_file).write_text(textwrap.dedent(policy % "10.20.0.0/16, 10.50.0.0/16"))
     app.change(lambda border: border.reload())
-    assert app.switch_status(1)["version"] == 1 and switch.rules() == {with_version(r, 1) for r in desired(app)}
+    assert facade.switch_status(app, 1)["version"] == 1 and switch.rules() == {with_version(r, 1) for r in desired(app)}
     # As a slave would find it: its master (here, the app before) wrote it.
     state = app.switches[1]
     state.role, state.in_sync, state.master = "slave", False, "other"
-    app._observe(state)
-    assert state.holds and state.enforces and app.switch_status(1)["in_sync"], state.pending
+    state.observe()
+    assert state.holds and state.enforces and facade.switch_status(app, 1)["in_sync"], state.pending
     assert app.enforcement()["enforced"] == ["0000000000000001"]
     # A change the master delivers, read by cookie, in version 1 on the switch.
     exception = FlowRule(POLICY_TABLE, 400, Match(metadata=2, eth_type=0x800, ip_src=netaddr.IPNetwork("10.50.3.10/32")),
                          Instructions(goto_table=2), make_cookie(Clause.EXCEPTION_OUTBOUND, 77))
     diff = type("Diff", (), {"add": (exception,), "delete": ()})()
-    assert not app._seen_on_switch(state, diff, timeout=0.2)
+    assert not state.seen_on_switch(diff, timeout=0.2)
     switch.add_behind_the_back(wire.add_flow(with_version(exception, 1)))
-    assert app._seen_on_switch(state, diff, timeout=0.2)
+    assert state.seen_on_switch(diff, timeout=0.2)
     # The slave's reading now differs from the policy in force: it says so, and repairs nothing.
     switch.log.clear()
-    app._observe(state)
+    state.observe()
     assert not state.holds and "its master repairs" in state.pending
     assert app.enforcement()["pending"][0]["reason"].startswith("delivered by its master")
     assert flow_mods(switch) == []
@@ -445,7 +446,7 @@ def test_without_bundles_a_campus_change_never_opens_what_both_policies_block(ma
     # The probes hold packets both block (10.50.1.1 -> 10.40.1.1) and both allow.
     agreeing = {is_allowed(old, 1, p) for p in probes if is_allowed(old, 1, p) == is_allowed(new, 1, p)}
     assert agreeing == {True, False}
-    assert app.switch_status(1)["version"] == 1
+    assert facade.switch_status(app, 1)["version"] == 1
     assert switch.rules() == {with_version(r, 1) for r in desired(app)}
     # No bundle was tried after the first refusal, and no table was ever flushed.
     assert max(switch.sent("refused_bundle")) < min(m.xid for m in switch.sent("flow_mod"))
@@ -462,13 +463,13 @@ def test_blocked_counters_never_decrease_when_flows_are_replaced_or_the_switch_r
     switch = connect(app)
     part1 = lambda cookie: cookie_clause(cookie) == Clause.PART1_BLOCK  # noqa: E731
     switch.count(part1, 7)
-    app.read_block_counters(app.switches[1])
+    app.switches[1].read_block_counters()
     assert app.block_counters.totals()[1, "inbound"][0] == 7
     # A reload replaces the Part 1 flow (another campus prefix): its 7 stay counted.
     Path(app.store.policy_file).write_text(textwrap.dedent(policy % "10.30.0.0/16"))
     app.change(lambda border: border.reload())
     switch.count(part1, 2)
-    app.read_block_counters(app.switches[1])
+    app.switches[1].read_block_counters()
     assert app.block_counters.totals()[1, "inbound"][0] == 9
     # The switch restarts (counters back to zero) and reconnects.
     switch.disconnect()
@@ -477,7 +478,7 @@ def test_blocked_counters_never_decrease_when_flows_are_replaced_or_the_switch_r
     switch.count(part1, 1)
     switch.connect(app)
     assert settle(app)
-    app.read_block_counters(app.switches[1])
+    app.switches[1].read_block_counters()
     assert app.block_counters.totals()[1, "inbound"][0] == 10
 
 
@@ -525,7 +526,7 @@ def test_single_table_without_meters_or_bundles_sends_only_plain_flow_mods(make_
     assert switch.rules() == app.border.flows(1) == app.border.profile(1).compile(app.policy, 1)
     assert any(r.match.ip_src == netaddr.IPNetwork("10.20.3.10/32") for r in switch.rules())
     assert hardware_messages(switch) == [] and switch.sent("flow_mod")
-    status = app.switch_status(1)
+    status = facade.switch_status(app, 1)
     assert status["pipeline"]["pipeline"] == "single_table" and status["pipeline"]["chosen"] == "policy"
     assert not status["pipeline"]["meters"] and status["bundles"] is False
     # Its twin on the same fake switch: the three-table pipeline does send them.
@@ -546,7 +547,7 @@ def test_auto_gives_each_switch_family_the_profile_its_tables_allow(make_app, sh
         assert {r.table for r in switch.rules()} == {table}
     assert switch.rules() == app.border.flows(1)
     assert bool(switch.sent("meter_mod")) == meters
-    status = app.switch_status(1)
+    status = facade.switch_status(app, 1)
     assert status["pipeline"]["chosen"] == "auto" and status["pipeline"]["reasons"]
     assert status["entries"]["needed"] == len([r for r in switch.rules() if r.table == profile.exception_table])
     # A blocked packet's sample counts from the table that blocks it, not another.
@@ -563,7 +564,7 @@ def test_a_switch_over_its_budget_gets_nothing_and_says_why(make_app):
     switch.connect(app)
     assert settle(app, until=lambda: app.switches[1].failures)
     assert flow_mods(switch) == [] and switch.rules() == set()
-    reason = app.switch_status(1)["pending"]
+    reason = facade.switch_status(app, 1)["pending"]
     needed = app.border.budget(1)[0]
     assert f"would need {needed} entries in table 0, and has 10 (from policy)" in reason and needed > 10
 
@@ -673,13 +674,13 @@ def test_a_slave_writes_nothing_reads_the_switch_and_gets_the_samples(make_app, 
     assert packet_in == (1 << OFP.OFPR_NO_MATCH | 1 << OFP.OFPR_ACTION, 1 << OFP.OFPR_ACTION) and flow_removed[1] == 0
     assert switch.sent("set_async") and [n for n, _ in switch.log].index("set_async") < [n for n, _ in switch.log].index(
         "role_request")
-    status = app.switch_status(1)
+    status = facade.switch_status(app, 1)
     assert (status["in_sync"], status["openflow_role"], status["master"], status["generation"]) == (True, "slave", "other", 7)
     assert app.enforcement()["enforced"] == ["0000000000000001"]
     switch.packet_in(make_cookie(Clause.PART2_BLOCK, 0x800), syn("10.20.3.10", "198.51.100.25"))
     assert [(a.src, a.direction) for a in app.audit.recent] == [("10.20.3.10", "outbound")]
     # A change made on the slave: pending (its master delivers) until read on the switch; nothing sent.
-    monkeypatch.setattr(smtp_policy, "CONFIRM_SECONDS", 0.2)
+    app.timing = dataclasses.replace(app.timing, confirm_seconds=0.2)
     outcome, report = app.change(lambda border: border.add(H1_OUT))
     assert report["enforced"] == [] and report["pending"][0]["reason"] == "delivered by its master, controller other"
     for rule in outcome.diffs[1].add:  # the master delivers it
@@ -689,7 +690,8 @@ def test_a_slave_writes_nothing_reads_the_switch_and_gets_the_samples(make_app, 
     # A change that came from the other controller (etcd): not waited for; the
     # slave's next audit reads the flows it touches by cookie, not every flow.
     dumps = []
-    monkeypatch.setattr(app, "switch_flows", lambda dp: dumps.append(dp) or smtp_policy.SmtpPolicy.switch_flows(app, dp))
+    agent = app.switches[1]
+    monkeypatch.setattr(agent, "switch_flows", lambda timeout=None: dumps.append(1) or Agent.switch_flows(agent, timeout))
     started = time.monotonic()
     outcome, report = app.change(lambda border: border.add(dict(H1_OUT, address="10.20.3.20")), confirm=False,
                                  source="replica")

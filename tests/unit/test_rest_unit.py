@@ -5,7 +5,7 @@ import yaml
 from webob import Request
 
 from ryu_apps import rest
-from ryu_apps.smtp_policy import _refuses_bundles
+from ryu_apps.agent import _refuses_bundles
 from ryu_apps.framework import ofproto_v1_3 as ofp
 
 from conftest import ROOT
