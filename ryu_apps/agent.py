@@ -175,7 +175,11 @@ class Agent:
         """Change `number` was committed; `diff` takes a switch holding the
         change before it to this one (None: unknown for this switch)."""
         self.queue.append((number, diff))
-        self.wake.set()
+        if self.in_sync:
+            # One that is not is retried on its own schedule: a change must
+            # not cut a failing switch's backoff short (each REST change used
+            # to retry every failing switch at once).
+            self.wake.set()
 
     def waiter(self, number):
         """An Event set once the switch holds change `number` (or the agent

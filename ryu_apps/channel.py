@@ -229,7 +229,7 @@ class Channel:
         if last is None or now - last >= self.limits.log_interval:
             LOG.warning("smtp-border: switch %s: %s %s (%d so far; said once a %g s)", self.name,
                         kind.replace("_", "-"), what, self.dropped[kind], self.limits.log_interval)
-            self._logged[kind] = (now, self.dropped[kind])
+            self._logged[kind] = (now, self.dropped[kind] - 1)  # the count before this interval's first
 
     def flooding(self, kind):
         """After a message of `kind` was dropped: close a peer that keeps it up."""

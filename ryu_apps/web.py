@@ -20,7 +20,7 @@ import socket
 
 import eventlet
 import eventlet.wsgi
-from webob import Request, Response  # noqa: F401  (Response: the handlers' answer type)
+from webob import Request, Response  # noqa: F401  (Response: what handlers answer, for ryu_apps/rest.py)
 
 LOG = logging.getLogger("smtp_border.http")
 _SEGMENT = re.compile(r"\{(\w+)\}")

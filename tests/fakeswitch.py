@@ -17,6 +17,7 @@ from ryu_apps.framework import (
 )
 
 from ryu_apps import openflow
+from ryu_apps.framework import hub
 import switchshapes
 
 OFP = ofproto_v1_3
@@ -72,6 +73,11 @@ class FakeSwitch:
         self.role = "equal"
         self.generation = None
         self.async_config = None  # (packet_in, port_status, flow_removed) masks, [master, slave] each
+        # A hostile or broken peer (tests/unit/test_agent.py):
+        self.silent = False  # receives everything, answers nothing (a hung switch)
+        self.more_forever = False  # answers a flow-stats request with REPLY_MORE parts until closed
+        self.answer_later = False  # replies arrive from another green thread, as over a socket
+        self.on_request = None  # called with (message type, xid) before each message is handled
 
     # -- the Datapath interface the app uses ------------------------------------
 
@@ -140,7 +146,30 @@ class FakeSwitch:
     def sent(self, kind):
         return [m for name, m in self.log if name == kind]
 
+    def flood_errors(self, count):
+        """Unsolicited OFPT_ERROR messages, as a hostile peer sends them."""
+        for _ in range(count):
+            error = PARSER.OFPErrorMsg(self, type_=OFP.OFPET_BAD_REQUEST, code=OFP.OFPBRC_BAD_TYPE, data=b"x" * 16)
+            error.xid = 0
+            self.app._error(ofp_event.EventOFPErrorMsg(error))
+            if self.closed:
+                return
+
+    def flood_echoes(self, count):
+        for _ in range(count):
+            request = PARSER.OFPEchoRequest(self, data=b"x")
+            request.xid = 0
+            self.app._echo_request(ofp_event.EventOFPEchoRequest(request))
+            if self.closed:
+                return
+
     # -- inside -------------------------------------------------------------------
+
+    def _answer(self, handler, event):
+        if self.answer_later:
+            hub.spawn(lambda: self.alive and handler(event))
+        else:
+            handler(event)
 
     def _state(self, state):
         ev = ofp_event.EventOFPStateChange(self)
@@ -148,6 +177,11 @@ class FakeSwitch:
         self.app._state_change(ev)
 
     def _receive(self, msg_type, xid, data):
+        if self.on_request is not None:
+            self.on_request(msg_type, xid)
+        if self.silent:
+            self.log.append(("ignored", msg_type))
+            return
         try:
             if self.role == "slave" and msg_type in (OFP.OFPT_FLOW_MOD, OFP.OFPT_EXPERIMENTER, OFP.OFPT_METER_MOD,
                                                      OFP.OFPT_SET_CONFIG):
@@ -173,19 +207,19 @@ class FakeSwitch:
                     return
                 reply = PARSER.OFPBarrierReply(self)
                 reply.xid = xid
-                self.app._reply(ofp_event.EventOFPBarrierReply(reply))
+                self._answer(self.app._reply, ofp_event.EventOFPBarrierReply(reply))
             elif msg_type == OFP.OFPT_ECHO_REQUEST:
                 self.log.append(("echo", xid))
                 if self.answers_echo:
                     reply = PARSER.OFPEchoReply(self, data=data[OFP.OFP_HEADER_SIZE:])
                     reply.xid = xid
-                    self.app._reply(ofp_event.EventOFPEchoReply(reply))
+                    self._answer(self.app._reply, ofp_event.EventOFPEchoReply(reply))
             elif msg_type == OFP.OFPT_MULTIPART_REQUEST:
                 self._multipart(xid, data)
             elif msg_type == OFP.OFPT_GET_CONFIG_REQUEST:
                 reply = PARSER.OFPGetConfigReply(self, flags=self.config_flags, miss_send_len=128)
                 reply.xid = xid
-                self.app._reply(ofp_event.EventOFPGetConfigReply(reply))
+                self._answer(self.app._reply, ofp_event.EventOFPGetConfigReply(reply))
             elif msg_type == OFP.OFPT_SET_CONFIG:
                 flags, miss_send_len = struct.unpack_from(OFP.OFP_SWITCH_CONFIG_PACK_STR, data, OFP.OFP_HEADER_SIZE)
                 self.log.append(("set_config", flags))
@@ -201,7 +235,7 @@ class FakeSwitch:
         except Refused as err:
             error = PARSER.OFPErrorMsg(self, type_=err.type_, code=err.code, data=data[:64])
             error.xid = xid
-            self.app._error(ofp_event.EventOFPErrorMsg(error))
+            self._answer(self.app._error, ofp_event.EventOFPErrorMsg(error))
 
     def _role_request(self, xid, data):
         role, generation = struct.unpack_from(OFP.OFP_ROLE_REQUEST_PACK_STR, data, OFP.OFP_HEADER_SIZE)
@@ -214,7 +248,7 @@ class FakeSwitch:
             self.role = "master" if role == OFP.OFPCR_ROLE_MASTER else "slave"
         reply = PARSER.OFPRoleReply(self, role=role, generation_id=self.generation or 0)
         reply.xid = xid
-        self.app._reply(ofp_event.EventOFPRoleReply(reply))
+        self._answer(self.app._reply, ofp_event.EventOFPRoleReply(reply))
 
     def _table_features_reply(self, xid):
         """As a switch answers: bytes, split into messages under 64 KiB, all
@@ -226,7 +260,7 @@ class FakeSwitch:
             data = struct.pack("!BBHIHH4x", OFP.OFP_VERSION, OFP.OFPT_MULTIPART_REPLY,
                                OFP.OFP_MULTIPART_REPLY_SIZE + len(body), xid, OFP.OFPMP_TABLE_FEATURES, flags) + body
             reply = ofproto_parser.msg(self, OFP.OFP_VERSION, OFP.OFPT_MULTIPART_REPLY, len(data), xid, data)
-            self.app._multipart_reply(ofp_event.EventOFPTableFeaturesStatsReply(reply))
+            self._answer(self.app._multipart_reply, ofp_event.EventOFPTableFeaturesStatsReply(reply))
 
     def _flow_mod(self, msg, table):
         if self.refuse_flow_mods:
@@ -278,6 +312,9 @@ class FakeSwitch:
             flows = [s for s in self.table.values()
                      if table_id in (OFP.OFPTT_ALL, s.table_id) and s.cookie & mask == cookie & mask]
             self.log.append(("flow_stats" if kind == OFP.OFPMP_FLOW else "aggregate", (table_id, cookie, mask)))
+            if kind == OFP.OFPMP_FLOW and self.more_forever:
+                self._more_forever(xid, flows)
+                return
             if kind == OFP.OFPMP_FLOW:
                 # As a switch sends them, bytes, through Ryu's message parser
                 # as the app has set it up (an empty reply included).
@@ -310,7 +347,21 @@ class FakeSwitch:
         else:
             raise Refused(OFP.OFPET_BAD_REQUEST, OFP.OFPBRC_BAD_MULTIPART)
         reply.xid = xid
-        self.app._multipart_reply(event(reply))
+        self._answer(self.app._multipart_reply, event(reply))
+
+
+    def _more_forever(self, xid, flows, parts=100_000):
+        """Part after part of the same flows, every one flagged REPLY_MORE,
+        until the controller closes the connection (at most `parts`)."""
+        body = b"".join(_stats_bytes(s) for s in flows) or _stats_bytes(next(iter(self.table.values())))
+        data = struct.pack("!BBHIHH4x", OFP.OFP_VERSION, OFP.OFPT_MULTIPART_REPLY,
+                           OFP.OFP_MULTIPART_REPLY_SIZE + len(body), xid, OFP.OFPMP_FLOW, OFP.OFPMPF_REPLY_MORE) + body
+        for sent in range(parts):
+            if self.closed or not self.alive:
+                break
+            reply = ofproto_parser.msg(self, OFP.OFP_VERSION, OFP.OFPT_MULTIPART_REPLY, len(data), xid, data)
+            self.app._multipart_reply(ofp_event.EventOFPFlowStatsReply(reply))
+        self.log.append(("more_parts_sent", sent))
 
 
 def _table_features_chunks(tables, limit=60000):

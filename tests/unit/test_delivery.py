@@ -4,7 +4,6 @@ Connections and reconnections, bundles and their absence, failed pushes and
 retries, audits and drift, expiry, duplicate connections, counters."""
 import dataclasses
 import datetime
-import shutil
 import textwrap
 import time
 from pathlib import Path
@@ -14,73 +13,23 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ryu_apps import facade, openflow, smtp_policy, wire
-from ryu_apps.agent import FRAG_NX_MATCH, Agent, Timing
-from ryu_apps.channel import Limits
-from ryu_apps.framework import hub
-from smtp_border.compiler import compile_switch
+from ryu_apps import facade, openflow, wire
+from ryu_apps.agent import FRAG_NX_MATCH, Agent
 from smtp_border.policy import load_policy, parse_policy
 from smtp_border.rules import (
     POLICY_TABLE, Clause, FlowRule, Instructions, Match, cookie_clause, make_cookie, with_version,
 )
 from smtp_border.semantics import Packet, is_allowed
 
-from conftest import ROOT
 import fakeswitch
 import monitoring
 from fakeswitch import OFP, FakeSwitch
 from monitoring import dashboard_exprs, exported, metric_names, rule_exprs
 from flowsim import outcomes
 
-H1_OUT = {"address": "10.20.3.10", "direction": "outbound", "grounds": "message-size", "needs_message_size": "200MB", "reason": "test"}
+from appkit import H1_OUT, connect, desired, make_app_fixture, settle
 
-
-@pytest.fixture
-def make_app(tmp_path, monkeypatch):
-    apps = []
-
-    def make(policy_text=None, audit_seconds=0.05, bundles="auto", expiry_seconds=3600, echo_timeout=3.0, **timing):
-        policy = tmp_path / "policy.yaml"
-        if policy_text is None:
-            shutil.copy(ROOT / "policy.yaml", policy)
-        else:
-            policy.write_text(textwrap.dedent(policy_text))
-        monkeypatch.setenv("SMTP_POLICY_FILE", str(policy))
-        monkeypatch.setenv("SMTP_POLICY_STATE", str(tmp_path / "state.json"))
-        monkeypatch.setenv("SMTP_POLICY_AUDIT_LOG", str(tmp_path / "blocked.jsonl"))
-        monkeypatch.setenv("SMTP_POLICY_AUDIT_SECONDS", str(audit_seconds))
-        monkeypatch.setenv("SMTP_POLICY_BUNDLES", bundles)
-        app = smtp_policy.SmtpPolicy(timing=Timing(audit_seconds=audit_seconds, retry_min=0.01, **timing),
-                                     limits=Limits(reply_timeout=0.2, echo_timeout=echo_timeout),
-                                     expiry_seconds=expiry_seconds)
-        apps.append(app)
-        return app
-
-    yield make
-    for app in apps:  # end the workers: their switches go away
-        for switch in list(app.switches.values()):
-            switch.dp.disconnect()
-
-
-def settle(app, until=None, timeout=3.0):
-    """Let the app's green threads run until every switch is in sync (or `until()`)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        hub.sleep(0.01)
-        if until() if until else all(s.in_sync for s in app.switches.values()):
-            return True
-    return False
-
-
-def desired(app, dpid=1):
-    return set(compile_switch(app.policy, dpid))
-
-
-def connect(app, dpid=1, **kwargs):
-    switch = FakeSwitch(dpid, **kwargs)
-    switch.connect(app)
-    assert settle(app)
-    return switch
+make_app = pytest.fixture(make_app_fixture)
 
 
 def flow_mods(switch):
