@@ -20,6 +20,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from functools import partial
 from pathlib import Path
@@ -492,7 +493,7 @@ def bench_convergence(size, workdir, samples=5):
     expected = len(compile_switch(load_policy(policy), 1))
     with Bridge() as bridge:
         controller = Controller(policy, workdir / f"converge-{size}.txt", state_file=workdir / f"converge-{size}.json",
-                                audit_seconds=1.0).start()
+                                audit_seconds=1.0, env={"SMTP_POLICY_VERIFY_SECONDS": "0"}).start()
         try:
             bridge.connect(controller.of_port)
             controller.wait_installs({1: 1}, timeout=300)
@@ -790,6 +791,90 @@ def bench_scale(workdir):
     return {"rows": rows, "shipped_policy_flows": shipped}
 
 
+# -- 11. hostile peers: one silent switch in a fleet; a reply that never ends ----
+
+def bench_silent_in_fleet(size, exceptions, changes, workdir):
+    """A fleet of `size` edge switches and one more, listed too, whose
+    connection goes through a proxy (mininet/hostile.py). Changes (an
+    exception added, then removed) while every switch answers, then while
+    the extra one is silent: request to answer, p50 and p99, and which
+    switches each answer says enforce it."""
+    from hostile import HostileProxy
+
+    policy = fleet_policy(size + 1, exceptions, workdir / f"silent-{size}.yaml")
+    rows = []
+    with contextlib.ExitStack() as stack:
+        fleet = stack.enter_context(Fleet(size))
+        hostile = stack.enter_context(Bridge("smtphostile"))
+        run("ovs-vsctl", "set", "bridge", hostile.name, f"other-config:datapath-id={size + 1:016x}")
+        controller = Controller(policy, workdir / f"silent-{size}.txt", state_file=workdir / f"silent-{size}.json",
+                                audit_seconds=None).start()
+        stack.callback(controller.stop)
+        proxy = HostileProxy(controller.of_port)
+        stack.callback(proxy.close)
+        fleet.connect(lambda index: [controller.of_port])
+        hostile.connect(proxy.port)
+        wait_in_sync([controller], size + 1)
+        for mode in ("forward", "silent"):
+            proxy.mode = mode
+            latencies, enforced = [], []
+            for n in range(changes):
+                address = str(exception_address(exceptions + n))
+                path, body = "/smtp/v1/exceptions", {"address": address, "direction": "inbound", "reason": "bench"}
+                for method in ("POST", "DELETE"):
+                    t0 = time.monotonic()
+                    status, answer = controller.api(method, path, body, timeout=120)
+                    latencies.append((time.monotonic() - t0) * 1000)
+                    enforced.append(len(answer["switches"]["enforced"]))
+                    path, body = f"/smtp/v1/exceptions/{answer.get('id')}", None
+            rows.append({"switches": size + 1, "exceptions": exceptions, "silent": int(mode == "silent"),
+                         "first_ms": round(latencies[0], 1), "change_p50_ms": round(percentile(latencies, 0.5), 1),
+                         "change_p99_ms": round(percentile(latencies, 0.99), 1),
+                         "others_enforced_every_time": all(e >= size for e in enforced),
+                         "changes_all_ms": [round(v, 1) for v in latencies]})
+    return rows
+
+
+def bench_more_forever(exceptions, workdir, seconds=60):
+    """A switch that answers a flow-stats request with REPLY_MORE parts that
+    never end: the controller's memory before, at its peak, and after, and
+    how long until it closes the connection."""
+    from hostile import HostileProxy
+
+    policy = fleet_policy(2, exceptions, workdir / "more.yaml")
+    with contextlib.ExitStack() as stack:
+        good = stack.enter_context(Bridge("smtpgood"))
+        hostile = stack.enter_context(Bridge("smtphostile"))
+        run("ovs-vsctl", "set", "bridge", hostile.name, "other-config:datapath-id=0000000000000002")
+        controller = Controller(policy, workdir / "more.txt", state_file=workdir / "more.json", audit_seconds=None).start()
+        stack.callback(controller.stop)
+        proxy = HostileProxy(controller.of_port)
+        stack.callback(proxy.close)
+        good.connect(controller.of_port)
+        hostile.connect(proxy.port)
+        wait_in_sync([controller], 2)
+        pid = controller.process.pid
+        before = process_rss_mib(pid)
+        proxy.mode = "more_forever"
+        started = time.monotonic()
+        asked = threading.Thread(target=controller.api, args=("GET", "/smtp/v1/switches?verify=1"), daemon=True)
+        asked.start()
+        peak, closed_s = before, None
+        while time.monotonic() - started < seconds:
+            peak = max(peak, process_rss_mib(pid))
+            if closed_s is None and "multipart reply passed" in controller.log():
+                closed_s = time.monotonic() - started
+                break
+            time.sleep(0.05)
+        time.sleep(1)
+        status, answer = controller.api("POST", "/smtp/v1/exceptions",
+                                        {"address": "10.20.7.1", "direction": "inbound", "reason": "bench"})
+        return {"exceptions": exceptions, "rss_before_mib": before, "rss_peak_mib": peak,
+                "rss_after_mib": process_rss_mib(pid), "closed_after_s": None if closed_s is None else round(closed_s, 2),
+                "parts_sent": proxy.sent["more_parts"], "change_after": status,
+                "good_switch_enforced": "0000000000000001" in answer["switches"]["enforced"]}
+
+
 # -- 10. the same code on the old and the new platform stacks ------------------
 
 # name: (Python, framework, a pin over the project's own). "old" is the stack
@@ -889,7 +974,7 @@ def table(title, rows):
         print("  " + "  ".join(str(row[h]).rjust(w) for h, w in zip(headers, widths)))
 
 
-SECTIONS = ("install", "change", "firewall", "dataplane", "convergence", "cold", "scale", "fleet", "stacks")
+SECTIONS = ("install", "change", "firewall", "dataplane", "convergence", "cold", "scale", "fleet", "stacks", "hostile")
 
 
 def main(argv=None):
@@ -944,6 +1029,15 @@ def main(argv=None):
             table("9. Fleet: every switch connecting at once until all enforce, one change fanned out to all"
                   " (request to answer), controllers' CPU and memory; one controller, then two sharing the switches",
                   results["fleet"])
+        if "hostile" in wanted:
+            results["silent_in_fleet"] = bench_silent_in_fleet(4 if args.quick else 50, 20 if args.quick else 1000,
+                                                               2 if args.quick else 20, workdir)
+            table("11a. One silent switch in a fleet: change request to answer, every switch answering, then one"
+                  " silent (its first change waits the deadline, later ones do not)", results["silent_in_fleet"])
+            results["more_forever"] = bench_more_forever(20 if args.quick else 1000, workdir,
+                                                         seconds=30 if args.quick else 60)
+            table("11b. A switch answering REPLY_MORE forever: controller memory and the close",
+                  [results["more_forever"]])
         if "stacks" in wanted:
             names = args.stacks.split(",") if args.stacks else (["this"] if args.quick else list(STACKS))
             unknown_stacks = set(names) - set(STACKS) - {"this"}

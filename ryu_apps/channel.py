@@ -51,8 +51,8 @@ class Limits:
     reply_timeout: float = 30.0
     echo_idle: float = 5.0
     echo_timeout: float = 3.0
-    errors_per_second: float = 50.0
-    errors_burst: float = 200.0
+    errors_per_second: float = 5.0  # those that answer none of our requests: a switch sends almost none
+    errors_burst: float = 20.0
     echoes_per_second: float = 5.0
     echoes_burst: float = 20.0
     packet_ins_per_second: float = 100.0

@@ -50,6 +50,10 @@ def test_bench_quick(tmp_path):
     assert [(r["switches"], r["replicas"]) for r in fleet] == [(4, 1), (4, 2)]
     for row in fleet:
         assert row["all_in_sync_s"] > 0 and len(row["changes_all_ms"]) == 4 and len(row["controller_rss_mib"]) == row["replicas"]
+    silent = figures["silent_in_fleet"]
+    assert [r["silent"] for r in silent] == [0, 1] and all(r["others_enforced_every_time"] for r in silent)
+    more = figures["more_forever"]
+    assert more["closed_after_s"] is not None and more["good_switch_enforced"]
     stacks = figures["stacks"]
     assert [r["stack"] for r in stacks] == ["this"] and stacks[0]["python"] == sys.version.split()[0]
     assert min(stacks[0]["install_10_ratio"], stacks[0]["add_p50_ms"], stacks[0]["start_to_api_s"]) > 0

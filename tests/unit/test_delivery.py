@@ -692,3 +692,33 @@ def test_a_fenced_master_steps_down_and_a_stale_generation_never_writes(make_app
     masters[1] = ("me", 10)  # a newer claim: master, and the change goes out
     assert settle(app, until=lambda: app.switches[1].in_sync)
     assert (switch.role, switch.generation) == ("master", 10) and switch.rules() == desired(app)
+
+
+def test_verify_needs_the_read_token_runs_on_the_agents_and_is_rate_limited(make_app, monkeypatch):
+    """GET /switches?verify=1 reads every flow of every switch: the read
+    token, at most once every SMTP_POLICY_VERIFY_SECONDS; plain GET /switches
+    needs nothing and asks no switch (its twin)."""
+    from webob import Request
+
+    from ryu_apps import rest, web
+
+    monkeypatch.setenv(rest.TOKEN_ENV, "change-token")
+    monkeypatch.setenv(rest.READ_TOKEN_ENV, "read-token")
+    app = make_app()
+    switch = connect(app)
+    api = web.Application(rest.SmtpRestController(app))
+
+    def get(path, token=None):
+        req = Request.blank(path)
+        if token:
+            req.headers["Authorization"] = f"Bearer {token}"
+        return req.get_response(api)
+
+    switch.log.clear()
+    assert get("/smtp/v1/switches").status_int == 200 and not switch.sent("flow_stats")
+    assert get("/smtp/v1/switches?verify=1").status_int == 401 and not switch.sent("flow_stats")
+    answer = get("/smtp/v1/switches?verify=1", "read-token")
+    assert answer.status_int == 200 and switch.sent("flow_stats")  # its agent read every flow
+    assert answer.json["switches"][0]["full_audit_ms"] is not None
+    again = get("/smtp/v1/switches?verify=1", "read-token")
+    assert again.status_int == 429 and int(again.headers["Retry-After"]) >= 1
