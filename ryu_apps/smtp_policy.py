@@ -23,7 +23,6 @@ costs one deadline, not one per change. No flow times out, so a switch
 keeps enforcing while the controller is away.
 """
 import collections
-import hashlib
 import os
 import socket
 import sys
@@ -32,20 +31,19 @@ import weakref
 
 from prometheus_client import Histogram
 
-from ryu_apps import facade, openflow, rest, tls
+from ryu_apps import facade, openflow, rest, sampling, tls
 from ryu_apps.agent import Agent, Timing
 from ryu_apps.channel import Channel, Limits, SwitchFailed
 from ryu_apps.framework import (
-    CONFIG_DISPATCHER, DEAD_DISPATCHER, HANDSHAKE_DISPATCHER, MAIN_DISPATCHER, App, hub, ipv4, ipv6, ofp_event,
-    ofproto_v1_3, packet, set_ev_cls, tcp,
+    CONFIG_DISPATCHER, DEAD_DISPATCHER, HANDSHAKE_DISPATCHER, MAIN_DISPATCHER, App, hub, ofp_event, ofproto_v1_3,
+    set_ev_cls,
 )
 from ryu_apps.replicas import Replicas
-from smtp_border.audit import SAMPLED, AuditLog, attempt_from_sample, default_log_path
+from smtp_border.audit import AuditLog, default_log_path
 from smtp_border.border import Border
 from smtp_border.counters import BlockCounters
 from smtp_border.etcdstate import ETCD_ENV, EtcdState, Mastership
 from smtp_border.policy import PolicyError, utc_now
-from smtp_border.rules import cookie_clause
 from smtp_border.state import StateUnavailable
 
 POLICY_FILE_ENV = "SMTP_POLICY_FILE"
@@ -271,7 +269,7 @@ class SmtpPolicy(App):
     def _state_change(self, ev):
         dp = ev.datapath
         if ev.state == MAIN_DISPATCHER:
-            if not self._certificate_fits(dp):
+            if not tls.certificate_fits(self, dp):
                 return
             current = self.switches.get(dp.id)
             if current is not None and current.dp is not dp:
@@ -290,27 +288,6 @@ class SmtpPolicy(App):
             if self.mastership is not None and agent.role == "master":
                 hub.spawn(self.mastership.release, dp.id, agent.generation)
             self.logger.info("smtp-border: switch %016x disconnected; its flows stay in force", dp.id)
-
-    def _certificate_fits(self, dp):
-        """A switch whose dpid the policy pins to a certificate must have
-        presented that one (TLS): a device with another campus certificate
-        cannot claim its dpid. The connection is closed otherwise."""
-        spec = self.policy.switch_spec(dp.id)
-        pin = spec.certificate_sha256 if spec else None
-        if pin is None:
-            return True
-        getpeercert = getattr(getattr(dp, "socket", None), "getpeercert", None)
-        certificate = getpeercert(binary_form=True) if getpeercert else None
-        presented = hashlib.sha256(certificate).hexdigest() if certificate else None
-        if presented == pin:
-            return True
-        self.counters[("certificate_refused", dp.id)] += 1
-        self.logger.warning(
-            "smtp-border: connection from %s claims dpid %016x, pinned to certificate %s..., but presented %s:"
-            " closed", _peer(dp), dp.id, pin[:16], f"{presented[:16]}..." if presented else "no certificate",
-        )
-        dp.close()
-        return False
 
     def _channel(self, dp):
         channel = self.channels.get(dp)
@@ -342,13 +319,13 @@ class SmtpPolicy(App):
             self.counters[("duplicate_dpid_refused", newcomer.id)] += 1
             self.logger.warning(
                 "smtp-border: a second connection from %s claims dpid %016x, which is connected from %s and"
-                " answers: the new connection is closed", _peer(newcomer), newcomer.id, _peer(current.dp),
+                " answers: the new connection is closed", tls.peer_of(newcomer), newcomer.id, tls.peer_of(current.dp),
             )
             newcomer.close()
             return
         self.logger.warning(
             "smtp-border: switch %016x connected again from %s; the old connection from %s does not answer and"
-            " is closed", newcomer.id, _peer(newcomer), _peer(current.dp),
+            " is closed", newcomer.id, tls.peer_of(newcomer), tls.peer_of(current.dp),
         )
         self._manage(newcomer)
         current.stopped()
@@ -387,50 +364,8 @@ class SmtpPolicy(App):
 
     @set_ev_cls(ofp_event.EventOFPPacketIn, MAIN_DISPATCHER)
     def _packet_in(self, ev):
-        """A metered sample of a blocked packet: record the attempt if it is one.
-
-        Only from the live connection of an enforcing switch, from one of our
-        block flows (its cookie, in the policy table): a peer that opened an
-        OpenFlow connection must not write audit records accusing a host. A
-        payload that does not parse is counted, never a traceback."""
-        msg = ev.msg
-        dp = msg.datapath
-        channel = self.channels.get(dp)
-        if channel is not None:
-            channel.heard()
-            if not channel.allow("packet_ins"):
-                channel.flooding("packet_ins")
-                return
-        agent = self.switches.get(dp.id)
-        if (agent is None or agent.dp is not dp or not self.policy.switch_spec(dp.id)
-                or cookie_clause(msg.cookie) not in SAMPLED or agent.choice is None
-                or msg.table_id != agent.choice.profile.exception_table):
-            self.counters[("samples_refused", dp.id)] += 1
-            return
-        self.counters[("samples", dp.id)] += 1
-        try:
-            sample = packet.Packet(msg.data)
-            ip = sample.get_protocol(ipv4.ipv4) or sample.get_protocol(ipv6.ipv6)
-            segment = sample.get_protocol(tcp.tcp)
-        except Exception:  # a payload no switch of ours would send: counted, said once an interval
-            self.counters[("samples_unreadable", dp.id)] += 1
-            if channel is not None:
-                channel.note("unreadable_samples", "packet-in with a block cookie whose payload does not parse")
-            return
-        # A connection attempt is a SYN; retransmitted SYNs are attempts too.
-        if ip is None or segment is None or not segment.has_flags(tcp.TCP_SYN) or segment.has_flags(tcp.TCP_ACK):
-            return
-        attempt = attempt_from_sample(
-            cookie_clause(msg.cookie), dp.id, msg.match.get("in_port"), ip.src, ip.dst,
-            segment.src_port, segment.dst_port, utc_now(),
-        )
-        if attempt is not None and self.audit.record(attempt):
-            self.counters[("attempts", attempt.direction)] += 1
-            self.logger.info(
-                "smtp-border: blocked %s SMTP %s:%d -> %s:%d on switch %s port %s (%s)",
-                attempt.direction, attempt.src, attempt.src_port, attempt.dst, attempt.dst_port,
-                attempt.switch, attempt.in_port, attempt.clause,
-            )
+        """A metered sample of a blocked packet (ryu_apps/sampling.py)."""
+        sampling.record(self, self.channels.get(ev.msg.datapath), ev.msg)
 
     @set_ev_cls(ofp_event.EventOFPErrorMsg, [HANDSHAKE_DISPATCHER, CONFIG_DISPATCHER, MAIN_DISPATCHER])
     def _error(self, ev):
@@ -445,8 +380,3 @@ class SmtpPolicy(App):
             self.logger.error("smtp-border: OpenFlow error from switch %016x: %s", msg.datapath.id or 0, description)
         elif channel.dropped["errors"]:
             channel.flooding("errors")
-
-
-def _peer(dp):
-    address = getattr(dp, "address", None)
-    return f"{address[0]}:{address[1]}" if address else "?"

@@ -9,8 +9,11 @@ nothing else, so the second switch to connect fails its handshake (and with
 Python 3.12, where `ssl.wrap_socket` is gone, so would the first). Here one
 context is built when the server is made, with the CA required when given
 (a switch without a certificate signed by it gets no OpenFlow session at
-all), TLS 1.2 at least, and every refused handshake logged.
+all), TLS 1.2 at least, and every refused handshake logged. A dpid the
+policy pins to one certificate (certificate_sha256) is taken only by a
+connection that presented it.
 """
+import hashlib
 import logging
 import ssl
 
@@ -64,3 +67,30 @@ def _context(ssl_args):
 
 def _peer(addr):
     return f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) and len(addr) >= 2 else str(addr)
+
+
+def certificate_fits(app, dp):
+    """A switch whose dpid the policy pins to a certificate must have
+    presented that one (TLS): a device with another campus certificate
+    cannot claim its dpid. The connection is closed otherwise."""
+    spec = app.policy.switch_spec(dp.id)
+    pin = spec.certificate_sha256 if spec else None
+    if pin is None:
+        return True
+    getpeercert = getattr(getattr(dp, "socket", None), "getpeercert", None)
+    certificate = getpeercert(binary_form=True) if getpeercert else None
+    presented = hashlib.sha256(certificate).hexdigest() if certificate else None
+    if presented == pin:
+        return True
+    app.counters[("certificate_refused", dp.id)] += 1
+    app.logger.warning(
+        "smtp-border: connection from %s claims dpid %016x, pinned to certificate %s..., but presented %s:"
+        " closed", peer_of(dp), dp.id, pin[:16], f"{presented[:16]}..." if presented else "no certificate",
+    )
+    dp.close()
+    return False
+
+
+def peer_of(dp):
+    address = getattr(dp, "address", None)
+    return f"{address[0]}:{address[1]}" if address else "?"

@@ -20,7 +20,9 @@ import socket
 
 import eventlet
 import eventlet.wsgi
-from webob import Request, Response  # noqa: F401  (Response: what handlers answer, for ryu_apps/rest.py)
+from webob import Request, Response
+
+__all__ = ["Application", "Response", "listen", "route", "routes_of", "serve"]
 
 LOG = logging.getLogger("smtp_border.http")
 _SEGMENT = re.compile(r"\{(\w+)\}")
