@@ -171,3 +171,18 @@ class _Absurd:
 
     def serialize(self):
         return b"\xff\xff\x00" + b"\x00" * 61
+
+
+def test_a_scrape_reads_every_switch_at_once_and_a_silent_one_keeps_its_last_reading(make_app):
+    """GET /metrics reads the block counters of every enforcing switch, all
+    at once, each within a deadline: a silent switch is left out (its last
+    reading stands), the good one is read (its twin)."""
+    from ryu_apps import facade
+
+    app = make_app(TWO, limits={"echo_idle": 3600, "reply_timeout": 30})
+    good, silent = connect(app, 1), connect(app, 2)
+    silent.silent = True
+    good.log.clear()
+    readings = facade.read_counters(app, seconds=0.2)
+    assert set(readings) == {1} and good.sent("flow_stats")
+    assert [name for name, _ in silent.log if name == "ignored"]  # it was asked, and said nothing
