@@ -238,7 +238,11 @@ class Agent:
             try:
                 mastership = self.app.mastership
                 if mastership is not None and not self.writes():
-                    self.queue.clear()  # its master delivers them
+                    if self.queue:
+                        # Not ours to write now (its master's, or ours once the
+                        # lease is refreshed): a reconcile takes them in later.
+                        self.queue.clear()
+                        self.in_sync = False
                     if self.role == "master" and mastership.holds_lease:
                         # Late by our clock, not lost: write again once the lease is refreshed.
                         self.pending = "lease refresh late: not writing until it is refreshed"
