@@ -376,7 +376,7 @@ class Agent:
 
     @property
     def role_name(self):
-        return "enforcing" if self.app.policy.switch_spec(self.dpid) else "inside (forwarding only)"
+        return "enforcing" if self.app.border.enforcing(self.dpid) else "inside (forwarding only)"
 
     # -- reconcile and audit -------------------------------------------------------
 
@@ -391,7 +391,7 @@ class Agent:
         with gc_paused():
             if self.choice is None:
                 self.probe()
-            over = border.over_budget(self.dpid)
+            over = border.target(self.dpid).over
             if over is not None:
                 raise SwitchFailed(f"{over}: nothing sent (raise switches[].table_size if the switch has more,"
                                    " or grant fewer exceptions)")
@@ -399,7 +399,7 @@ class Agent:
             self.ensure_meter()
             rules, foreign = held or self.read_flows()
             # From here to the write nothing waits: the target is the one of change `number`.
-            number, desired = self.app.changes, border.flows(self.dpid)
+            number, desired = self.app.changes, border.target(self.dpid).flows
             if self.bundles:
                 diff = diff_rules(rules, desired)
                 # A foreign flow in a desired flow's place is replaced by its add, not deleted after it.
@@ -683,7 +683,7 @@ class Agent:
         """An enforcing switch must read the ports of first fragments
         (FRAG_NX_MATCH) before its flows are trusted to judge them."""
         dp = self.dp
-        if self.fragments is not None or not self.app.policy.switch_spec(self.dpid):
+        if self.fragments is not None or not self.app.border.enforcing(self.dpid):
             return
         ofp, parser = dp.ofproto, dp.ofproto_parser
         request = parser.OFPGetConfigRequest(dp)
@@ -709,7 +709,7 @@ class Agent:
         dp = self.dp
         policy = self.app.policy
         rate = policy.audit.sample_rate
-        if (not rate or not policy.switch_spec(self.dpid) or self.meter_rate == rate
+        if (not rate or not self.app.border.enforcing(self.dpid) or self.meter_rate == rate
                 or not self.choice.profile.meters):
             return
         ofp, parser = dp.ofproto, dp.ofproto_parser

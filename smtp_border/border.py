@@ -34,6 +34,24 @@ from .store import Change, PolicyStore
 NO_CHANGE = RuleDiff((), ())
 
 
+@dataclass(frozen=True, eq=False)
+class Target:
+    """What one switch must hold, in one answer (Border.target): its
+    profile and budget (`choice`), the flows it should hold (`flows`: the
+    core's own set, not to be modified), whether they fit its budget
+    (`over`: the OverBudget to refuse with, or None), and whether it
+    enforces the policy (listed) or only forwards (`enforcing`)."""
+    dpid: int
+    choice: object
+    flows: set
+    over: object
+    enforcing: bool
+
+    @property
+    def profile(self):
+        return self.choice.profile
+
+
 @dataclass(frozen=True)
 class Outcome:
     change: Change
@@ -110,6 +128,11 @@ class Border:
             rules = self._desired[dpid] = set(compiled)
             self._count(dpid, self.choice(dpid), rules)
         return rules
+
+    def target(self, dpid):
+        """Everything the delivery layer needs of switch `dpid`, at once."""
+        flows = self.flows(dpid)
+        return Target(dpid, self.choice(dpid), flows, self.over_budget(dpid), self.enforcing(dpid))
 
     def forget(self, dpid):
         """Stop tracking a switch (it disconnected); flows() compiles it anew."""

@@ -193,3 +193,22 @@ def test_switches_alike_are_compiled_once_and_each_keeps_its_own_flows(tmp_path,
     assert len(calls) == 1
     assert border.flows(5) == real(border.profile(5), border.policy, 5) == border.flows(1)
     assert len(calls) == 2
+
+
+def test_a_switchs_target_is_one_answer_of_the_core(tmp_path):
+    """Border.target: profile, flows, budget verdict and role at once, equal
+    to the separate answers; a switch whose table is too small for a reload
+    the file forced (a replica's sync is never refused) says so in its target."""
+    (tmp_path / "policy.yaml").write_text(textwrap.dedent(POLICY).replace(
+        "{dpid: 2, uplinks: [3]}", "{dpid: 2, uplinks: [3], pipeline: single_table, table_size: 19}"))
+    border = Border(tmp_path / "policy.yaml")
+    for dpid in (1, 2, 9):
+        target = border.target(dpid)
+        assert target.flows is border.flows(dpid) and target.choice == border.choice(dpid)
+        assert target.profile == border.profile(dpid) and target.over is None
+        assert target.enforcing == (dpid in (1, 2))
+    # As Border.sync applies another replica's change: not refused for a budget.
+    added = {"address": "10.20.3.10", "direction": "inbound", "reason": "from a replica"}
+    outcome = border._apply(border.store.propose_add(added), budget=False)
+    assert outcome.change.added and border.target(2).over is not None and border.target(2).over.needed == 20
+    assert border.target(1).over is None
