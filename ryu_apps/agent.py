@@ -30,7 +30,9 @@ ryu_apps/channel.py) can hold another switch, the API, or a change.
 
 With several controllers (docs/ha.md) the agent also settles its switch's
 OpenFlow role with the master key in etcd, writes only as master, and as
-slave only reads (its audit reports, its master repairs).
+slave only reads (its audit reports, its master repairs): ryu_apps/roles.py.
+What it reads of its switch and sets before any flow (probe, fragment
+handling, meters, flows, counters) is ryu_apps/readings.py.
 """
 import collections
 import contextlib
@@ -41,28 +43,13 @@ from dataclasses import dataclass
 
 from ryu_apps import openflow
 from ryu_apps.channel import SwitchFailed
-from smtp_border.audit import DIRECTIONS
+from ryu_apps.readings import FRAG_NX_MATCH, Readings  # noqa: F401  (FRAG_NX_MATCH: where tests find it)
+from ryu_apps.roles import Roles, refused_as_slave
 from smtp_border.diff import diff_rules
-from smtp_border.pipeline import Capabilities
 from smtp_border.policy import cyclic_gc_paused as gc_paused
-from smtp_border.rules import AUDIT_METERS, COOKIE_APP_TAG, Clause, cookie_clause, with_version
-from smtp_border.state import StateUnavailable
+from smtp_border.rules import with_version
 
 LOG = logging.getLogger("smtp_border.agent")
-
-# The drop flows, clauses 0x20-0x23 (Part 1, Part 2, unclassifiable; and the
-# few transit flows, skipped): cookie and mask for reading them alone.
-BLOCK_COOKIE = (COOKIE_APP_TAG << 48) | (Clause.PART1_BLOCK << 40)
-BLOCK_COOKIE_MASK = (0xFFFF << 48) | (0xFC << 40)
-# How a switch treats IP fragments (the OFPC_FRAG_* bits of its config).
-# OpenFlow's default, "normal", reads the ports of every fragment as 0, the
-# first included: an SMTP SYN sent as a first fragment would look like TCP to
-# port 0. Open vSwitch's "nx-match" (a Nicira value) reads the ports of a
-# first fragment and leaves 0 only to later ones, which carry none: what the
-# policy's flows assume (docs/security.md). A switch that will not take it
-# still fails closed: its first TCP fragments meet the port-0 drop.
-FRAG_NX_MATCH = 3
-
 
 @dataclass(frozen=True)
 class Timing:
@@ -97,7 +84,7 @@ class Timing:
     max_unseen: int = 32
 
 
-class Agent:
+class Agent(Readings, Roles):
     """What the controller knows of one connected switch, and the green
     thread that keeps it at its target (see the module's docstring)."""
 
@@ -274,7 +261,7 @@ class Agent:
             except Exception as err:
                 self.failures += 1
                 delay = min(timing.retry_max, timing.retry_min * 2 ** (self.failures - 1))
-                if mastership is not None and _refused_as_slave(self.dp.ofproto, getattr(err, "codes", ())):
+                if mastership is not None and refused_as_slave(self.dp.ofproto, getattr(err, "codes", ())):
                     # Another replica is master now (we were fenced), or our
                     # generation id is stale: settle again, at once the first
                     # time, then backing off (a key that stays stale must not
@@ -507,266 +494,6 @@ class Agent:
         expected = collections.Counter(r.table for r in desired)
         return all(counts[t] == expected.get(t, 0) for t in self.tables), replies
 
-    def observe(self):
-        """A slave's audit: read the switch (a slave's right) and note whether
-        it holds the policy in force as this replica knows it. Repairs are
-        its master's: this only reports (`holds`, `pending`, the flow count,
-        the block counters for /metrics). Counts each time; when they match
-        after a difference, the flows of the changes since it last held the
-        policy (by their cookies), or every flow. The periodic full
-        comparison is the master's alone (it repairs what it finds); the
-        slaves' would double the dumps every switch answers."""
-        desired = self.app.border.flows(self.dpid)
-        counted, _ = self.count(desired)
-        desired = self.app.border.flows(self.dpid)
-        master = f"slave: controller {self.master} is master"
-        if not counted:
-            self.holds = False
-            self.pending = (f"{master}; the switch holds {self.flow_count} flows where the policy in force has"
-                            f" {len(desired)} (a change on its way, or drift its master repairs)")
-            return
-        if self.holds:
-            return  # (a full comparison is its master's audit's: that one repairs)
-        if self.unseen:
-            # Held the policy before these changes: read what they touch.
-            cookies = {r.cookie for d in self.unseen for r in d.add + d.delete}
-            held = self.held_by_cookies(cookies)
-            want = {r for r in self.app.border.flows(self.dpid) if r.cookie in cookies}
-            if held == want:
-                self.holds, self.unseen, self.pending = True, [], None
-            else:
-                self.pending = (f"{master}; {len(want - held)} flows of the latest changes not yet on the switch,"
-                                f" {len(held - want)} to go (a change on its way, or drift its master repairs)")
-            return
-        rules, foreign = self.read_flows(dump=True)
-        diff = diff_rules({with_version(r, 0) for r in rules}, self.app.border.flows(self.dpid))
-        self.holds = not (diff.add or diff.delete or foreign)
-        self.unseen = [] if self.holds else None
-        self.pending = None if self.holds else (
-            f"{master}; the switch differs from the policy in force: {len(diff.add)} flows to add,"
-            f" {len(diff.delete) + len(foreign)} to remove (a change on its way, or drift its master repairs)")
-
-    def note_unseen(self, diff):
-        """A slave: a change its master is to deliver, for its next audit to read."""
-        self.holds = False
-        if self.unseen is not None:
-            self.unseen.append(diff)
-            if sum(len(d) for d in self.unseen) > self.timing.max_unseen:
-                self.unseen = None  # the audit compares every flow
-        self.wake.set()
-
-    def seen_on_switch(self, diff, timeout):
-        """True once the switch holds the diff (its adds, none of its deletes),
-        read by the cookies of the flows concerned; False after `timeout`."""
-        deadline = time.monotonic() + timeout
-        cookies = {r.cookie for r in diff.add + diff.delete}
-        while time.monotonic() < deadline:
-            try:
-                held = self.held_by_cookies(cookies, timeout=max(0.05, deadline - time.monotonic()))
-            except SwitchFailed:
-                return False
-            keys = {r.key for r in held}
-            if all(r in held for r in diff.add) and not any(r.key in keys for r in diff.delete):
-                return True
-            self.hub.sleep(0.05)
-        return False
-
-    def held_by_cookies(self, cookies, timeout=None):
-        """The switch's rules that carry these cookies, read as version 0 (a
-        switch without bundles holds its policy table in either version:
-        ordering.py). One flow-stats request a cookie, up to max_unseen."""
-        dp = self.dp
-        if len(cookies) <= self.timing.max_unseen:
-            requests = [openflow.flow_stats_request(dp, cookie, 0xFFFFFFFFFFFFFFFF) for cookie in cookies]
-            replies = self.channel.exchange([], requests, timeout=timeout)
-            entries = [e for r in requests for body in replies[r.xid] for e in body.entries()]
-        else:
-            entries = self.switch_flows(timeout=timeout)
-        return {with_version(e.rule, 0) for e in entries if e.rule is not None and e.cookie in cookies}
-
-    # -- reading the switch ------------------------------------------------------
-
-    def read_flows(self, dump=False):
-        """The switch's flows in the owned tables: (FlowRules, foreign flows).
-        Flows with our cookie in other tables (left by another profile) are
-        foreign too. Empty tables (a fresh switch) are told by their counts,
-        without a dump."""
-        tables = self.tables
-        if not dump:
-            requests = [self._aggregate(table) for table in tables]
-            replies = self.channel.exchange([], requests)
-            if not any(replies[r.xid][0].flow_count for r in requests):
-                return set(), []
-        rules, foreign = set(), []
-        entries = self.switch_flows()
-        for entry in entries:
-            if entry.table_id not in tables:
-                if cookie_clause(entry.cookie) is not None:
-                    foreign.append(openflow.Foreign(entry))
-                continue
-            (foreign.append(openflow.Foreign(entry)) if entry.rule is None else rules.add(entry.rule))
-        self.observe_blocks(entries)
-        return rules, foreign
-
-    def read_counters_before(self, diff):
-        """Before a change replaces or removes block flows, read their counters."""
-        if any(cookie_clause(r.cookie) in DIRECTIONS for r in diff.delete + diff.add):
-            self.read_block_counters()
-
-    def read_block_counters(self, timeout=None):
-        request = openflow.flow_stats_request(self.dp, BLOCK_COOKIE, BLOCK_COOKIE_MASK)
-        replies = self.channel.exchange([], [request], timeout=timeout)
-        self.observe_blocks([e for body in replies[request.xid] for e in body.entries()])
-
-    def observe_blocks(self, entries):
-        tables = self.tables if self.choice is not None else ()
-        readings = []
-        for entry in entries:
-            clause = cookie_clause(entry.cookie)
-            if clause in DIRECTIONS and entry.table_id in tables:
-                key = (entry.table_id, entry.priority, entry.match)
-                readings.append((key, DIRECTIONS[clause][0], entry.packet_count, entry.byte_count))
-        self.app.block_counters.observe(self.dpid, readings)
-
-    def switch_flows(self, timeout=None):
-        """Every flow on the switch, as ryu_apps.wire.FlowEntry."""
-        request = openflow.flow_stats_request(self.dp)
-        return [entry for body in self.channel.exchange([], [request], timeout=timeout)[request.xid]
-                for entry in body.entries()]
-
-    def meter_stats(self, timeout=None):
-        """OFPMeterStats of the audit meters (empty without them)."""
-        dp = self.dp
-        request = dp.ofproto_parser.OFPMeterStatsRequest(dp, 0, dp.ofproto.OFPM_ALL)
-        return self.channel.exchange([], [request], timeout=timeout)[request.xid]
-
-    # -- what it needs before flows --------------------------------------------------
-
-    def probe(self):
-        """Ask a switch that just connected what it can do (table features,
-        meter features; its table count came with its features reply), and
-        give it its profile (smtp_border/pipeline.py). A switch that refuses
-        a request simply does not have that to offer; one that does not
-        answer, or answers nonsense, fails the attempt, which is retried."""
-        dp = self.dp
-        started = time.monotonic()
-        tables = max_meters = None
-        features, meters = openflow.table_features_request(dp), openflow.meter_features_request(dp)
-        try:  # both at once: one round trip for a switch that answers both, as most do
-            replies = self.channel.exchange([], [features, meters])
-            tables = _features(replies[features.xid])
-            max_meters = replies[meters.xid][0].max_meter if replies[meters.xid] else 0
-        except SwitchFailed as err:
-            if not err.codes:
-                raise
-            for request in (openflow.table_features_request(dp), openflow.meter_features_request(dp)):
-                try:
-                    reply = self.channel.exchange([], [request])[request.xid]
-                except SwitchFailed as err:
-                    if not err.codes:
-                        raise
-                    reply = None  # refused: the switch does not have it to offer
-                if isinstance(request, dp.ofproto_parser.OFPTableFeaturesStatsRequest):
-                    tables = None if reply is None else _features(reply)
-                else:
-                    max_meters = reply[0].max_meter if reply else 0
-        capabilities = Capabilities(self.n_tables, tables or None, max_meters)
-        self.choice = self.app.border.probed(self.dpid, capabilities)
-        self.channel.reply_limit = self.channel.limits.max_reply_bytes(len(self.app.border.flows(self.dpid)))
-        LOG.info("smtp-border: switch %016x: pipeline %s, %s; budget %s (%.1f ms to probe)",
-                 self.dpid, self.choice.profile.describe(), "; ".join(self.choice.reasons),
-                 "none known" if self.choice.budget is None
-                 else f"{self.choice.budget} entries ({self.choice.budget_source})",
-                 (time.monotonic() - started) * 1000)
-
-    def ensure_fragments(self):
-        """An enforcing switch must read the ports of first fragments
-        (FRAG_NX_MATCH) before its flows are trusted to judge them."""
-        dp = self.dp
-        if self.fragments is not None or not self.app.border.enforcing(self.dpid):
-            return
-        ofp, parser = dp.ofproto, dp.ofproto_parser
-        request = parser.OFPGetConfigRequest(dp)
-        config = self.channel.exchange([], [request])[request.xid][0]
-        if config.flags & ofp.OFPC_FRAG_MASK != FRAG_NX_MATCH:
-            flags = (config.flags & ~ofp.OFPC_FRAG_MASK) | FRAG_NX_MATCH
-            check = parser.OFPGetConfigRequest(dp)
-            try:
-                replies = self.channel.exchange([parser.OFPSetConfig(dp, flags, config.miss_send_len)], [check])
-                config = replies[check.xid][0]
-            except SwitchFailed as err:
-                LOG.error("smtp-border: switch %016x refuses Nicira fragment handling: %s", self.dpid, err)
-        if config.flags & ofp.OFPC_FRAG_MASK == FRAG_NX_MATCH:
-            self.fragments = "nx-match"
-            return
-        self.fragments = (f"mode {config.flags & ofp.OFPC_FRAG_MASK}: first TCP fragments are dropped, "
-                          "fragmented SMTP or not")
-        LOG.warning("smtp-border: switch %016x keeps fragment handling %s", self.dpid, self.fragments)
-
-    def ensure_meter(self):
-        """The audit meters (inbound, outbound) must exist, at the policy's
-        rate, before any flow uses them."""
-        dp = self.dp
-        policy = self.app.policy
-        rate = policy.audit.sample_rate
-        if (not rate or not self.app.border.enforcing(self.dpid) or self.meter_rate == rate
-                or not self.choice.profile.meters):
-            return
-        ofp, parser = dp.ofproto, dp.ofproto_parser
-        # Ask first rather than try and fail: an error here would read like a
-        # fault. (Asking for one unknown meter is an error too, so ask for all.)
-        request = parser.OFPMeterConfigStatsRequest(dp, 0, ofp.OFPM_ALL)
-        existing = {m.meter_id for m in self.channel.exchange([], [request])[request.xid]}
-        mods = [openflow.set_meter(dp, meter, rate, ofp.OFPMC_MODIFY if meter in existing else ofp.OFPMC_ADD)
-                for meter in AUDIT_METERS]
-        self.channel.exchange(mods, [self._barrier()])
-        self.meter_rate = rate
-
-    # -- roles (several controllers) -------------------------------------------------
-
-    def writes(self):
-        """May this controller write to the switch? Always alone; with
-        several, only as its master while the etcd lease holds."""
-        mastership = self.app.mastership
-        return mastership is None or (self.role == "master" and mastership.lease_ok)
-
-    def settle_role(self):
-        """Claim the switch's master key in etcd and tell the switch our role
-        with the key's generation id. A switch that calls the id stale has
-        seen a newer master: read the key again and settle as it says."""
-        dp = self.dp
-        mastership = self.app.mastership
-        try:
-            master, generation = mastership.claim(self.dpid)
-        except StateUnavailable as err:
-            self.role, self.in_sync = None, False
-            self.pending = f"mastership unknown, not writing: {err}"
-            raise SwitchFailed(self.pending) from None
-        mine = master == mastership.replica
-        if not mine and self.role == "slave" and (self.master, self.generation) == (master, generation):
-            return  # nothing changed since the last look: the switch knows our role
-        ofp, parser = dp.ofproto, dp.ofproto_parser
-        request = parser.OFPRoleRequest(dp, ofp.OFPCR_ROLE_MASTER if mine else ofp.OFPCR_ROLE_SLAVE, generation)
-        # The first role on this connection goes with its asynchronous configuration.
-        self.channel.exchange([] if self.generation is not None else [_async_config(dp)], [request])
-        was = self.role
-        self.holds = self.holds and was == "slave"
-        self.unseen = self.unseen if was == "slave" else None
-        self.role, self.master, self.generation = ("master" if mine else "slave"), master, generation
-        self.in_sync = False
-        if mine:
-            self.pending = "master now; reconciling"
-        else:
-            self.pending = f"slave: controller {master} is master"
-            # Know its profile and flows as the master does (reads are a
-            # slave's right): to confirm changes on it, and to take over.
-            if self.choice is None:
-                self.probe()
-            self.app.border.flows(self.dpid)
-        if was != self.role:
-            LOG.info("smtp-border: switch %016x: %s (master %s, generation %d)", self.dpid, self.role, master,
-                     generation)
-
     # -- small requests --------------------------------------------------------------
 
     def _barrier(self):
@@ -777,38 +504,6 @@ class Agent:
         return parser.OFPAggregateStatsRequest(self.dp, 0, table, ofp.OFPP_ANY, ofp.OFPG_ANY, 0, 0, parser.OFPMatch())
 
 
-def _features(reply):
-    """The table features a switch sent, or SwitchFailed naming what is wrong
-    with them: one line, retried with backoff, never a traceback per try."""
-    try:
-        return openflow.table_features(reply)
-    except Exception as err:  # a malformed reply from the switch, not our bug
-        raise SwitchFailed(f"its table features reply cannot be read ({type(err).__name__}: {err})") from None
-
-
-def _async_config(dp):
-    """What this connection is sent in either role (OFPT_SET_ASYNC,
-    OpenFlow 1.3 section 6.1.1): the defaults, except that a slave gets
-    the blocked-attempt samples too. The block flows send them to
-    "the controller", which Open vSwitch reads as every connection
-    whose configuration asks; by default only the master's does, and
-    each replica's GET /blocked would hold only its own switches'
-    attempts. Masks: [master or equal, slave]."""
-    ofp = dp.ofproto
-    packet_in = 1 << ofp.OFPR_NO_MATCH | 1 << ofp.OFPR_ACTION
-    port_status = 1 << ofp.OFPPR_ADD | 1 << ofp.OFPPR_DELETE | 1 << ofp.OFPPR_MODIFY
-    flow_removed = (1 << ofp.OFPRR_IDLE_TIMEOUT | 1 << ofp.OFPRR_HARD_TIMEOUT | 1 << ofp.OFPRR_DELETE
-                    | 1 << ofp.OFPRR_GROUP_DELETE)
-    return dp.ofproto_parser.OFPSetAsync(dp, [packet_in, 1 << ofp.OFPR_ACTION], [port_status, port_status],
-                                         [flow_removed, 0])
-
-
 def _refuses_bundles(ofp, codes):
     unsupported = {ofp.OFPBRC_BAD_EXPERIMENTER, ofp.OFPBRC_BAD_EXP_TYPE, ofp.OFPBRC_BAD_TYPE}
     return any(t == ofp.OFPET_BAD_REQUEST and c in unsupported for t, c in codes)
-
-
-def _refused_as_slave(ofp, codes):
-    """The switch refused a write because we are slave, or our role as stale."""
-    return any(code == (ofp.OFPET_BAD_REQUEST, ofp.OFPBRC_IS_SLAVE) or code[0] == ofp.OFPET_ROLE_REQUEST_FAILED
-               for code in codes)
