@@ -344,7 +344,7 @@ class Agent(Readings, Roles):
                     self._no_bundles()
                     return self.reconcile()
             else:
-                phases = self.choice.profile.change_phases(diff, self.version)
+                phases = self.target().phases(diff, self.version)
                 if phases is None:
                     # Not just allows: the classification changes. Read the switch
                     # and take it there in the two-phase order.
@@ -361,6 +361,11 @@ class Agent(Readings, Roles):
         LOG.warning("smtp-border: switch %016x refuses bundles; using ordered flow mods", self.dpid)
         self.bundles = False
 
+    def target(self):
+        """The core's one answer for this switch (smtp_border/border.py Target):
+        taken afresh, since a change may have come since the last one."""
+        return self.app.border.target(self.dpid)
+
     @property
     def role_name(self):
         return "enforcing" if self.app.border.enforcing(self.dpid) else "inside (forwarding only)"
@@ -373,12 +378,11 @@ class Agent(Readings, Roles):
         target and its change number with no wait in between, send the
         difference, confirm."""
         dp = self.dp
-        border = self.app.border
         started = time.monotonic()
         with gc_paused():
             if self.choice is None:
                 self.probe()
-            over = border.target(self.dpid).over
+            over = self.target().over
             if over is not None:
                 raise SwitchFailed(f"{over}: nothing sent (raise switches[].table_size if the switch has more,"
                                    " or grant fewer exceptions)")
@@ -386,7 +390,8 @@ class Agent(Readings, Roles):
             self.ensure_meter()
             rules, foreign = held or self.read_flows()
             # From here to the write nothing waits: the target is the one of change `number`.
-            number, desired = self.app.changes, border.target(self.dpid).flows
+            number, target = self.app.changes, self.target()
+            desired = target.flows
             if self.bundles:
                 diff = diff_rules(rules, desired)
                 # A foreign flow in a desired flow's place is replaced by its add, not deleted after it.
@@ -405,7 +410,7 @@ class Agent(Readings, Roles):
                 how, version = "in one bundle", 0
                 counts = (len(diff.add), len(diff.delete) + len(foreign))
             else:
-                version, phases = self.choice.profile.plan(list(rules) + foreign, desired)
+                version, phases = target.plan(list(rules) + foreign)
                 for phase in phases:
                     self.channel.exchange([openflow.flow_mod(dp, op, item) for op, item in phase], [self._barrier()])
                 how = f"with ordered flow mods ({len(phases)} phases)"
@@ -443,7 +448,7 @@ class Agent(Readings, Roles):
         dp = self.dp
         started = time.monotonic()
         number = self.app.changes
-        desired = self.app.border.flows(self.dpid)
+        desired = self.target().flows
         config = dp.ofproto_parser.OFPGetConfigRequest(dp)
         counted, replies = self.count(desired, [config])
         full = full or self.audits % self.timing.full_audit_every == 0
@@ -464,7 +469,7 @@ class Agent(Readings, Roles):
         rules, foreign = self.read_flows(dump=True)
         if self.app.changes != number or self.queue:
             return None
-        desired = self.app.border.flows(self.dpid)
+        desired = self.target().flows
         target = desired if self.version == 0 else {with_version(r, self.version) for r in desired}
         missing = len({r.key for r in target} - {r.key for r in rules})
         diff = diff_rules(rules, target)

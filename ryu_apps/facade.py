@@ -21,13 +21,13 @@ READ_SECONDS = 2.0
 def switch_status(app, dpid):
     """What GET /smtp/v1/switches reports for one switch: what the
     controller knows, without asking the switch or compiling anything."""
-    spec = app.policy.switch_spec(dpid)
+    listing = app.border.listing(dpid)
     agent = app.switches.get(dpid)
     status = {
         "dpid": f"{dpid:016x}",
-        "name": spec.name if spec else None,
-        "role": "enforcing" if spec else "inside",
-        "uplinks": list(spec.uplinks) if spec else [],
+        "name": listing.name,
+        "role": listing.role,
+        "uplinks": list(listing.uplinks),
         "connected": agent is not None,
         "in_sync": None,
         "pending": "not connected",
@@ -65,7 +65,7 @@ def switch_status(app, dpid):
 
 
 def known_dpids(app):
-    listed = {s.dpid for s in app.policy.switches or ()}
+    listed = set(app.border.listed() or ())
     return sorted(listed | set(app.switches))
 
 
@@ -82,7 +82,7 @@ def unsampled(app):
     """Enforcing switches that drop blocked packets without sampling them (no meters)."""
     return [f"{dpid:016x}" for dpid, agent in sorted(app.switches.items())
             if agent.choice is not None and not agent.choice.profile.meters
-            and app.policy.switch_spec(dpid) is not None]
+            and app.border.enforcing(dpid)]
 
 
 def read_counters(app, seconds=READ_SECONDS):
@@ -91,7 +91,7 @@ def read_counters(app, seconds=READ_SECONDS):
     answer within `seconds` keeps its last reading (and is left out)."""
     meters, threads = {}, {}
     for dpid, agent in sorted(app.switches.items()):
-        if not app.policy.switch_spec(dpid) or agent.choice is None:
+        if not app.border.enforcing(dpid) or agent.choice is None:
             continue
         threads[dpid] = app.hub.spawn(_read, app, agent, seconds)
     for dpid, thread in threads.items():

@@ -117,7 +117,7 @@ class Readings:
                     max_meters = reply[0].max_meter if reply else 0
         capabilities = Capabilities(self.n_tables, tables or None, max_meters)
         self.choice = self.app.border.probed(self.dpid, capabilities)
-        self.channel.reply_limit = self.channel.limits.max_reply_bytes(len(self.app.border.flows(self.dpid)))
+        self.channel.reply_limit = self.channel.limits.max_reply_bytes(len(self.target().flows))
         LOG.info("smtp-border: switch %016x: pipeline %s, %s; budget %s (%.1f ms to probe)",
                  self.dpid, self.choice.profile.describe(), "; ".join(self.choice.reasons),
                  "none known" if self.choice.budget is None

@@ -57,7 +57,7 @@ class Roles:
             # slave's right): to confirm changes on it, and to take over.
             if self.choice is None:
                 self.probe()
-            self.app.border.flows(self.dpid)
+            self.target().flows
         if was != self.role:
             LOG.info("smtp-border: switch %016x: %s (master %s, generation %d)", self.dpid, self.role, master,
                      generation)
@@ -72,9 +72,9 @@ class Roles:
         policy (by their cookies), or every flow. The periodic full
         comparison is the master's alone (it repairs what it finds); the
         slaves' would double the dumps every switch answers."""
-        desired = self.app.border.flows(self.dpid)
+        desired = self.target().flows
         counted, _ = self.count(desired)
-        desired = self.app.border.flows(self.dpid)
+        desired = self.target().flows
         master = f"slave: controller {self.master} is master"
         if not counted:
             self.holds = False
@@ -87,7 +87,7 @@ class Roles:
             # Held the policy before these changes: read what they touch.
             cookies = {r.cookie for d in self.unseen for r in d.add + d.delete}
             held = self.held_by_cookies(cookies)
-            want = {r for r in self.app.border.flows(self.dpid) if r.cookie in cookies}
+            want = {r for r in self.target().flows if r.cookie in cookies}
             if held == want:
                 self.holds, self.unseen, self.pending = True, [], None
             else:
@@ -95,7 +95,7 @@ class Roles:
                                 f" {len(held - want)} to go (a change on its way, or drift its master repairs)")
             return
         rules, foreign = self.read_flows(dump=True)
-        diff = diff_rules({with_version(r, 0) for r in rules}, self.app.border.flows(self.dpid))
+        diff = diff_rules({with_version(r, 0) for r in rules}, self.target().flows)
         self.holds = not (diff.add or diff.delete or foreign)
         self.unseen = [] if self.holds else None
         self.pending = None if self.holds else (

@@ -23,7 +23,7 @@ def record(app, channel, msg):
             channel.flooding("packet_ins")
             return
     agent = app.switches.get(dp.id)
-    if (agent is None or agent.dp is not dp or not app.policy.switch_spec(dp.id)
+    if (agent is None or agent.dp is not dp or not app.border.enforcing(dp.id)
             or cookie_clause(msg.cookie) not in SAMPLED or agent.choice is None
             or msg.table_id != agent.choice.profile.exception_table):
         app.counters[("samples_refused", dp.id)] += 1

@@ -207,8 +207,7 @@ class SmtpPolicy(App):
         enforced, pending, crashed = [], [], {}
         for dpid in dpids:
             agent = self.switches.get(dpid)
-            spec = self.policy.switch_spec(dpid)
-            name = spec.name if spec else None
+            name = self.border.listing(dpid).name
             if agent is None:
                 pending.append({"dpid": f"{dpid:016x}", "name": name, "reason": "not connected", "connected": False})
             elif (agent.role == "slave" and (agent.holds or dpid in seen)) or agent.holds_change(number):
@@ -296,8 +295,8 @@ class SmtpPolicy(App):
         return channel
 
     def _manage(self, dp):
-        spec = self.policy.switch_spec(dp.id)
-        agent = Agent(self, dp, self._channel(dp), self.bundles_wanted and getattr(spec, "bundles", None) is not False,
+        allowed = self.border.listing(dp.id).bundles_allowed
+        agent = Agent(self, dp, self._channel(dp), self.bundles_wanted and allowed,
                       hello_at=self._hello_at.pop(dp, None), n_tables=self._n_tables.get(dp))
         self.switches[dp.id] = agent
         agent.start()

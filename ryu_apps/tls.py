@@ -73,8 +73,7 @@ def certificate_fits(app, dp):
     """A switch whose dpid the policy pins to a certificate must have
     presented that one (TLS): a device with another campus certificate
     cannot claim its dpid. The connection is closed otherwise."""
-    spec = app.policy.switch_spec(dp.id)
-    pin = spec.certificate_sha256 if spec else None
+    pin = app.border.listing(dp.id).certificate_sha256
     if pin is None:
         return True
     getpeercert = getattr(getattr(dp, "socket", None), "getpeercert", None)

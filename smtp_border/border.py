@@ -23,7 +23,7 @@ StateUnavailable; in every case nothing changed.
 """
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Dict
+from typing import Dict, Optional, Tuple
 
 from .compiler import ExceptionIndex
 from .diff import RuleDiff, diff_rules
@@ -34,22 +34,55 @@ from .store import Change, PolicyStore
 NO_CHANGE = RuleDiff((), ())
 
 
+@dataclass(frozen=True)
+class Listing:
+    """What the policy says of one switch, for those who only need to name
+    it, pin its certificate or know whether it enforces (status, TLS,
+    sampling): no compile. An unlisted switch is `inside`: it forwards."""
+    dpid: int
+    enforcing: bool
+    name: Optional[str] = None
+    uplinks: Tuple[int, ...] = ()
+    certificate_sha256: Optional[str] = None  # TLS pin; None: any campus certificate
+    bundles_allowed: bool = True  # False: the policy says never send it a bundle
+
+    @property
+    def role(self):
+        return "enforcing" if self.enforcing else "inside"
+
+
 @dataclass(frozen=True, eq=False)
 class Target:
-    """What one switch must hold, in one answer (Border.target): its
-    profile and budget (`choice`), the flows it should hold (`flows`: the
-    core's own set, not to be modified), whether they fit its budget
-    (`over`: the OverBudget to refuse with, or None), and whether it
-    enforces the policy (listed) or only forwards (`enforcing`)."""
-    dpid: int
+    """What one switch must hold, in one answer (Border.target): what the
+    policy says of it (`listing`), its profile and budget (`choice`), the
+    flows it should hold (`flows`: the core's own set, not to be modified),
+    whether they fit its budget (`over`: the OverBudget to refuse with, or
+    None), and in which order a switch without bundles is taken there
+    (`plan`, `phases`: the profile's, see smtp_border/ordering.py)."""
+    listing: Listing
     choice: object
     flows: set
     over: object
-    enforcing: bool
+
+    @property
+    def dpid(self):
+        return self.listing.dpid
+
+    @property
+    def enforcing(self):
+        return self.listing.enforcing
 
     @property
     def profile(self):
         return self.choice.profile
+
+    def plan(self, held):
+        """(version, phases of flow mods) taking a switch that holds `held` to `flows`."""
+        return self.profile.plan(held, self.flows)
+
+    def phases(self, diff, version):
+        """The flow mods of one change's `diff`, in order; None: reconcile through `plan`."""
+        return self.profile.change_phases(diff, version)
 
 
 @dataclass(frozen=True)
@@ -132,7 +165,14 @@ class Border:
     def target(self, dpid):
         """Everything the delivery layer needs of switch `dpid`, at once."""
         flows = self.flows(dpid)
-        return Target(dpid, self.choice(dpid), flows, self.over_budget(dpid), self.enforcing(dpid))
+        return Target(self.listing(dpid), self.choice(dpid), flows, self.over_budget(dpid))
+
+    def listing(self, dpid):
+        """What the policy says of switch `dpid` (Listing), without compiling."""
+        spec = self.policy.switch_spec(dpid)
+        if spec is None:
+            return Listing(dpid, False)
+        return Listing(dpid, True, spec.name, tuple(spec.uplinks), spec.certificate_sha256, spec.bundles is not False)
 
     def forget(self, dpid):
         """Stop tracking a switch (it disconnected); flows() compiles it anew."""

@@ -26,7 +26,7 @@ what a switch says of itself in its table features.
 """
 import dataclasses
 from dataclasses import dataclass
-from typing import FrozenSet, Optional, Tuple
+from typing import ClassVar, FrozenSet, Optional, Tuple
 
 from .policy import PIPELINES
 from .rules import ETH_TYPE_IPV6, POLICY_TABLE
@@ -71,27 +71,24 @@ def _table(id_, name, matches, instructions, next_tables=()):
 @dataclass(frozen=True)
 class Profile:
     """How one switch holds the policy. Frozen and hashable: switches with
-    the same profile and uplinks share their exception flows."""
+    the same profile and uplinks share their exception flows. The layouts
+    are the subclasses (MultiTable, SingleTable): each says what it does,
+    and nothing outside this module asks which one a switch has."""
 
-    name: str  # MULTI or SINGLE
-    table: int = 0  # SINGLE: the table id
     meters: bool = True  # blocked packets sampled through the audit meters
     frag_match: bool = True  # the switch matches Open vSwitch's ip_frag
+
+    name: ClassVar[str]  # switches[].pipeline
+
+    @staticmethod
+    def named(name, **fields):
+        """The profile that switches[].pipeline `name` means."""
+        return {MULTI: MultiTable, SINGLE: SingleTable}[name](**fields)
 
     @property
     def tables(self):
         """The tables this profile uses, declared."""
-        frag = " ip_frag" if self.frag_match else ""
-        meter = f" {METER}" if self.meters else ""
-        if self.name == MULTI:
-            return (
-                _table(0, "classify", "in_port eth_type ip_proto tcp_dst ip_src" + frag,
-                       f"{WRITE_METADATA} {GOTO_TABLE} {APPLY_ACTIONS}", (1, 2)),
-                _table(1, "policy", "metadata eth_type ip_src ip_dst", f"{GOTO_TABLE} {APPLY_ACTIONS}" + meter, (2,)),
-                _table(2, "forward", "", APPLY_ACTIONS),
-            )
-        return (_table(self.table, "acl", "in_port eth_type ip_proto tcp_dst ip_src ip_dst" + frag,
-                       APPLY_ACTIONS + meter),)
+        raise NotImplementedError
 
     @property
     def table_ids(self):
@@ -101,15 +98,21 @@ class Profile:
     def exception_table(self):
         """The table that holds the exception flows (the one that grows, and
         the budget counts) and the sampled blocks."""
-        return POLICY_TABLE if self.name == MULTI else self.table
+        raise NotImplementedError
+
+    def _extras(self):
+        return ((" ip_frag" if self.frag_match else ""), (f" {METER}" if self.meters else ""))
 
     def describe(self):
-        parts = [self.name if self.name == MULTI else f"{self.name} (table {self.table})"]
+        parts = [self._title()]
         if not self.meters:
             parts.append("no meters")
         if not self.frag_match:
             parts.append("no ip_frag")
         return ", ".join(parts)
+
+    def _title(self):
+        return self.name
 
     def to_dict(self):
         return {"pipeline": self.name, "tables": list(self.table_ids), "meters": self.meters,
@@ -117,22 +120,11 @@ class Profile:
 
     def compile(self, policy, dpid, now=None):
         """The complete rule set of switch `dpid` in this profile."""
-        from .compiler import compile_switch
-        from .single_table import compile_single_table
-
-        if self.name == MULTI:
-            return compile_switch(policy, dpid, now, meters=self.meters, frag_match=self.frag_match)
-        return compile_single_table(policy, dpid, now, table=self.table, meters=self.meters,
-                                    frag_match=self.frag_match)
+        raise NotImplementedError
 
     def exception_rule(self, network, inbound, by_port):
         """The flow of one merged exception network in this profile."""
-        from .compiler import exception_rule
-        from .single_table import single_table_exception_rule
-
-        if self.name == MULTI:
-            return exception_rule(network, inbound)
-        return single_table_exception_rule(network, inbound, by_port, self.table)
+        raise NotImplementedError
 
     def plan(self, held, desired):
         """How a switch without bundles is taken from the flows it `held`
@@ -140,28 +132,14 @@ class Profile:
         never letting through what both block nor blocking what both allow
         (smtp_border/ordering.py has the proofs): (policy-table version the
         switch then holds, phases of (ADD or DELETE, rule or foreign flow))."""
-        from . import ordering
-
-        if self.name == MULTI:
-            return ordering.plan(held, desired)
-        return 0, ordering.plan_one_table(held, desired)
+        raise NotImplementedError
 
     def change_phases(self, diff, version):
         """The phases of flow mods that deliver one change's `diff` to a
         switch without bundles holding policy-table `version`; None when
-        the change is not one that can go in place (the three-table
-        pipeline's classification changes: the switch is read and taken
-        through the two-phase plan instead)."""
-        from . import ordering
-
-        if self.name != MULTI:
-            return ordering.one_table_phases(diff.add, diff.delete)
-        if not ordering.is_allow_only(diff):
-            return None
-        from .rules import with_version
-
-        return [phase for phase in ([(ordering.ADD, with_version(r, version)) for r in diff.add],
-                                    [(ordering.DELETE, with_version(r, version)) for r in diff.delete]) if phase]
+        the change cannot go in place (the switch is read and taken through
+        `plan` instead)."""
+        raise NotImplementedError
 
     def check(self, rules):
         """Raise ValueError naming the first rule that uses a table, match
@@ -182,7 +160,99 @@ class Profile:
                 raise ValueError(f"{self.describe()}: table {table.name} cannot go to table {goto}")
 
 
-MULTI_TABLE = Profile(MULTI)
+@dataclass(frozen=True)
+class MultiTable(Profile):
+    """classify (0) -> policy (1) -> forward (2), direction in two metadata
+    bits; an exception is one flow in table 1, versioned so that a
+    classification change can go in place in two phases."""
+
+    name: ClassVar[str] = MULTI
+
+    @property
+    def tables(self):
+        frag, meter = self._extras()
+        return (
+            _table(0, "classify", "in_port eth_type ip_proto tcp_dst ip_src" + frag,
+                   f"{WRITE_METADATA} {GOTO_TABLE} {APPLY_ACTIONS}", (1, 2)),
+            _table(1, "policy", "metadata eth_type ip_src ip_dst", f"{GOTO_TABLE} {APPLY_ACTIONS}" + meter, (2,)),
+            _table(2, "forward", "", APPLY_ACTIONS),
+        )
+
+    @property
+    def exception_table(self):
+        return POLICY_TABLE
+
+    def compile(self, policy, dpid, now=None):
+        from .compiler import compile_switch
+
+        return compile_switch(policy, dpid, now, meters=self.meters, frag_match=self.frag_match)
+
+    def exception_rule(self, network, inbound, by_port):
+        from .compiler import exception_rule
+
+        return exception_rule(network, inbound)
+
+    def plan(self, held, desired):
+        from . import ordering
+
+        return ordering.plan(held, desired)
+
+    def change_phases(self, diff, version):
+        # Only a change of exceptions (allow flows in table 1) goes in place;
+        # a change of classification is read and planned in two versions.
+        from . import ordering
+        from .rules import with_version
+
+        if not ordering.is_allow_only(diff):
+            return None
+        return [phase for phase in ([(ordering.ADD, with_version(r, version)) for r in diff.add],
+                                    [(ordering.DELETE, with_version(r, version)) for r in diff.delete]) if phase]
+
+
+@dataclass(frozen=True)
+class SingleTable(Profile):
+    """Everything in one table of priorities (smtp_border/single_table.py),
+    at table 0 or the switch's fixed ACL table; no metadata, no goto-table."""
+
+    table: int = 0
+    name: ClassVar[str] = SINGLE
+
+    @property
+    def tables(self):
+        frag, meter = self._extras()
+        return (_table(self.table, "acl", "in_port eth_type ip_proto tcp_dst ip_src ip_dst" + frag,
+                       APPLY_ACTIONS + meter),)
+
+    @property
+    def exception_table(self):
+        return self.table
+
+    def _title(self):
+        return f"{self.name} (table {self.table})"
+
+    def compile(self, policy, dpid, now=None):
+        from .single_table import compile_single_table
+
+        return compile_single_table(policy, dpid, now, table=self.table, meters=self.meters,
+                                    frag_match=self.frag_match)
+
+    def exception_rule(self, network, inbound, by_port):
+        from .single_table import single_table_exception_rule
+
+        return single_table_exception_rule(network, inbound, by_port, self.table)
+
+    def plan(self, held, desired):
+        from . import ordering
+
+        return 0, ordering.plan_one_table(held, desired)
+
+    def change_phases(self, diff, version):
+        from . import ordering
+
+        return ordering.one_table_phases(diff.add, diff.delete)
+
+
+MULTI_TABLE = MultiTable()
 
 
 def instruction_kinds(instructions):
@@ -291,12 +361,12 @@ def choose(spec, caps):
     if caps.frag_match is False:
         frag = False
         reasons.append("no ip_frag match: the switch reads every TCP fragment's port as 0, and the guard for unreadable ports drops them all")
-    base = Profile(MULTI, meters=meters, frag_match=frag)
+    base = MultiTable(meters=meters, frag_match=frag)
     if wanted == MULTI:
         profile, explicit = base, True
         reasons.insert(0, "multi_table: set in the policy")
     elif wanted == SINGLE:
-        profile, explicit = dataclasses.replace(base, name=SINGLE, table=table or 0), True
+        profile, explicit = SingleTable(meters=meters, frag_match=frag, table=table or 0), True
         reasons.insert(0, f"single_table at table {table or 0}: set in the policy")
     else:
         explicit = False
@@ -315,7 +385,7 @@ def choose(spec, caps):
 def _auto(base, caps, table):
     if caps.tables is None:
         if caps.n_tables is not None and caps.n_tables < 3:
-            single = dataclasses.replace(base, name=SINGLE, table=table or 0)
+            single = SingleTable(meters=base.meters, frag_match=base.frag_match, table=table or 0)
             return single, (f"single_table at table {single.table}: the switch has {caps.n_tables} table(s) "
                             "and no table features",)
         return base, ("multi_table: no table features to go by; "
@@ -331,7 +401,7 @@ def _auto(base, caps, table):
             gaps.append(f"table {spec_table.id} has no {', '.join(missing)}")
     if not gaps:
         return base, ("multi_table: tables 0-2 have what it needs",)
-    single = dataclasses.replace(base, name=SINGLE)
+    single = SingleTable(meters=base.meters, frag_match=base.frag_match)
     why = "; ".join(gaps)
     candidates = [table] if table is not None else [t.table_id for t in sorted(caps.tables, key=lambda t: t.table_id)]
     for table_id in candidates:

@@ -54,7 +54,7 @@ def test_flows_prints_what_the_policy_compiles_to():
     assert code == 0 and f"budget 16 (--table-size), headroom {16 - in_table_1}" in out and err == ""
     # One table: every flow counts, and 16 is too few (a warning, not an error: this is a preview).
     single = [to_ofctl(r) for r in sorted_rules(
-        Profile("single_table").compile(load_policy(ROOT / "policy.yaml"), 1))]
+        Profile.named("single_table").compile(load_policy(ROOT / "policy.yaml"), 1))]
     code, out, err = run("flows", str(ROOT / "policy.yaml"), "--count", "--table-size", "16", "--pipeline", "single_table")
     assert code == 0 and f"{len(single)} entries in table 0, budget 16 (--table-size), headroom {16 - len(single)}" in out
     assert err == (f"smtp-border: warning: dpid 0000000000000001 (border) needs {len(single)} entries in table 0, more"

@@ -84,7 +84,7 @@ def test_a_reload_that_changes_only_exceptions_touches_only_their_flows(border, 
         "  - {address: 10.20.1.6, direction: outbound, reason: new}\n"
         "  - {address: 10.20.1.7, direction: outbound, reason: gone, expires: 2020-01-01T00:00:00Z}\n")
     (tmp_path / "policy.yaml").write_text(edited)
-    monkeypatch.setattr(pipeline.Profile, "compile", no_compile)
+    monkeypatch.setattr(pipeline.MultiTable, "compile", no_compile)
     outcome = border.reload()
     monkeypatch.undo()
     assert_consistent(border, before, outcome)
@@ -134,7 +134,7 @@ def test_switches_with_other_profiles_get_their_own_exception_flows(border):
     from smtp_border.pipeline import Capabilities, Profile
 
     choice = border.probed(2, Capabilities(n_tables=1, max_meters=0))
-    assert choice.profile == Profile("single_table", meters=False)
+    assert choice.profile == Profile.named("single_table", meters=False)
     before = snapshot(border)
     added = border.add({"address": "10.20.3.10", "direction": "both", "grounds": "message-size", "needs_message_size": "200MB", "reason": "r"})
     assert {r.table for r in added.diffs[2].add} == {0} and {r.table for r in added.diffs[1].add} == {1}
@@ -184,8 +184,8 @@ def test_switches_alike_are_compiled_once_and_each_keeps_its_own_flows(tmp_path,
                                                                      for d in range(1, 6)) + "]")
     (tmp_path / "policy.yaml").write_text(text)
     border = Border(tmp_path / "policy.yaml")
-    real, calls = pipeline.Profile.compile, []
-    monkeypatch.setattr(pipeline.Profile, "compile", lambda self, *a, **k: calls.append(a[1]) or real(self, *a, **k))
+    real, calls = pipeline.MultiTable.compile, []
+    monkeypatch.setattr(pipeline.MultiTable, "compile", lambda self, *a, **k: calls.append(a[1]) or real(self, *a, **k))
     for dpid in (1, 2, 3, 4):
         border.flows(dpid)
     assert len(calls) == 1 and border.flows(1) == border.flows(4) and border.flows(1) is not border.flows(4)
@@ -206,7 +206,14 @@ def test_a_switchs_target_is_one_answer_of_the_core(tmp_path):
         target = border.target(dpid)
         assert target.flows is border.flows(dpid) and target.choice == border.choice(dpid)
         assert target.profile == border.profile(dpid) and target.over is None
-        assert target.enforcing == (dpid in (1, 2))
+        assert target.enforcing == (dpid in (1, 2)) and target.listing == border.listing(dpid)
+        assert target.listing.role == ("enforcing" if dpid in (1, 2) else "inside")
+        # Delivery order is the target's: from nothing, every flow is added, none deleted.
+        _, phases = target.plan([])
+        assert len([r for phase in phases for _, r in phase]) == len(target.flows)
+        assert all(op == "add" for phase in phases for op, _ in phase)
+    assert border.target(2).profile.name == "single_table" and border.target(1).profile.name == "multi_table"
+    assert border.listing(9).name is None and border.listing(9).uplinks == () and border.listing(1).uplinks == (1,)
     # As Border.sync applies another replica's change: not refused for a budget.
     added = {"address": "10.20.3.10", "direction": "inbound", "reason": "from a replica"}
     outcome = border._apply(border.store.propose_add(added), budget=False)

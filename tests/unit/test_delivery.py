@@ -522,7 +522,7 @@ def test_an_api_change_past_the_tables_size_is_refused_and_one_that_fits_goes_th
     from smtp_border.pipeline import SINGLE, OverBudget, Profile
 
     text = textwrap.dedent(ONE_TABLE % "pipeline: single_table")
-    size = len(Profile(SINGLE).compile(parse_policy(text), 1)) + 1  # room for one exception flow
+    size = len(Profile.named(SINGLE).compile(parse_policy(text), 1)) + 1  # room for one exception flow
     app = make_app(ONE_TABLE % f"pipeline: single_table, table_size: {size}")
     switch = connect(app)
     _, report = app.change(lambda border: border.add(H1_OUT))  # fits exactly

@@ -51,14 +51,14 @@ def test_open_vswitch_gets_three_tables_with_meters_and_ip_frag():
 
 def test_aruba_without_write_metadata_gets_one_table_in_its_policy_engine():
     choice = choose(SPEC, probed("aruba_3810"))
-    assert choice.profile == Profile(SINGLE, table=100, meters=True, frag_match=False)
+    assert choice.profile == Profile.named(SINGLE, table=100, meters=True, frag_match=False)
     assert "write_metadata" in choice.reasons[0] and "table 1" in choice.reasons[0]
     assert choice.budget == 2047
 
 
 def test_dell_os9_one_table_no_meters():
     choice = choose(SPEC, probed("dell_os9", max_meters=0))
-    assert choice.profile == Profile(SINGLE, table=0, meters=False, frag_match=False)
+    assert choice.profile == Profile.named(SINGLE, table=0, meters=False, frag_match=False)
     assert any("unsampled" in r for r in choice.reasons) and choice.budget == 1000
 
 
@@ -70,7 +70,7 @@ def test_of_dpa_uses_its_fixed_acl_table():
 def test_the_operators_choice_wins_and_a_table_id_is_honoured():
     assert choose(dataclasses.replace(SPEC, pipeline=MULTI), probed("dell_os9")).profile.name == MULTI
     forced = choose(dataclasses.replace(SPEC, pipeline=SINGLE, table=60), probed("open_vswitch"))
-    assert forced.explicit and forced.profile == Profile(SINGLE, table=60)
+    assert forced.explicit and forced.profile == Profile.named(SINGLE, table=60)
     # auto with a table named: single_table goes there
     assert choose(dataclasses.replace(SPEC, table=60), probed("of_dpa")).profile.table == 60
     # the policy's meters: false and table_size override what the switch says
@@ -81,7 +81,7 @@ def test_the_operators_choice_wins_and_a_table_id_is_honoured():
 
 
 def test_a_switch_without_table_features_is_judged_by_its_table_count():
-    assert choose(SPEC, Capabilities(n_tables=1)).profile == Profile(SINGLE)
+    assert choose(SPEC, Capabilities(n_tables=1)).profile == Profile.named(SINGLE)
     assert choose(SPEC, Capabilities(n_tables=254)).profile == MULTI_TABLE
     assert choose(SPEC, None).profile == MULTI_TABLE  # not probed yet: today's pipeline
 
@@ -103,8 +103,8 @@ def test_policy_keys_are_checked_with_the_fix_named():
 @given(data=st.data(), policy=policies())
 def test_every_profile_compiles_only_what_its_tables_declare(data, policy):
     dpid = data.draw(switch_of(policy))
-    for profile in (MULTI_TABLE, Profile(SINGLE), Profile(SINGLE, table=60, meters=False, frag_match=False),
-                    Profile(MULTI, meters=False, frag_match=False)):
+    for profile in (MULTI_TABLE, Profile.named(SINGLE), Profile.named(SINGLE, table=60, meters=False, frag_match=False),
+                    Profile.named(MULTI, meters=False, frag_match=False)):
         rules = profile.compile(policy, dpid, NOW)
         profile.check(rules)
         assert {r.table for r in rules} <= set(profile.table_ids)
@@ -117,7 +117,7 @@ def test_every_profile_compiles_only_what_its_tables_declare(data, policy):
 def test_check_refuses_flows_a_profile_does_not_declare():
     policy = parse_policy("campus: {prefixes: [10.20.0.0/16]}\nswitches: [{dpid: 1, uplinks: [1]}]\n")
     with pytest.raises(ValueError, match="undeclared table|does not"):
-        Profile(SINGLE).check(MULTI_TABLE.compile(policy, 1, NOW))
+        Profile.named(SINGLE).check(MULTI_TABLE.compile(policy, 1, NOW))
 
 
 def test_entries_count_ipv6_as_the_switch_does():
@@ -126,7 +126,7 @@ def test_entries_count_ipv6_as_the_switch_does():
         switches: [{dpid: 1, uplinks: [1]}]
         exceptions: [{address: 2001:db8::25, direction: both, reason: r}]
     """))
-    rules = Profile(SINGLE).compile(policy, 1, NOW)
+    rules = Profile.named(SINGLE).compile(policy, 1, NOW)
     v6 = sum(r.match.eth_type == ETH_TYPE_IPV6 for r in rules)
     assert entries(rules, 0, 2) == len(rules) + v6 and entries(rules, 0) == len(rules)
     assert entries(rules, 1) == 0

@@ -63,7 +63,7 @@ def test_incremental_exception_changes_equal_a_full_compile(data, policy):
     from strategies import networks_in
 
     dpid = data.draw(switch_of(policy))
-    profile = data.draw(st.sampled_from([MULTI_TABLE, Profile(SINGLE), Profile(SINGLE, table=60, meters=False)]))
+    profile = data.draw(st.sampled_from([MULTI_TABLE, Profile.named(SINGLE), Profile.named(SINGLE, table=60, meters=False)]))
     index = ExceptionIndex(policy, NOW)
     rules = set(profile.compile(policy, dpid, NOW))
     spec = policy.switch_spec(dpid)
