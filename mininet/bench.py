@@ -11,6 +11,7 @@ script works; it asserts nothing about times).
 """
 import argparse
 import contextlib
+import datetime
 import json
 import os
 import re
@@ -106,15 +107,84 @@ class Bridge:
         return bridge_flows(self.name)
 
 
+INSTALL_LINE = re.compile(
+    r"flows installed in one bundle, confirmed by barrier \(([0-9.]+) ms, ([0-9.]+) ms after its hello"
+    r"(?:; before the first flow: ([^)]*))?\)")
+
+
 def installed_ms(controller, count):
     """The app's own figures for its install number `count`: (compile, bundle
     and barrier; the same from the switch's hello)."""
-    found = re.findall(
-        r"flows installed in one bundle, confirmed by barrier \(([0-9.]+) ms, ([0-9.]+) ms after its hello\)",
-        controller.log(),
-    )
-    app, since_hello = found[count - 1]
+    app, since_hello, _ = INSTALL_LINE.findall(controller.log())[count - 1]
     return float(app), float(since_hello)
+
+
+def connection_steps_ms(controller, count):
+    """What install number `count` cost before its first flow, as the app
+    logs it: {probe, config, meters, count, role: ms} (the steps it took)."""
+    steps = INSTALL_LINE.findall(controller.log())[count - 1][2]
+    return {name: float(ms) for name, ms in re.findall(r"(\w+) ([0-9.]+) ms", steps)}
+
+
+# The switch's side of an install: Open vSwitch's log and its own flow clock.
+OVS_LOG = Path("/var/log/openvswitch/ovs-vswitchd.log")
+MARKER_TABLE = 250  # a table the policy never uses, for the clock marker
+
+
+def ovs_log_mark():
+    """Where ovs-vswitchd.log ends now: connected_at reads after it."""
+    return OVS_LOG.stat().st_size if OVS_LOG.exists() else 0
+
+
+def connected_at(bridge, port, mark):
+    """Unix time of the bridge's `connected` line for the controller on
+    `port` in ovs-vswitchd.log, written after `mark` (millisecond stamps, UTC)."""
+    with open(OVS_LOG, "rb") as log:
+        log.seek(mark)
+        text = log.read().decode(errors="replace")
+    for line in text.splitlines():
+        if f"|{bridge}<->tcp:127.0.0.1:{port}: connected" in line:
+            stamp = datetime.datetime.strptime(line.split("|", 1)[0], "%Y-%m-%dT%H:%M:%S.%fZ")
+            return stamp.replace(tzinfo=datetime.timezone.utc).timestamp()
+    raise AssertionError(f"no `connected` line for {bridge} to port {port} in {OVS_LOG}")
+
+
+def last_flow_at(bridge, expected):
+    """Unix time at which the newest of the bridge's flows was installed, by
+    Open vSwitch's own clock: each flow's `duration` counts from its creation,
+    and a marker flow added at a known time (when `ovs-ofctl add-flow`
+    returns) ties that clock to ours, to within a few ms. Checks that the bridge
+    holds `expected` flows besides the marker."""
+    cookie = "0x5e7c10c4"
+    run("ovs-ofctl", "-O", "OpenFlow13", "add-flow", bridge, f"table={MARKER_TABLE},priority=0,cookie={cookie},actions=drop")
+    # ovs-ofctl exits right after the switch confirms the flow: its exit is
+    # the latest the marker can have been made, so the figure errs long.
+    marker_at = time.time()
+    dump = run("ovs-ofctl", "-O", "OpenFlow13", "dump-flows", bridge).stdout
+    run("ovs-ofctl", "-O", "OpenFlow13", "del-flows", bridge, f"table={MARKER_TABLE},cookie={cookie}/-1")
+    marker, durations = None, []
+    for line in dump.splitlines():
+        found = re.search(r"duration=([0-9.]+)s", line)
+        if not found:
+            continue
+        if f"cookie={cookie}" in line:
+            marker = float(found.group(1))
+        else:
+            durations.append(float(found.group(1)))
+    assert marker is not None and len(durations) == expected, (marker, len(durations), expected)
+    return marker_at + marker - min(durations)
+
+
+def median_steps(steps):
+    """{step: median ms} over installs (a step an install did not take counts 0)."""
+    names = sorted({name for one in steps for name in one})
+    return {name: round(statistics.median(one.get(name, 0.0) for one in steps), 1) for name in names}
+
+
+def connect_to_last_flow_ms(bridge, port, mark, expected):
+    """ms from the switch's `connected` line to its newest flow: the install
+    as the switch saw it, handshake and all."""
+    return (last_flow_at(bridge, expected) - connected_at(bridge, port, mark)) * 1000
 
 
 # -- 1. full install against the ovs-ofctl --bundle floor --------------------
@@ -151,13 +221,14 @@ def bench_full_install(sizes, workdir, repeats=5, bin_dir=VENV_BIN):
     rows = []
     for size in sizes:
         policy, flows, flow_file = policy_and_flows(size, workdir, "policy")
-        walls, apps, since_hellos = [], [], []
+        walls, apps, since_hellos, switch_side, steps = [], [], [], [], []
         with Bridge() as bridge:
             controller = Controller(policy, workdir / f"install-{size}.txt", state_file=workdir / f"state-{size}.json",
                                     audit_seconds=None, bin_dir=bin_dir).start()
             try:
                 for attempt in range(1, repeats + 1):
                     bridge.clear()
+                    mark = ovs_log_mark()
                     started = time.monotonic()
                     bridge.connect(controller.of_port)
                     controller.wait_installs({1: attempt}, timeout=300)
@@ -165,6 +236,8 @@ def bench_full_install(sizes, workdir, repeats=5, bin_dir=VENV_BIN):
                     app, since_hello = installed_ms(controller, attempt)
                     apps.append(app)
                     since_hellos.append(since_hello)
+                    switch_side.append(connect_to_last_flow_ms(bridge.name, controller.of_port, mark, len(flows)))
+                    steps.append(connection_steps_ms(controller, attempt))
                     assert bridge.flow_count() == len(flows)
                     bridge.disconnect()
             finally:
@@ -174,7 +247,11 @@ def bench_full_install(sizes, workdir, repeats=5, bin_dir=VENV_BIN):
         median = statistics.median
         rows.append({"exceptions": size, "flows": len(flows), "set_controller_to_barrier_ms": round(median(walls), 1),
                      "hello_to_barrier_ms": round(median(since_hellos), 1), "app_compile_bundle_barrier_ms": round(median(apps), 1),
+                     "connected_to_last_flow_ms": round(median(switch_side), 1),
                      "ovs_ofctl_bundle_ms": round(median(floors), 1), "ratio": round(median(since_hellos) / median(floors), 2),
+                     "switch_side_ratio": round(median(switch_side) / median(floors), 2),
+                     "before_first_flow_ms": median_steps(steps),
+                     "connected_to_last_flow_all_ms": [round(v, 1) for v in switch_side],
                      "hello_to_barrier_all_ms": [round(v, 1) for v in since_hellos], "ovs_ofctl_bundle_all_ms": [round(v, 1) for v in floors]})
     return rows
 
@@ -503,7 +580,7 @@ def bench_convergence(size, workdir, samples=5):
                 bridge.connect(free_port())
                 bridge.connect(controller.of_port)
                 controller.wait_installs({1: attempt}, timeout=300)
-                found = re.findall(r"flows installed already, nothing sent \(([0-9.]+) ms, ([0-9.]+) ms after its hello\)",
+                found = re.findall(r"flows installed already, nothing sent \(([0-9.]+) ms, ([0-9.]+) ms after its hello",
                                    controller.log())
                 reconnects.append(float(found[-1][1]))
             audits, fulls = [], []
@@ -575,17 +652,20 @@ def bench_cold(sizes, workdir, repeats=3):
             checks.append(time.monotonic() - started)
         with Bridge() as bridge:
             controller = Controller(policy, workdir / f"cold-{size}.txt", state_file=workdir / f"cold-{size}.json",
-                                    audit_seconds=None)
+                                    audit_seconds=None, env={"SMTP_POLICY_CHANGE_DEADLINE": "60"})
             started = time.monotonic()
             controller.start()
             try:
                 start_s = api_answering_s(controller, started)
-                installs = []
+                installs, switch_side, steps = [], [], []
                 for attempt in range(1, repeats + 2):
                     bridge.clear()
+                    mark = ovs_log_mark()
                     bridge.connect(controller.of_port)
                     controller.wait_installs({1: attempt}, timeout=300)
                     installs.append(installed_ms(controller, attempt)[1])
+                    switch_side.append(connect_to_last_flow_ms(bridge.name, controller.of_port, mark, len(flows)))
+                    steps.append(connection_steps_ms(controller, attempt))
                     assert bridge.flow_count() == len(flows)
                     if attempt <= repeats:
                         bridge.disconnect()
@@ -612,7 +692,12 @@ def bench_cold(sizes, workdir, repeats=3):
         rows.append({
             "exceptions": size, "flows": len(flows), "check_s": round(min(checks), 2), "start_to_api_s": round(start_s, 2),
             "first_install_ms": round(installs[0], 1), "following_installs_ms": round(median(installs[1:]), 1),
+            "first_connected_to_last_flow_ms": round(switch_side[0], 1),
+            "following_connected_to_last_flow_ms": round(median(switch_side[1:]), 1),
             "ovs_ofctl_bundle_ms": round(floor, 1), "first_to_floor": round(installs[0] / floor, 2),
+            "first_switch_side_to_floor": round(switch_side[0] / floor, 2),
+            "first_before_first_flow_ms": steps[0], "following_before_first_flow_ms": median_steps(steps[1:]),
+            "connected_to_last_flow_all_ms": [round(v, 1) for v in switch_side],
             "reload_one_line_ms": round(median(reloads), 1), "controller_rss_mib": rss, "ovs_vswitchd_rss_mib": switch_rss,
             "installs_all_ms": installs, "reloads_all_ms": [round(v, 1) for v in reloads],
             "floors_all_ms": [round(v, 1) for v in floors], "checks_all_s": [round(v, 2) for v in checks],
@@ -968,10 +1053,14 @@ def table(title, rows):
     if not rows:
         return
     headers = [h for h, v in rows[0].items() if not isinstance(v, list)]  # lists go to the JSON only
-    widths = [max(len(h), *(len(str(r[h])) for r in rows)) for h in headers]
+
+    def cell(value):
+        return ", ".join(f"{k} {v}" for k, v in value.items()) if isinstance(value, dict) else str(value)
+
+    widths = [max(len(h), *(len(cell(r[h])) for r in rows)) for h in headers]
     print("  " + "  ".join(h.rjust(w) for h, w in zip(headers, widths)))
     for row in rows:
-        print("  " + "  ".join(str(row[h]).rjust(w) for h, w in zip(headers, widths)))
+        print("  " + "  ".join(cell(row[h]).rjust(w) for h, w in zip(headers, widths)))
 
 
 SECTIONS = ("install", "change", "firewall", "dataplane", "convergence", "cold", "scale", "fleet", "stacks", "hostile")

@@ -88,7 +88,7 @@ class Agent(Readings, Roles):
     """What the controller knows of one connected switch, and the green
     thread that keeps it at its target (see the module's docstring)."""
 
-    def __init__(self, app, dp, channel, bundles, hello_at=None, n_tables=None):
+    def __init__(self, app, dp, channel, bundles, hello_at=None, features=None):
         self.app = app  # the wiring: border, mastership, counters, block counters
         self.hub = app.hub
         self.timing = app.timing
@@ -96,7 +96,12 @@ class Agent(Readings, Roles):
         self.channel = channel
         self.dpid = dp.id
         self.hello_at = hello_at  # monotonic time of its hello: install time from connect
-        self.n_tables = n_tables  # from its features reply
+        # What its features reply said: (n_tables, n_buffers, capabilities, auxiliary_id).
+        self.features = features
+        self.n_tables = features[0] if features else None
+        # ms of each step before its first flow on this connection (probe,
+        # config, meters, count): the fixed cost of a connection, logged with the install.
+        self.steps = {}
         self.in_sync = False  # holds exactly border.flows(dpid), in `version`
         self.held = 0  # the last change number it is known to hold (with in_sync)
         self.lagging = False  # missed a change's deadline: not waited for until it holds the latest
@@ -115,6 +120,7 @@ class Agent(Readings, Roles):
         self.meter_rate = None  # audit meter rate set on the switch
         self.fragments = None  # its fragment handling once checked: "nx-match", or why not
         self.choice = None  # pipeline.Choice: its profile, once probed
+        self.capabilities = None  # pipeline.Capabilities it was probed with
         # With several controllers (etcd): "master" or "slave" once settled,
         # None while unknown (not yet claimed, or the lease was lost); the
         # master replica's name and the generation id sent with the role.
@@ -235,7 +241,7 @@ class Agent(Readings, Roles):
                         self.pending = "lease refresh late: not writing until it is refreshed"
                         delay = timing.retry_min
                         continue
-                    self.settle_role()
+                    self._timed("role", self.settle_role)
                     if self.role != "master":
                         # A slave: woken when its master goes or a change
                         # comes; else it claims again after an audit interval.
@@ -270,6 +276,8 @@ class Agent(Readings, Roles):
                                 " master now; stepping down", self.dpid)
                     self.role = None
                     delay = 0.0 if self.failures == 1 else delay
+                if isinstance(err, SwitchFailed) and err.codes:
+                    self.forget_probe()  # it refused something: ask it again next time
                 if isinstance(err, SwitchFailed):
                     LOG.error("smtp-border: switch %016x: policy NOT applied (attempt %d, retrying in %.1f s): %s",
                               self.dpid, self.failures, delay, err)
@@ -361,6 +369,17 @@ class Agent(Readings, Roles):
         LOG.warning("smtp-border: switch %016x refuses bundles; using ordered flow mods", self.dpid)
         self.bundles = False
 
+    def _timed(self, step, do):
+        """Do one step before the first flows, noting its ms in `steps` while
+        the connection's first install is under way."""
+        if self.hello_at is None:
+            return do()
+        started = time.monotonic()
+        try:
+            return do()
+        finally:
+            self.steps[step] = self.steps.get(step, 0.0) + (time.monotonic() - started) * 1000
+
     def target(self):
         """The core's one answer for this switch (smtp_border/border.py Target):
         taken afresh, since a change may have come since the last one."""
@@ -386,9 +405,9 @@ class Agent(Readings, Roles):
             if over is not None:
                 raise SwitchFailed(f"{over}: nothing sent (raise switches[].table_size if the switch has more,"
                                    " or grant fewer exceptions)")
-            self.ensure_fragments()
-            self.ensure_meter()
-            rules, foreign = held or self.read_flows()
+            self._timed("config", self.ensure_fragments)
+            self._timed("meters", self.ensure_meter)
+            rules, foreign = held or self._timed("count", self.read_flows)
             # From here to the write nothing waits: the target is the one of change `number`.
             number, target = self.app.changes, self.target()
             desired = target.flows
@@ -425,6 +444,11 @@ class Agent(Readings, Roles):
         elapsed = (time.monotonic() - started) * 1000
         hello_at, self.hello_at = self.hello_at, None
         since_hello = "" if hello_at is None else f", {(time.monotonic() - hello_at) * 1000:.1f} ms after its hello"
+        if hello_at is not None and self.steps:
+            # The fixed cost of this connection, before its first flow.
+            since_hello += "; before the first flow: " + ", ".join(f"{k} {v:.1f} ms" for k, v in self.steps.items())
+        self.steps = {}
+        self.remember_probe()
         if sent:
             LOG.info(
                 "smtp-border: switch %016x %s: %d flows installed %s, confirmed by barrier (%.1f ms%s);"

@@ -108,6 +108,28 @@ class _Waiter:
         self.done.set()
 
 
+class _Pending:
+    """Requests sent, replies on their way (Channel.send)."""
+
+    def __init__(self, channel, waiter, requests):
+        self.channel, self.waiter, self.requests = channel, waiter, requests
+
+    def wait(self, timeout=None):
+        """The replies ({request xid: bodies}), as Channel.exchange returns them."""
+        waiter, channel = self.waiter, self.channel
+        try:
+            timeout = channel.limits.reply_timeout if timeout is None else timeout
+            if self.requests and not waiter.done.wait(timeout=timeout):
+                raise SwitchFailed(f"no reply within {timeout:g} s")
+        finally:
+            channel._forget(self.requests)
+        if waiter.errors:
+            raise SwitchFailed(
+                f"switch reported {len(waiter.errors)} error(s), first: {waiter.errors[0]}", tuple(waiter.codes)
+            )
+        return waiter.replies
+
+
 class Channel:
     """The app's side of one connection (see the module's docstring)."""
 
@@ -134,6 +156,11 @@ class Channel:
         request's reply (`Limits.reply_timeout` by default). Returns {request
         xid: reply bodies}. Raises SwitchFailed if the switch reports an
         error for any of them, does not answer in time, or is closed."""
+        return self.send(messages, requests).wait(timeout)
+
+    def send(self, messages, requests):
+        """Send as exchange() does, without waiting: the caller works while
+        the switch answers, then calls wait() on what this returns."""
         if self.closed:
             raise SwitchFailed(f"connection closed: {self.closed}")
         everything = list(messages) + list(requests)
@@ -143,22 +170,16 @@ class Channel:
         waiter = _Waiter(self.hub.Event(), requests, (m.xid for m in everything))
         for request in requests:
             self._waiters[request.xid] = waiter
-        try:
-            # One write for the lot: a full install is 20,000 messages, and
-            # one send-queue entry each would cost more than encoding them.
-            if not self.dp.send(b"".join(msg.buf for msg in everything)):
-                raise SwitchFailed("connection to the switch closed while sending")
-            timeout = self.limits.reply_timeout if timeout is None else timeout
-            if requests and not waiter.done.wait(timeout=timeout):
-                raise SwitchFailed(f"no reply within {timeout:g} s")
-        finally:
-            for request in requests:
-                self._waiters.pop(request.xid, None)
-        if waiter.errors:
-            raise SwitchFailed(
-                f"switch reported {len(waiter.errors)} error(s), first: {waiter.errors[0]}", tuple(waiter.codes)
-            )
-        return waiter.replies
+        # One write for the lot: a full install is 20,000 messages, and
+        # one send-queue entry each would cost more than encoding them.
+        if not self.dp.send(b"".join(msg.buf for msg in everything)):
+            self._forget(requests)
+            raise SwitchFailed("connection to the switch closed while sending")
+        return _Pending(self, waiter, requests)
+
+    def _forget(self, requests):
+        for request in requests:
+            self._waiters.pop(request.xid, None)
 
     # -- what the switch sends ------------------------------------------------------
 

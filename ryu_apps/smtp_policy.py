@@ -43,7 +43,7 @@ from smtp_border.audit import AuditLog, default_log_path
 from smtp_border.border import Border
 from smtp_border.counters import BlockCounters
 from smtp_border.etcdstate import ETCD_ENV, EtcdState, Mastership
-from smtp_border.policy import PolicyError, utc_now
+from smtp_border.policy import PolicyError, cyclic_gc_paused, utc_now
 from smtp_border.state import StateUnavailable
 
 POLICY_FILE_ENV = "SMTP_POLICY_FILE"
@@ -111,7 +111,11 @@ class SmtpPolicy(App):
         self.switches = {}  # dpid -> Agent, for the live connection of each dpid
         self.channels = weakref.WeakKeyDictionary()  # Datapath -> Channel
         self._hello_at = weakref.WeakKeyDictionary()  # Datapath -> when its hello arrived
-        self._n_tables = weakref.WeakKeyDictionary()  # Datapath -> n_tables of its features reply
+        # Datapath -> what its features reply said (n_tables, n_buffers, capabilities, auxiliary_id)
+        self._features_of = weakref.WeakKeyDictionary()
+        # dpid -> (features, Capabilities) of an enforcing switch's last probe,
+        # kept across reconnections (Agent.probe); one entry per listed switch.
+        self.probes = {}
         self.bundles_wanted = os.environ.get(BUNDLES_ENV, "auto").lower() != "off"
         self.changes = 0  # the number of the last change committed
         # Changes are committed one at a time: the core's work only, no switch I/O.
@@ -121,6 +125,7 @@ class SmtpPolicy(App):
         openflow.install_flow_stats_reader()  # flow-stats replies read as bytes (ryu_apps/wire.py)
         hub.spawn(self._expiry_loop, expiry_seconds)
         hub.spawn(self._liveness_loop)
+        hub.spawn(self._warm)
         self.mastership = None
         if shared is not None:
             self.logger.info("smtp-border: API exceptions are shared in %s", shared.path)
@@ -138,6 +143,17 @@ class SmtpPolicy(App):
     @property
     def policy(self):
         return self.border.policy
+
+    def _warm(self):
+        """The listed switches' flows compiled before they connect (Border.warm),
+        once the app runs: core work under the change lock, no I/O."""
+        started = time.monotonic()
+        with self.change_lock:
+            with cyclic_gc_paused():
+                compiled = self.border.warm()
+        if compiled:
+            self.logger.info("smtp-border: flows of the listed switches compiled before they connect (%d profile(s),"
+                             " %.1f ms)", compiled, (time.monotonic() - started) * 1000)
 
     # -- changes ----------------------------------------------------------------
 
@@ -261,7 +277,8 @@ class SmtpPolicy(App):
     @set_ev_cls(ofp_event.EventOFPSwitchFeatures, CONFIG_DISPATCHER)
     def _features(self, ev):
         dp = ev.msg.datapath
-        self._n_tables[dp] = ev.msg.n_tables
+        msg = ev.msg
+        self._features_of[dp] = (msg.n_tables, msg.n_buffers, msg.capabilities, msg.auxiliary_id)
         self.channels[dp] = Channel(dp, hub, self.limits, name=f"{ev.msg.datapath_id:016x}")
 
     @set_ev_cls(ofp_event.EventOFPStateChange, [MAIN_DISPATCHER, DEAD_DISPATCHER])
@@ -297,7 +314,7 @@ class SmtpPolicy(App):
     def _manage(self, dp):
         allowed = self.border.listing(dp.id).bundles_allowed
         agent = Agent(self, dp, self._channel(dp), self.bundles_wanted and allowed,
-                      hello_at=self._hello_at.pop(dp, None), n_tables=self._n_tables.get(dp))
+                      hello_at=self._hello_at.pop(dp, None), features=self._features_of.get(dp))
         self.switches[dp.id] = agent
         agent.start()
 

@@ -162,6 +162,23 @@ class Border:
             self._count(dpid, self.choice(dpid), rules)
         return rules
 
+    def warm(self):
+        """Compile, before any switch connects, the flows of every listed
+        switch in the profile it gets without a probe's word against it (the
+        three-table pipeline, as Open vSwitch gets; or the policy's explicit
+        choice). The first switch to connect after a start then finds them
+        ready, as later ones do, instead of compiling during its install
+        (about 150 ms at 10,000 exceptions). Switches alike are compiled
+        once. Returns how many compiles it did."""
+        done = 0
+        for spec in self.policy.switches or ():
+            profile = choose(spec, self._capabilities.get(spec.dpid)).profile
+            key = (profile, _compiled_alike(spec))
+            if key not in self._compiled:
+                self._compiled[key] = profile.compile(self.policy, spec.dpid, self._as_of)
+                done += 1
+        return done
+
     def target(self, dpid):
         """Everything the delivery layer needs of switch `dpid`, at once."""
         flows = self.flows(dpid)

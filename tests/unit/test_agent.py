@@ -186,3 +186,45 @@ def test_a_scrape_reads_every_switch_at_once_and_a_silent_one_keeps_its_last_rea
     readings = facade.read_counters(app, seconds=0.2)
     assert set(readings) == {1} and good.sent("flow_stats")
     assert [name for name, _ in silent.log if name == "ignored"]  # it was asked, and said nothing
+
+
+def test_a_switch_that_reconnects_alike_is_not_asked_its_tables_again(make_app):
+    """The fixed cost of a connection (issue 23): Open vSwitch's table
+    features are 1.26 MB and 20-30 ms. Asked once; a reconnection with the
+    same features reply, after an install it confirmed, gets the same
+    profile without asking; another features reply under the dpid (another
+    device) is asked again, and so is a switch that refused its flows."""
+    app = make_app()
+    switch = connect(app)
+    assert len(switch.sent("table_features")) == 1
+
+    def reconnect():
+        switch.disconnect()
+        switch.log.clear()
+        switch.table.clear()
+        switch.connect(app)
+
+    reconnect()
+    assert settle(app) and len(switch.sent("table_features")) == 0 and switch.rules() == desired(app)
+    switch.n_tables = 8  # another device answers for the dpid
+    reconnect()
+    assert settle(app) and len(switch.sent("table_features")) == 1 and switch.rules() == desired(app)
+    switch.refuse_flow_mods = 10**6  # refuses every flow: the probe is forgotten, not kept
+    reconnect()
+    assert settle(app, lambda: app.switches[1].failures >= 1) and 1 not in app.probes
+    assert len(switch.sent("table_features")) == 0  # (this connection still used what it had)
+    switch.refuse_flow_mods = 0
+    reconnect()
+    assert settle(app) and len(switch.sent("table_features")) == 1 and switch.rules() == desired(app)
+    assert app.probes[1][0] == (8, 0, 0, 0)  # remembered with its features reply
+
+
+def test_the_listed_switches_are_compiled_before_they_connect(make_app):
+    """Border.warm at start: the first switch to connect after a start finds
+    its flows compiled (one compile for switches alike), as later ones do."""
+    app = make_app(TWO)
+    assert settle(app, lambda: app.border._compiled, timeout=3)
+    assert len(app.border._compiled) == 1  # two switches alike, one compile
+    compiled = next(iter(app.border._compiled.values()))
+    switch = connect(app, 1)
+    assert next(iter(app.border._compiled.values())) is compiled and switch.rules() == desired(app, 1)
