@@ -283,6 +283,48 @@ def _is_loopback(text):
     return address.is_loopback
 
 
+class _Refused(ValueError):
+    def __init__(self, message, field=None):
+        super().__init__(message)
+        self.field = field
+
+
+# Numbers in a body: a size in bytes or a count is never longer than this;
+# Python refuses to read integers past 4,300 digits, with a ValueError that
+# once became a 500.
+MAX_DIGITS = 20
+
+
+def _unique_keys(pairs):
+    """A JSON object whose keys are unique (as policy.yaml's must be): JSON
+    lets the last of two equal keys win silently, which hides a mistake."""
+    document = {}
+    for key, value in pairs:
+        if key in document:
+            raise _Refused(f"key {key!r} is given twice", field=key)
+        document[key] = value
+    return document
+
+
+def _bounded_int(text):
+    if len(text.lstrip("-")) > MAX_DIGITS:
+        raise _Refused(f"a number of {len(text.lstrip('-'))} digits; at most {MAX_DIGITS}")
+    return int(text)
+
+
+def _finite_float(text):
+    if len(text) > 2 * MAX_DIGITS:
+        raise _Refused(f"a number of {len(text)} characters; at most {2 * MAX_DIGITS}")
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise _Refused(f"{text[:24]} is out of range")
+    return value
+
+
+def _no_constant(name):
+    raise _Refused(f"{name} is not a number JSON allows")
+
+
 def read_json(req, max_body=MAX_BODY):
     if req.content_length and req.content_length > max_body:
         raise HttpError(413, f"request body larger than {max_body} bytes")
@@ -292,7 +334,10 @@ def read_json(req, max_body=MAX_BODY):
     if len(body) > max_body:
         raise HttpError(413, f"request body larger than {max_body} bytes")
     try:
-        document = json.loads(body.decode("utf-8"))
+        document = json.loads(body.decode("utf-8"), object_pairs_hook=_unique_keys, parse_int=_bounded_int,
+                              parse_float=_finite_float, parse_constant=_no_constant)
+    except _Refused as err:
+        raise HttpError(400, f"request body refused: {err}", field=err.field) from None
     except UnicodeDecodeError:
         raise HttpError(400, "request body is not UTF-8") from None
     except json.JSONDecodeError as err:

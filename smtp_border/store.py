@@ -10,6 +10,8 @@ import itertools
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
+import netaddr
+
 from .policy import (
     MESSAGE_SIZE, PART2_RULE, SOURCE_API, MailException, Policy, PolicyError, exception_id, format_size, load_policy,
     parse_exception, utc_now,
@@ -136,6 +138,7 @@ class PolicyStore:
         The same exception again (every field equal) is no change: a client
         that retries after a failed answer gets the exception in force."""
         exception = self._parse_new(data, "", now)
+        self._refuse_over_quarantined(exception)
         existing = self._cache()[2].get(exception.address)
         if existing == exception:
             return Change(self.file_policy, self.api_exceptions, quarantined=self.quarantined, subject=existing)
@@ -169,6 +172,7 @@ class PolicyStore:
         added = {}
         for i, data in enumerate(additions):
             exception = self._parse_new(data, f"add[{i}]", now)
+            self._refuse_over_quarantined(exception, f"add[{i}]: ")
             existing = self._cache()[2].get(exception.address)
             if existing is not None and exception.address not in freed:
                 raise Conflict(f"add[{i}]: an exception for {exception.address} already exists (id {existing.id})", existing)
@@ -183,6 +187,17 @@ class PolicyStore:
             added=tuple(added.values()), removed=tuple(removed.values()), quarantined=self.quarantined,
             save_removed=tuple(str(e.address) for e in removed.values()), save_added=tuple(added.values()),
         )
+
+    def _refuse_over_quarantined(self, exception, context=""):
+        """An address whose saved entry is quarantined takes no new grant
+        until that entry is removed: the journal knows one entry an address,
+        so the two would share it, and removing the quarantined one would
+        take the grant with it (issue 24: a grant lost at the next restart)."""
+        for q in self.quarantined:
+            if _same_address(q, exception.address):
+                raise Conflict(
+                    f"{context}the saved exception for {exception.address} is quarantined (id {q.id}: {q.reason});"
+                    f" remove it first (smtp-border exceptions rm {q.id}), then add the new one", q)
 
     def _parse_new(self, data, path, now):
         exception = parse_exception(data, self.file_policy.campus, source="request", path=path)
@@ -311,6 +326,16 @@ class PolicyStore:
         self.quarantined = change.quarantined
         for e in change.save_added:
             self._saved_at[e.id] = next(self._next_position)  # a re-added address moves to the end, as in the journal
+
+
+def _same_address(quarantined, address):
+    """Whether a quarantined entry is for `address` (its saved spelling may not parse)."""
+    if quarantined.exception is not None:
+        return quarantined.exception.address == address
+    try:
+        return netaddr.IPNetwork(quarantined.address) == address
+    except (netaddr.AddrFormatError, ValueError, TypeError):
+        return False
 
 
 def _partition(file_policy, candidates):

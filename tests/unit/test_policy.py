@@ -9,7 +9,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from smtp_border import policy as policy_module
+from smtp_border import policy as policy_core, reader as policy_module
 from smtp_border.policy import Direction, PolicyError, load_policy, parse_policy
 
 from conftest import ROOT
@@ -309,7 +309,7 @@ def test_a_read_after_another_is_what_a_fresh_read_makes(edited):
 def test_the_collector_pause_holds_until_the_last_user_and_restores_what_was():
     import gc
 
-    a, b = policy_module.cyclic_gc_paused(), policy_module.cyclic_gc_paused()
+    a, b = policy_core.cyclic_gc_paused(), policy_core.cyclic_gc_paused()
     try:
         gc.enable()
         a.__enter__()
@@ -319,7 +319,7 @@ def test_the_collector_pause_holds_until_the_last_user_and_restores_what_was():
         b.__exit__(None, None, None)
         assert gc.isenabled()
         gc.disable()  # off already: it stays off
-        with policy_module.cyclic_gc_paused():
+        with policy_core.cyclic_gc_paused():
             pass
         assert not gc.isenabled()
     finally:

@@ -476,3 +476,32 @@ def test_a_reload_keeps_the_order_a_restart_reads(store):
     store.commit(store.propose_reload())
     assert store.api_exceptions == (second, again)
     assert PolicyStore(store.policy_file, store.state_file).api_exceptions == store.api_exceptions
+
+
+def test_a_quarantined_address_takes_no_new_grant_so_none_is_lost_at_a_restart(tmp_path):
+    """Issue 24's lost grant: the journal holds an API entry for 10.20.3.10
+    quarantined as invalid; an add of 10.20.3.10 answered 2xx with the same
+    id, DELETE of that id removed the quarantined entry, and the journal's
+    removal took the active grant with it at the next restart. Now the add
+    is refused (409) naming the quarantined id; once that is removed, the
+    add goes through and survives a restart, and so does everything else."""
+    (tmp_path / "policy.yaml").write_text(textwrap.dedent(POLICY))
+    path = tmp_path / "policy.api-exceptions.json"
+    path.write_text("\n".join([json.dumps({"format": state.FORMAT, "version": state.VERSION}), json.dumps(
+        {"remove": [], "add": [{"address": "10.20.3.10/32", "direction": "sideways", "reason": "old"},
+                               {"address": "10.20.3.11/32", "direction": "inbound", "reason": "kept"}]})]) + "\n")
+    store = PolicyStore(tmp_path / "policy.yaml")
+    (bad,) = store.quarantined
+    grant = {"address": "10.20.3.10", "direction": "inbound", "reason": "new server"}
+    with pytest.raises(Conflict, match=rf"quarantined \(id {bad.id}: invalid.*exceptions rm {bad.id}") as refused:
+        store.propose_add(grant)
+    assert refused.value.existing is bad
+    with pytest.raises(Conflict, match=r"add\[0\]: the saved exception for 10.20.3.10/32 is quarantined"):
+        store.propose_batch([grant], [])
+    assert [str(e.address) for e in PolicyStore(tmp_path / "policy.yaml").api_exceptions] == ["10.20.3.11/32"]
+    store.commit(store.propose_remove(bad.id))
+    store.commit(store.propose_add(grant))
+    restarted = PolicyStore(tmp_path / "policy.yaml")
+    assert restarted.quarantined == ()
+    assert {(str(e.address), e.reason) for e in restarted.api_exceptions} == {
+        ("10.20.3.10/32", "new server"), ("10.20.3.11/32", "kept")}
