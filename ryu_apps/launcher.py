@@ -13,7 +13,6 @@ Ryu's manager registers and os-ken no longer has (ryu_apps/framework.py).
 The order is the manager's: monkey-patch all but threads, parse the options,
 start logging, patch threads, then load, make and start the app.
 """
-import importlib.metadata
 import logging
 import os
 import sys
@@ -21,11 +20,7 @@ import sys
 APP = "ryu_apps.smtp_policy"
 
 
-def version():
-    try:
-        return importlib.metadata.version("smtp-border")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
+from smtp_border.version import version  # noqa: E402  (one number for every part: smtp_border/version.py)
 
 
 def main(argv=None):

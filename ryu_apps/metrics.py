@@ -12,9 +12,10 @@ import datetime
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from ryu_apps import facade, tls
+from ryu_apps import facade, framework, tls
 from smtp_border.policy import utc_now
 from smtp_border.rules import AUDIT_METERS
+from smtp_border.version import python_version, version
 
 TOP_HOSTS = 10  # per direction: a bounded number of series
 TOP_WINDOW = datetime.timedelta(hours=1)
@@ -180,6 +181,10 @@ class PolicyCollector:
         yield CounterMetricFamily("smtp_border_openflow_tls_refused",
                                   "OpenFlow TLS handshakes refused (no certificate from the campus CA, or no TLS).",
                                   value=tls.refused)
+        build = GaugeMetricFamily("smtp_border_build_info", "The release running, its framework and Python (always 1).",
+                                  labels=["version", "framework", "framework_version", "python"])
+        build.add_metric([version(), framework.NAME, framework.VERSION, python_version()], 1)
+        yield build
         yield GaugeMetricFamily("smtp_border_last_change_timestamp_seconds",
                                 "When the policy in force last reached every listed switch (Unix time).",
                                 value=app.last_change)

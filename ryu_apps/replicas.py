@@ -22,6 +22,8 @@ Its loops never stop: every failure is logged and retried with backoff.
 import logging
 import time
 
+from smtp_border.trail import Actor
+
 LOG = logging.getLogger("smtp_border.replicas")
 # How often the etcd member a watch streams from is checked (its stream ends
 # silently when it dies).
@@ -129,7 +131,8 @@ class Replicas:
         # Not confirmed on the switches the other controller masters: that
         # one answers for them, and a later change of its own (already on
         # its switches) would make this wait in vain. (The fleet benchmark found it.)
-        outcome, report = self.app.change(lambda border: border.sync(events), confirm=False, source="replica")
+        outcome, report = self.app.change(lambda border: border.sync(events), confirm=False, source="replica",
+                                          actor=Actor("replica", peer=self.shared.path), action="sync")
         change = outcome.change
         if change.added or change.removed:
             LOG.info("smtp-border: change from another controller: +%d -%d exception(s); enforced on %s; pending on %s",

@@ -10,6 +10,8 @@
     GET    /smtp/v1/blocked           recent blocked attempts (sampled)
     GET    /smtp/v1/blocked/top       hosts ranked by blocked attempts
     GET    /smtp/v1/mailservers       the inventory: relays and every exception
+    GET    /smtp/v1/history           who changed what, since a time (the read token)
+    GET    /smtp/v1/version           the release running
     GET    /metrics                   Prometheus text format
     GET    /smtp/                     the status page (read-only; ryu_apps/status/)
 
@@ -38,12 +40,12 @@ force is answered 200, one already removed 404.
 """
 import datetime
 import functools
-import hmac
 import ipaddress
 import json
 import logging
 import os
 import re
+import secrets
 import time
 from pathlib import Path
 
@@ -53,16 +55,20 @@ from ryu_apps import facade, framework, web
 from ryu_apps.metrics import registry_for
 from ryu_apps.web import Response, route
 from smtp_border.audit import format_time, parse_time
+from smtp_border.clients import READ_TOKEN_ENV, TOKEN_ENV, TOKENS_FILE_ENV, Clients, ClientsError
 from smtp_border.inventory import inventory
 from smtp_border.policy import PolicyError, utc_now
 from smtp_border.etcdstate import ConcurrentChange, StateInDoubt
 from smtp_border.pipeline import OverBudget
 from smtp_border.state import StateUnavailable
 from smtp_border.store import Conflict, NotFound
+from smtp_border.trail import MAX_HISTORY, Actor
+from smtp_border.version import python_version, version
 
 LOG = logging.getLogger("smtp_border.rest")
-TOKEN_ENV = "SMTP_POLICY_TOKEN"  # changes, and reads of who was blocked
-READ_TOKEN_ENV = "SMTP_POLICY_READ_TOKEN"  # optional: reads of who was blocked only
+# SMTP_POLICY_TOKEN (the client "admin": changes, and reads of who was
+# blocked), SMTP_POLICY_READ_TOKEN (the client "reader": reads only) and
+# SMTP_POLICY_TOKENS_FILE (named clients) come from smtp_border/clients.py.
 # "1": a development controller on one machine: changes and offender reads
 # without a token, from loopback clients naming a loopback Host only.
 LOOPBACK_DEV_ENV = "SMTP_POLICY_LOOPBACK_DEV"
@@ -98,8 +104,13 @@ MAX_WINDOW = 3650 * 86400
 def register(app):
     """Make the API of `app`; returns start(), which binds --wsapi-host and
     --wsapi-port and serves in a green thread."""
-    if os.environ.get(TOKEN_ENV):
-        app.logger.info("smtp-border: REST changes need the bearer token of %s", TOKEN_ENV)
+    try:
+        clients = _clients()
+    except ClientsError as err:  # fail closed, saying what to fix
+        raise SystemExit(f"smtp-border: {err}") from None
+    if clients:
+        app.logger.info("smtp-border: REST clients: %s (changes and who was blocked need a bearer token)",
+                        ", ".join(clients.names) or f"none yet in {clients.path}")
     elif loopback_dev():
         app.logger.warning(
             "smtp-border: %s=1: DEVELOPMENT mode: the REST API accepts changes without a token from loopback"
@@ -148,6 +159,12 @@ def status_asset(name):
                     headers=dict(STATUS_HEADERS, **{"Content-Type": f"{STATUS_TYPES[path.suffix]}; charset=utf-8"}))
 
 
+def build_info():
+    """What GET /version, smtp_border_build_info and the status page's footer say."""
+    return {"version": version(), "framework": framework.NAME, "framework_version": framework.VERSION,
+            "python": python_version()}
+
+
 def json_response(status, document=None, headers=None):
     # Compact: with an indent, json falls back to its pure-Python encoder,
     # which costs tens of milliseconds for a list of thousands of exceptions.
@@ -159,6 +176,35 @@ def json_response(status, document=None, headers=None):
 
 
 CHANGE, OFFENDERS = "change", "offenders"
+CLIENT_KEY, REQUEST_KEY = "smtp_border.client", "smtp_border.request"
+# Addresses of reverse proxies whose X-Forwarded-For names the client (comma
+# separated); from anyone else the header is ignored (it could say anything).
+TRUSTED_PROXIES_ENV = "SMTP_POLICY_TRUSTED_PROXIES"
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def _request_id(req):
+    """The request's id: the client's X-Request-Id when it is a sane token, else a new one."""
+    given = req.headers.get("X-Request-Id", "")
+    return given if _REQUEST_ID.fullmatch(given) else secrets.token_hex(6)
+
+
+def peer_of(req):
+    """Where a request came from: the socket's peer, or the address a trusted
+    proxy put last in X-Forwarded-For."""
+    peer = req.remote_addr or "?"
+    trusted = {a.strip() for a in (os.environ.get(TRUSTED_PROXIES_ENV) or "").split(",") if a.strip()}
+    forwarded = req.headers.get("X-Forwarded-For")
+    if forwarded and peer in trusted:
+        last = forwarded.split(",")[-1].strip()
+        if _is_address(last):
+            return f"{last} (via {peer})"
+    return peer
+
+
+def actor_of(req):
+    """Who makes this change (smtp_border/trail.Actor)."""
+    return Actor(req.environ.get(CLIENT_KEY) or "?", peer_of(req), req.environ.get(REQUEST_KEY))
 
 
 def api(access=None):
@@ -169,10 +215,14 @@ def api(access=None):
     def decorate(handler):
         @functools.wraps(handler)
         def wrapper(self, req, **kwargs):
+            request = _request_id(req)
+            req.environ[REQUEST_KEY] = request
             try:
                 if access:
-                    authorise(req, access)
-                return handler(self, req, **kwargs)
+                    req.environ[CLIENT_KEY] = authorise(req, access)
+                response = handler(self, req, **kwargs)
+                response.headers["X-Request-Id"] = request
+                return response
             except HttpError as err:
                 document = {"error": str(err)}
                 if err.field:
@@ -212,6 +262,7 @@ def loopback_dev():
 
 
 def authorise(req, access=CHANGE):
+    """Returns the client's name (for the trail), or raises HttpError."""
     """Who may change the policy, or read who was blocked.
 
     With SMTP_POLICY_TOKEN: the bearer token (or, for offender reads, the
@@ -221,39 +272,57 @@ def authorise(req, access=CHANGE):
     no request may come from another site's page (Origin, Sec-Fetch-Site):
     a browser on the controller host cannot be made to change anything."""
     _same_site(req)
-    _authenticate(req, access)
+    client = _authenticate(req, access)
     if access == CHANGE and req.content_type != "application/json":
         raise HttpError(415, f"a change needs Content-Type: application/json, not {req.content_type or 'none'}")
+    return client
 
 
 def authorise_read(req):
     """A read that costs the switches: the read token (or the change token),
     or the development mode's loopback rule."""
     _same_site(req)
-    _authenticate(req, OFFENDERS)
+    return _authenticate(req, OFFENDERS)
 
 
 def _authenticate(req, access):
-    tokens = [os.environ.get(TOKEN_ENV)] + ([os.environ.get(READ_TOKEN_ENV)] if access == OFFENDERS else [])
-    tokens = [t for t in tokens if t]
-    if tokens:
+    """The name of the client making the request (smtp_border/clients.py),
+    or HttpError. A read client may read who was blocked, and change nothing."""
+    clients = _clients()
+    if clients:
         scheme, _, given = req.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not any(hmac.compare_digest(given.strip().encode(), t.encode()) for t in tokens):
+        client = clients.who(given.strip()) if scheme.lower() == "bearer" and given.strip() else None
+        if client is None:
             raise HttpError(401, "a valid 'Authorization: Bearer <token>' header is required",
                             headers={"WWW-Authenticate": 'Bearer realm="smtp-border"'})
-        return
+        if access == CHANGE and not client.writes:
+            raise HttpError(403, f"client {client.name!r} may read, not change: its scope is read")
+        return client.name
     if access == CHANGE:
         needs, accepted = "changes need", "changes are accepted"
     else:
         needs, accepted = "reading who was blocked needs", "who was blocked is shown"
     if not loopback_dev():
-        raise HttpError(403, f"{needs} a token: start the controller with {TOKEN_ENV}")
+        raise HttpError(403, f"{needs} a token: start the controller with {TOKEN_ENV} or {TOKENS_FILE_ENV}")
     if not _is_loopback(req.remote_addr):
         raise HttpError(403, f"in development mode ({LOOPBACK_DEV_ENV}=1), {accepted} only to loopback clients")
     host = _host_name(req.host or "")
     if host != "localhost" and not _is_loopback(host):
         raise HttpError(403, f"in development mode ({LOOPBACK_DEV_ENV}=1), the Host must be a loopback name or address,"
                         f" not {host!r}")
+    return "loopback-dev"
+
+
+_clients_cache = [None, None]
+
+
+def _clients():
+    """The API's clients as the environment names them, made again when it
+    changes (the tests set it); the tokens file is read again when it does."""
+    key = tuple(os.environ.get(name) for name in (TOKEN_ENV, READ_TOKEN_ENV, TOKENS_FILE_ENV))
+    if _clients_cache[0] != key:
+        _clients_cache[:] = [key, Clients(log=LOG)]
+    return _clients_cache[1]
 
 
 def _same_site(req):
@@ -271,6 +340,14 @@ def _host_name(host):
     if host.startswith("["):
         return host[1:host.find("]")]
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def _is_address(text):
+    try:
+        ipaddress.ip_address(text)
+        return True
+    except ValueError:
+        return False
 
 
 def _is_loopback(text):
@@ -476,7 +553,8 @@ class SmtpRestController:
     @api(CHANGE)
     def add_exception(self, req, **_):
         data = read_json(req)
-        outcome, report = self._change(lambda border: border.add(data))
+        by = req.environ.get(CLIENT_KEY)
+        outcome, report = self._change(req, lambda border: border.add(data, by=by), "add")
         exception = outcome.subject
         return change_response(201 if outcome.change.added else 200, {**exception.to_dict(), "switches": report},
                                report, {"Location": f"{PREFIX}/exceptions/{exception.id}"})
@@ -494,13 +572,14 @@ class SmtpRestController:
                 raise HttpError(400, f"{name}: expected a list", field=name)
         if len(additions) + len(removals) > MAX_BATCH:
             raise HttpError(413, f"a batch holds at most {MAX_BATCH} exceptions; split it")
-        outcome, report = self._change(lambda border: border.batch(additions, removals))
+        by = req.environ.get(CLIENT_KEY)
+        outcome, report = self._change(req, lambda border: border.batch(additions, removals, by=by), "batch")
         return change_response(200, change_document(outcome.change, report), report)
 
     @route(PREFIX + "/exceptions/{exception_id}", methods=["DELETE"])
     @api(CHANGE)
     def delete_exception(self, req, exception_id, **_):
-        outcome, report = self._change(lambda border: border.remove(exception_id))
+        outcome, report = self._change(req, lambda border: border.remove(exception_id), "remove")
         return change_response(200, change_document(outcome.change, report), report)
 
     @route(PREFIX + "/reload", methods=["POST"])
@@ -514,7 +593,7 @@ class SmtpRestController:
                 raise
 
         before = {q.id for q in self.app.store.quarantined}
-        outcome, report = self._change(reload)
+        outcome, report = self._change(req, reload, "reload")
         self.app.counters["reloads"] += 1
         newly = [q for q in outcome.change.quarantined if q.id not in before]
         facade.log_quarantine(self.app, newly)
@@ -577,6 +656,18 @@ class SmtpRestController:
                 "note": "these switches have no meters: they block without sending samples, so their attempts are"
                         " not listed here; smtp_border_blocked_packets in /metrics counts them"}
 
+    @route(PREFIX + "/history", methods=["GET"])
+    @api(OFFENDERS)
+    def history(self, req, **_):
+        since = query_time(req, "since")
+        limit = query_int(req, "limit", 100, 1, MAX_HISTORY)
+        return json_response(200, {"changes": self.app.trail.since(since, limit), "trail": str(self.app.trail.path)})
+
+    @route(PREFIX + "/version", methods=["GET"])
+    @api()
+    def version(self, req, **_):
+        return json_response(200, build_info())
+
     @route(PREFIX + "/mailservers", methods=["GET"])
     @api()
     def mailservers(self, req, **_):
@@ -612,11 +703,7 @@ class SmtpRestController:
                                  {"Allow": ", ".join(methods)})
         return json_response(404, {"error": f"no such resource: {req.path}"})
 
-    def _change(self, make):
-        """Apply one change through the app; logged with what it reached."""
-        outcome, report = self.app.change(make)
-        change = outcome.change
-        LOG.info("smtp-border: change applied: +%d -%d exception(s); enforced on %s; pending on %s",
-                 len(change.added), len(change.removed) + len(change.dropped), report["enforced"] or "none",
-                 [f"{p['dpid']} ({p['reason']})" for p in report["pending"]] or "none")
-        return outcome, report
+    def _change(self, req, make, action):
+        """Apply one change through the app, as the request's client (its log
+        line and trail line: ryu_apps/history.py)."""
+        return self.app.change(make, actor=actor_of(req), action=action)

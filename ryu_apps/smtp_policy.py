@@ -31,7 +31,7 @@ import weakref
 
 from prometheus_client import Histogram
 
-from ryu_apps import facade, openflow, rest, sampling, tls
+from ryu_apps import facade, history, openflow, rest, sampling, tls
 from ryu_apps.agent import Agent, Timing
 from ryu_apps.channel import Channel, Limits, SwitchFailed
 from ryu_apps.framework import (
@@ -45,6 +45,7 @@ from smtp_border.counters import BlockCounters
 from smtp_border.etcdstate import ETCD_ENV, EtcdState, Mastership
 from smtp_border.policy import PolicyError, cyclic_gc_paused, utc_now
 from smtp_border.state import StateUnavailable
+from smtp_border.trail import Actor, trail_for
 
 POLICY_FILE_ENV = "SMTP_POLICY_FILE"
 STATE_FILE_ENV = "SMTP_POLICY_STATE"
@@ -92,6 +93,7 @@ class SmtpPolicy(App):
             sys.exit(f"smtp-border: {err}: start etcd, or leave {ETCD_ENV} unset to keep API exceptions in the"
                      " local journal")
         self.store = self.border.store
+        self.trail = trail_for(self.store.policy_file)  # who changed what (smtp_border/trail.py)
         facade.log_policy(self)
         self.audit = AuditLog(
             os.environ.get(AUDIT_LOG_ENV) or default_log_path(self.store.policy_file, self.policy.audit.log)
@@ -157,7 +159,7 @@ class SmtpPolicy(App):
 
     # -- changes ----------------------------------------------------------------
 
-    def change(self, make, confirm=True, source="api"):
+    def change(self, make, confirm=True, source="api", actor=None, action="change"):
         """Apply one change: `make(border)` validates and saves it and returns
         an Outcome (or raises, and nothing changed; or None: nothing to do).
         It is committed under the change lock, which covers the core's work
@@ -166,7 +168,9 @@ class SmtpPolicy(App):
         switches enforce it and which are pending. `confirm`: read the
         change on switches another controller masters (for an answer; not
         for a change that came from that controller). Timed, from the lock's
-        wait to the answer, into smtp_border_change_seconds."""
+        wait to the answer, into smtp_border_change_seconds. Each change
+        and each refusal is one log line, each change one line of the trail,
+        naming `actor` (ryu_apps/history.py)."""
         started = time.monotonic()
         try:
             with self.change_lock:
@@ -177,14 +181,16 @@ class SmtpPolicy(App):
                 number = self.changes
                 for dpid, agent in list(self.switches.items()):
                     agent.submit(number, outcome.diffs.get(dpid))
-        except Exception:
+        except Exception as err:
             self.change_seconds.labels(source, "refused").observe(time.monotonic() - started)
+            history.refused(actor, action, err)
             raise
         report = self._await(number, outcome, confirm, started + self.timing.change_deadline)
         self.change_seconds.labels(source, "pending" if report["pending"] else "enforced").observe(
             time.monotonic() - started)
         if not report["pending"]:
             self.last_change = time.time()
+        history.recorded(self, actor, action, source, outcome, report)
         return outcome, report
 
     def _await(self, number, outcome, confirm, deadline):
@@ -242,7 +248,8 @@ class SmtpPolicy(App):
 
     def expire(self, now):
         """Withdraw the exceptions whose time has come, as one change like any other."""
-        outcome, report = self.change(lambda border: border.expire(now), confirm=False, source="expiry")
+        outcome, report = self.change(lambda border: border.expire(now), confirm=False, source="expiry",
+                                      actor=Actor("expiry"), action="expire")
         if outcome is None:
             return None
         for e in outcome.change.removed:

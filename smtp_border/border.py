@@ -227,14 +227,15 @@ class Border:
 
     # -- changes -----------------------------------------------------------------
 
-    def add(self, data, now=None):
-        return self._apply(self.store.propose_add(data, now))
+    def add(self, data, now=None, by=None):
+        """Grant one exception (a request mapping); `by`: the client granting it, saved with it."""
+        return self._apply(self.store.propose_add(data, now, by))
 
     def remove(self, exception_id):
         return self._apply(self.store.propose_remove(exception_id))
 
-    def batch(self, additions, removals, now=None):
-        return self._apply(self.store.propose_batch(additions, removals, now))
+    def batch(self, additions, removals, now=None, by=None):
+        return self._apply(self.store.propose_batch(additions, removals, now, by))
 
     def sync(self, events):
         """Exceptions another replica saved (etcd watch events): applied as

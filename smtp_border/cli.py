@@ -17,12 +17,18 @@ Against a running controller's REST API (--url or $SMTP_BORDER_URL,
 
 The URL and tokens may be kept in ~/.config/smtp-border/env (mode 600).
 
-Errors are one line on standard error and exit status 1.
+Exit status (for scripts):
+    0  done: a change is enforced on every listed switch
+    1  refused, or an error (one line on standard error saying why)
+    2  usage: a command, flag or value the CLI does not take
+    3  accepted and saved, but still pending on some switch (the controller
+       keeps at it; `smtp-border exceptions list` and the status page say where)
 """
 import argparse
 import dataclasses
 import json
 import os
+import re
 import shlex
 import sys
 import urllib.error
@@ -32,12 +38,30 @@ import urllib.request
 from .pipeline import choose, entries
 from .policy import MESSAGE_SIZE, PART2_GROUNDS, PolicyError, load_policy, parse_exception
 from .rules import sorted_rules, to_ofctl
+from .version import python_version, version
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 
 
 class CliError(Exception):
     pass
+
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PENDING = 0, 1, 2, 3
+
+# The API's field names as the CLI's flags, for its error messages.
+FLAGS = {"needs_message_size": "--needs-message-size", "expires": "--expires", "contact": "--contact",
+         "reason": "--reason", "direction": "--direction", "grounds": "--grounds", "address": "ADDRESS"}
+TOKEN_HINT = ("give a token with --token, or set SMTP_POLICY_TOKEN (SMTP_POLICY_READ_TOKEN to read) in the"
+              " environment or in ~/.config/smtp-border/env")
+
+
+def size_with_unit(text):
+    """--needs-message-size: a number and a unit; a bare number is refused
+    (200 would be 200 bytes, never what anyone means)."""
+    if text.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} needs a unit: {text.strip()}MB, {text.strip()}MiB or {text.strip()}GB")
+    return text
 
 
 # Where the CLI finds the controller and its token, so that they need not be
@@ -103,14 +127,15 @@ def main(argv=None):
         print(f"smtp-border: {err}", file=sys.stderr)
         return 1
     args = parser.parse_args(argv)
+    args.pending = False
     try:
         args.run(args)
     except (CliError, PolicyError) as err:
         print(f"smtp-border: {err}", file=sys.stderr)
-        return 1
+        return EXIT_PENDING if args.pending else EXIT_ERROR
     except BrokenPipeError:  # `smtp-border flows ... | head`
-        return 0
-    return 0
+        return EXIT_OK
+    return EXIT_PENDING if args.pending else EXIT_OK
 
 
 def build_parser(found=None):
@@ -120,6 +145,7 @@ def build_parser(found=None):
         epilog="Run `smtp-border COMMAND --help` for each command. $SMTP_BORDER_URL and the tokens may also be"
                f" set in ~/.config/smtp-border/env (or ${ENV_FILE_ENV}): KEY=VALUE lines, mode 600.",
     )
+    parser.add_argument("--version", action="version", version=f"smtp-border {version()} (Python {python_version()})")
     parser.add_argument("--url", default=found.get("SMTP_BORDER_URL", DEFAULT_URL),
                         help=f"the controller's REST API (default $SMTP_BORDER_URL or {DEFAULT_URL})")
     parser.add_argument("--token", default=found.get("SMTP_POLICY_TOKEN") or found.get("SMTP_POLICY_READ_TOKEN"),
@@ -156,9 +182,9 @@ def build_parser(found=None):
     add.add_argument("--expires", help="ISO 8601, e.g. 2027-06-30T00:00:00Z")
     add.add_argument("--grounds", choices=list(PART2_GROUNDS),
                      help="why a Part 2 (outbound) exception: the policy grants them for the message size limit")
-    add.add_argument("--needs-message-size", metavar="SIZE",
+    add.add_argument("--needs-message-size", metavar="SIZE", type=size_with_unit,
                      help="the message size the host must send, e.g. 200MB (implies --grounds message-size)")
-    add.set_defaults(run=cmd_exceptions_add)
+    add.set_defaults(run=cmd_exceptions_add, flags=True)
     remove = exceptions.add_parser("rm", help="revoke an exception added over the API")
     remove.add_argument("id")
     remove.set_defaults(run=cmd_exceptions_rm)
@@ -244,7 +270,7 @@ def cmd_journal_to_etcd(args):
     items = []
     for item in read_state(args.journal):
         try:  # keys are addresses as the controller spells them (10.20.3.10/32)
-            item = dict(item, address=str(parse_exception(item, None, source=args.journal).address))
+            item = dict(item, address=str(parse_exception(item, None, source=args.journal, recorded=True).address))
         except PolicyError:
             pass  # copied as it is: the controllers quarantine it, as they would from the journal
         items.append(item)
@@ -286,12 +312,30 @@ def call(args, method, path, body=None):
         except (ValueError, KeyError, TypeError):
             document, message = None, err.reason
         if isinstance(document, dict) and "switches" in document:
+            # Saved, not yet everywhere (the answer's "switches" says where): exit 3, not 1.
+            args.pending = True
             message += "\n" + enforcement(document["switches"])
+        if err.code in (401, 403):
+            message += f" ({TOKEN_HINT})"
+        if getattr(args, "flags", False):
+            message = _as_flags(message)
         raise CliError(f"{method} {path}: {err.code}: {message}") from None
     except (urllib.error.URLError, OSError) as err:
         reason = getattr(err, "reason", err)
         raise CliError(f"cannot reach the controller at {args.url}: {reason}") from None
-    return json.loads(payload) if payload else None
+    document = json.loads(payload) if payload else None
+    if isinstance(document, dict) and isinstance(document.get("switches"), dict) and document["switches"].get("pending"):
+        args.pending = True  # 202: saved, and pending on a switch that is not connected
+    return document
+
+
+def _as_flags(message):
+    """An API error as the CLI's user gave it: field names as flags."""
+    for field, flag in FLAGS.items():
+        # API-only names anywhere; plain words ("grounds", "reason") only as keys ("grounds: ...").
+        after = r"(?![\w-])" if "_" in field else r"(?=:)"
+        message = re.sub(rf"(?<![\w-]){field}{after}", flag, message)
+    return message
 
 
 def enforcement(report):
@@ -310,8 +354,12 @@ def show(args, document, render):
         render(document)
 
 
-def table(rows, headers):
+def table(rows, headers, empty=None):
+    """Rows under their headers; `empty`: what to say instead when there are none."""
     rows = [[("" if v is None else str(v)) for v in row] for row in rows]
+    if not rows and empty:
+        print(empty)
+        return
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
     print("  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip())
     for row in rows:
@@ -326,6 +374,7 @@ def cmd_exceptions_list(args):
               e.get("contact"), e.get("quarantine_reason") or e.get("reason"))
              for e in document["exceptions"]],
             ["ID", "ADDRESS", "DIRECTION", "SOURCE", "STATE", "EXPIRES", "CONTACT", "REASON"],
+            empty="no exceptions: only the relays may send or receive mail across the border",
         )
 
     show(args, call(args, "GET", "/smtp/v1/exceptions"), render)
@@ -386,6 +435,7 @@ def cmd_blocked(args):
             [(e["time"], e["direction"], f"{e['src']} :{e['src_port']}", f"{e['dst']} :{e['dst_port']}",
               e["switch"], e["in_port"]) for e in document["events"]],
             ["TIME", "DIRECTION", "SOURCE", "DESTINATION", "SWITCH", "PORT"],
+            empty="no blocked attempt recorded" + (f" since {args.since}" if args.since else ""),
         )
 
     show(args, document, render)
@@ -398,9 +448,9 @@ def cmd_top(args):
     def render(document):
         print(f"since {document['since']} (sampled attempts; exact packet counts are in /metrics)")
         print("\ncampus hosts that tried to send mail directly (Part 2):")
-        table([(r["address"], r["attempts"]) for r in document["outbound"]], ["HOST", "ATTEMPTS"])
+        table([(r["address"], r["attempts"]) for r in document["outbound"]], ["HOST", "ATTEMPTS"], empty="none")
         print("\noutside hosts that tried to reach campus SMTP ports (Part 1):")
-        table([(r["address"], r["attempts"]) for r in document["inbound"]], ["SOURCE", "ATTEMPTS"])
+        table([(r["address"], r["attempts"]) for r in document["inbound"]], ["SOURCE", "ATTEMPTS"], empty="none")
 
     show(args, document, render)
 
@@ -439,6 +489,7 @@ def cmd_mailservers(args):
             [(e["address"], e["direction"], state(e), e["expires"] or "never", e["contact"], grounds(e), e["reason"])
              for e in document["exceptions"]],
             ["ADDRESS", "DIRECTION", "STATE", "EXPIRES", "CONTACT", "GROUNDS", "REASON"],
+            empty="no exceptions",
         )
         for e in document["exceptions"]:
             if e.get("review"):

@@ -102,6 +102,12 @@ class MailException:
     # carries what a message-size grant needs, and part2_relay_suffices is
     # "lapse", so it is no longer in force.
     lapsed: bool = False
+    # Who granted it over the API (the client's name, smtp_border/clients.py)
+    # and when: saved with it (journal, etcd), so it survives restarts and
+    # replicas. Not part of what the grant is: the same grant again by
+    # someone else is still the same grant.
+    created_by: Optional[str] = dataclasses.field(default=None, compare=False)
+    created_at: Optional[datetime.datetime] = dataclasses.field(default=None, compare=False)
 
     def is_active(self, now):
         return not self.lapsed and (self.expires is None or now < self.expires)
@@ -117,11 +123,13 @@ class MailException:
             "direction": self.direction.value,
             "reason": self.reason,
             "contact": self.contact,
-            "expires": None if self.expires is None else self.expires.isoformat().replace("+00:00", "Z"),
+            "expires": format_utc(self.expires),
             "source": self.source,
             "grounds": self.grounds,
             "needs_message_size": None if self.needs_message_size is None else format_size(self.needs_message_size),
             **({"lapsed": True} if self.lapsed else {}),
+            **({"created_by": self.created_by, "created_at": format_utc(self.created_at)} if self.source == SOURCE_API
+               else {}),
         }
 
 
@@ -262,6 +270,11 @@ def exception_id(address):
     return hashlib.sha256(str(address).encode()).hexdigest()[:12]
 
 
+def format_utc(moment):
+    """An aware time as the API and the journal write it: 2027-06-30T00:00:00Z (None stays None)."""
+    return None if moment is None else moment.isoformat().replace("+00:00", "Z")
+
+
 def utc_now():
     return datetime.datetime.now(datetime.timezone.utc)
 
@@ -340,12 +353,14 @@ def format_size(size):
     return str(size)
 
 
-def parse_exception(data, campus, source="request", path="", origin=SOURCE_API):
+def parse_exception(data, campus, source="request", path="", origin=SOURCE_API, recorded=False):
     """Validate one exception that does not come from the policy file (a REST
-    request body, the state file) against the campus prefixes."""
+    request body, the state file) against the campus prefixes. `recorded`:
+    it was saved (journal, etcd) and may say who granted it and when; a
+    request may not."""
     from .reader import read_exception
 
-    return read_exception(data, campus, source, path, origin)
+    return read_exception(data, campus, source, path, origin, recorded)
 
 
 def _one_line(text):

@@ -503,11 +503,24 @@ class _PolicyReader:
             self.fail(path, f"{value!s} is out of range: a time must fall within the years 1-9999 in UTC")
 
 
-def read_exception(data, campus, source="request", path="", origin=SOURCE_API):
+def read_exception(data, campus, source="request", path="", origin=SOURCE_API, recorded=False):
     """One exception that does not come from the policy file (a REST request
     body, the state file), checked against the campus prefixes."""
     reader = _PolicyReader(source)
+    provenance = {}
+    if recorded and isinstance(data, dict):
+        data = dict(data)
+        for key in ("created_by", "created_at"):
+            if data.get(key) is not None:
+                provenance[key] = data.pop(key)
+            else:
+                data.pop(key, None)
     exception = reader.exception(data, path, origin)
+    if provenance:
+        exception = dataclasses.replace(
+            exception,
+            created_by=reader.text(provenance["created_by"], _key(path, "created_by")) if "created_by" in provenance else None,
+            created_at=reader.timestamp(provenance["created_at"], _key(path, "created_at")) if "created_at" in provenance else None)
     if campus is not None:  # None: judged against the file later (store.Quarantined)
         reader.check_inside(exception.address, _key(path, "address"), campus)
     return exception

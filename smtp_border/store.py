@@ -95,7 +95,7 @@ class PolicyStore:
         candidates = []
         for i, item in enumerate(saved):
             try:
-                exception = parse_exception(item, None, source=self.state_file, path=f"exceptions[{i}]")
+                exception = parse_exception(item, None, source=self.state_file, path=f"exceptions[{i}]", recorded=True)
             except PolicyError as err:
                 candidates.append(Quarantined(str(item.get("address")), item, f"invalid: {err.path}: {err.problem}"))
                 continue
@@ -132,12 +132,12 @@ class PolicyStore:
             raise NotFound(f"no exception with id {exception_id!r}")
         return found
 
-    def propose_add(self, data, now=None):
+    def propose_add(self, data, now=None, by=None):
         """A new API exception from a request body (a mapping).
 
         The same exception again (every field equal) is no change: a client
         that retries after a failed answer gets the exception in force."""
-        exception = self._parse_new(data, "", now)
+        exception = self._parse_new(data, "", now, by)
         self._refuse_over_quarantined(exception)
         existing = self._cache()[2].get(exception.address)
         if existing == exception:
@@ -157,7 +157,7 @@ class PolicyStore:
         return Change(self.file_policy, remaining, added=(), removed=(exception,), quarantined=self.quarantined,
                       save_removed=(str(exception.address),))
 
-    def propose_batch(self, additions, removals, now=None):
+    def propose_batch(self, additions, removals, now=None, by=None):
         """Remove the API exceptions with ids `removals`, then add `additions`
         (request mappings), as one change: all of it or, on any error, none.
         An address may be removed and added again (to change it)."""
@@ -171,7 +171,7 @@ class PolicyStore:
         freed = {e.address for e in removed.values()}
         added = {}
         for i, data in enumerate(additions):
-            exception = self._parse_new(data, f"add[{i}]", now)
+            exception = self._parse_new(data, f"add[{i}]", now, by)
             self._refuse_over_quarantined(exception, f"add[{i}]: ")
             existing = self._cache()[2].get(exception.address)
             if existing is not None and exception.address not in freed:
@@ -199,8 +199,10 @@ class PolicyStore:
                     f"{context}the saved exception for {exception.address} is quarantined (id {q.id}: {q.reason});"
                     f" remove it first (smtp-border exceptions rm {q.id}), then add the new one", q)
 
-    def _parse_new(self, data, path, now):
+    def _parse_new(self, data, path, now, by=None):
         exception = parse_exception(data, self.file_policy.campus, source="request", path=path)
+        if by is not None:  # who grants it, and when: saved with it
+            exception = dataclasses.replace(exception, created_by=by, created_at=(now or utc_now()).replace(microsecond=0))
         address = exception.address
         widest = self.file_policy.api.widest(address.version)
         if address.prefixlen < widest:
@@ -263,7 +265,7 @@ class PolicyStore:
                 candidates.pop(address, None)
                 continue
             try:
-                exception = parse_exception(item, None, source=self.state_file, path=address)
+                exception = parse_exception(item, None, source=self.state_file, path=address, recorded=True)
             except PolicyError as err:
                 candidates[address] = Quarantined(address, item, f"invalid: {err.path}: {err.problem}")
                 continue

@@ -57,6 +57,21 @@ async function get(path, withToken) {
   return body;
 }
 
+// Times as the API gives them (UTC, ISO 8601), shown with their date: a
+// page left open overnight, or read from another time zone, is not misread.
+function utc(iso) {
+  return iso ? iso.replace("T", " ").replace(/\.\d+/, "").replace(/(Z|\+00:00)$/, "") + " UTC" : null;
+}
+
+function renderBanner(switches) {
+  const banner = document.getElementById("banner");
+  const behind = switches.filter((s) => s.role === "enforcing" && !s.in_sync);
+  banner.hidden = !behind.length;
+  banner.textContent = behind.length
+    ? `${behind.length} enforcing switch(es) NOT in sync: ${behind.map((s) => `${s.name || s.dpid} (${s.pending || "not confirmed"})`).join("; ")}. The policy may not be in force there.`
+    : "";
+}
+
 function renderSwitches(document_) {
   const table = document.getElementById("switches");
   const rows = document_.switches.map((s) => {
@@ -85,9 +100,10 @@ function renderExceptions(inventory) {
     else if (e.review) { state = el("span", "review", { class: "badge warn", title: e.review }); kind = "review"; }
     else if (e.expiring_soon) { state = el("span", `expires in ${Math.floor(e.days_left)} d`, { class: "badge warn" }); kind = "expiring"; }
     const grounds = e.needs_message_size ? `${e.grounds}: needs ${e.needs_message_size}` : e.grounds;
-    const tr = row(table, [e.address, e.direction, state, e.expires || "never", e.contact, grounds, e.reason],
+    const tr = row(table, [e.id, e.address, e.direction, e.source, state, utc(e.expires) || "never", e.contact, grounds, e.reason],
       { "data-id": e.id, class: kind });
     tr.cells[0].classList.add("addr");
+    tr.cells[1].classList.add("addr");
     return tr;
   });
   replaceRows(table, rows, "no exception");
@@ -116,6 +132,7 @@ async function refresh() {
   try {
     const [switches, inventory] = await Promise.all([get("switches"), get("mailservers")]);
     renderSwitches(switches);
+    renderBanner(switches.switches);
     renderExceptions(inventory);
     const form = document.getElementById("token-form");
     try {
@@ -128,7 +145,7 @@ async function refresh() {
       document.getElementById("blocked-note").textContent = error.message;
     }
     const enforcing = switches.switches.filter((s) => s.in_sync).length;
-    status.textContent = `${enforcing} of ${switches.switches.length} switch(es) in sync · updated ${new Date().toLocaleTimeString()}`;
+    status.textContent = `${enforcing} of ${switches.switches.length} switch(es) in sync · updated ${utc(new Date().toISOString())}`;
     status.classList.remove("stale");
     document.body.dataset.refreshes = String(Number(document.body.dataset.refreshes || 0) + 1);
   } catch (error) {
@@ -143,6 +160,10 @@ document.getElementById("token-form").addEventListener("submit", (event) => {
   sessionStorage.setItem("smtp-border-read-token", token);
   refresh();
 });
+
+get("version").then((b) => {
+  document.getElementById("build").textContent = `smtp-border ${b.version} · ${b.framework} ${b.framework_version} · Python ${b.python}`;
+}).catch(() => {});
 
 refresh();
 setInterval(refresh, REFRESH_MS);

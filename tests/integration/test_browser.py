@@ -33,6 +33,7 @@ import pytest
 from chromium import Chromium
 from conftest import ROOT
 from lab import Controller
+from smtp_border.version import version
 
 pytestmark = [
     pytest.mark.mininet,
@@ -206,6 +207,16 @@ def test_the_status_page_asks_for_the_read_token_and_keeps_it_for_the_tab(tmp_pa
             browser.open(f"http://127.0.0.1:{running.api_port}/smtp/")
             browser.wait_for("Number(document.body.dataset.refreshes) >= 1")
             assert browser.evaluate("document.querySelectorAll('#exceptions tbody tr[data-id]').length") == 4
+            # Ids (what `exceptions rm` takes) and sources; times in UTC with their date; the release.
+            assert browser.evaluate("[...document.querySelectorAll('#exceptions tbody tr[data-id]')].every("
+                                    "(tr) => tr.cells[0].textContent === tr.dataset.id && tr.cells[3].textContent === 'file')")
+            assert re.search(r"updated \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC$",
+                             browser.evaluate("document.getElementById('status').textContent"))
+            browser.wait_for("document.getElementById('build').textContent !== ''")
+            assert browser.evaluate("document.getElementById('build').textContent").startswith(f"smtp-border {version()} · ")
+            # No switch is connected: every enforcing one is behind, and the banner says so.
+            banner = browser.evaluate("document.getElementById('banner').hidden ? '' : document.getElementById('banner').textContent")
+            assert "enforcing switch(es) NOT in sync" in banner and "not connected" in banner, banner
             assert browser.evaluate("document.getElementById('token-form').offsetParent !== null")
             assert "Authorization: Bearer" in browser.evaluate("document.getElementById('blocked-note').textContent")
 

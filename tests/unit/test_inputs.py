@@ -102,3 +102,37 @@ def test_no_request_body_gets_a_server_error(api, body, batch):
     status, listed = api("GET", "/exceptions")
     assert status == 200
     json.dumps(listed, ensure_ascii=False).encode("utf-8")
+
+
+def test_every_change_says_who_from_where_and_is_kept_with_the_grant(api, caplog):
+    """The trail (issue 24): one log line per change naming its request id,
+    client, peer address, the exception and direction; created_by and
+    created_at on the grant, across a restart of the store; GET /history."""
+    import logging
+
+    from smtp_border.store import PolicyStore
+
+    with caplog.at_level(logging.INFO, logger="smtp_border.changes"):
+        status, body = api("POST", "/exceptions", GOOD)
+    assert status == 201 and body["created_by"] == "admin" and body["created_at"].endswith("Z")
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "smtp_border.changes"]
+    assert " by admin from 127.0.0.1 (add): added 10.20.3.10/32 inbound (id " in line and "in force on 1 switch" in line
+    status, listed = api("GET", "/exceptions")
+    (mine,) = [e for e in listed["exceptions"] if e["id"] == body["id"]]
+    assert (mine["created_by"], mine["created_at"]) == ("admin", body["created_at"])
+    # A refused change is one line too, naming the error; nothing in the trail for it.
+    with caplog.at_level(logging.INFO, logger="smtp_border.changes"):
+        assert api("POST", "/exceptions", dict(GOOD, direction="inbound", reason="again, other"))[0] == 409
+    assert "REFUSED, nothing changed: an exception for 10.20.3.10/32 already exists" in caplog.records[-1].getMessage()
+    status, history = api("GET", "/history")
+    assert status == 200 and [(c["client"], c["action"], c["peer"], c["result"]) for c in history["changes"]] == [
+        ("admin", "add", "127.0.0.1", "enforced")]
+    assert history["changes"][0]["added"][0]["address"] == "10.20.3.10/32"
+    # Kept with the grant: a restart reads it back from the journal.
+    store = api.app.store
+    again = PolicyStore(store.policy_file, store.state_file)
+    (grant,) = again.api_exceptions
+    assert grant.created_by == "admin" and grant.to_dict()["created_at"] == body["created_at"]
+    # A client cannot write its own provenance.
+    status, answer = api("POST", "/exceptions", dict(GOOD, address="10.20.3.11", created_by="someone else"))
+    assert status == 400 and answer["field"] == "created_by"

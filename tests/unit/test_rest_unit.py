@@ -43,14 +43,14 @@ def refused(req, access=rest.CHANGE):
 
 @pytest.fixture
 def no_token(monkeypatch):
-    for name in (rest.TOKEN_ENV, rest.READ_TOKEN_ENV, rest.LOOPBACK_DEV_ENV):
+    for name in (rest.TOKEN_ENV, rest.READ_TOKEN_ENV, rest.TOKENS_FILE_ENV, rest.LOOPBACK_DEV_ENV):
         monkeypatch.delenv(name, raising=False)
     return monkeypatch
 
 
 def test_without_a_token_nothing_changes_and_no_offender_is_shown(no_token):
     """No token and no explicit development mode: read-only, even from loopback."""
-    assert refused(request()) == (403, "changes need a token: start the controller with SMTP_POLICY_TOKEN")
+    assert refused(request()) == (403, "changes need a token: start the controller with SMTP_POLICY_TOKEN or SMTP_POLICY_TOKENS_FILE")
     assert refused(request(method="GET", content_type=None), rest.OFFENDERS)[0] == 403
 
 
@@ -125,7 +125,7 @@ def test_the_read_token_shows_offenders_but_changes_nothing(no_token):
     no_token.setenv(rest.READ_TOKEN_ENV, "reader")
     rest.authorise(request(authorization="Bearer reader", method="GET", content_type=None), rest.OFFENDERS)
     rest.authorise(request(authorization="Bearer s3cret", method="GET", content_type=None), rest.OFFENDERS)
-    assert refused(request(authorization="Bearer reader"))[0] == 401
+    assert refused(request(authorization="Bearer reader")) == (403, "client 'reader' may read, not change: its scope is read")
     assert refused(request(method="GET", content_type=None), rest.OFFENDERS)[0] == 401
 
 
