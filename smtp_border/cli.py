@@ -14,6 +14,10 @@ Against a running controller's REST API (--url or $SMTP_BORDER_URL,
     smtp-border blocked [--since 2026-11-27T00:00:00Z] [--limit 50]
     smtp-border top [--window 24h]
     smtp-border mailservers [--soon-days 30] [--expiring]
+    smtp-border history [--since 2026-12-01T00:00:00Z] [--limit 100]
+
+Making a named client's token (for SMTP_POLICY_TOKENS_FILE):
+    smtp-border token new NAME [--scope write|read]
 
 The URL and tokens may be kept in ~/.config/smtp-border/env (mode 600).
 
@@ -209,6 +213,19 @@ def build_parser(found=None):
                          help="etcd endpoints, as SMTP_POLICY_ETCD (default: $SMTP_POLICY_ETCD)")
     migrate.set_defaults(run=cmd_journal_to_etcd)
 
+    history = commands.add_parser("history", help="who changed what, since a time (the controller's trail)")
+    history.add_argument("--since", help="ISO 8601, e.g. 2026-12-01T00:00:00Z (default: everything kept)")
+    history.add_argument("--limit", type=int, default=100, help="the newest this many changes (default 100)")
+    history.set_defaults(run=cmd_history)
+
+    token = commands.add_parser("token", help="API clients' tokens").add_subparsers(
+        dest="action", required=True, metavar="ACTION")
+    new = token.add_parser("new", help="make a token for a named client, and the line for SMTP_POLICY_TOKENS_FILE")
+    new.add_argument("name", help="the client's name, as the trail will show it (e.g. alice, grafana)")
+    new.add_argument("--scope", choices=["write", "read"], default="write",
+                     help="write: change the policy and read everything; read: read who was blocked (default write)")
+    new.set_defaults(run=cmd_token_new)
+
     servers = commands.add_parser("mailservers", help="the inventory: relays and every exception, why, until when")
     servers.add_argument("--soon-days", type=int, default=30, help="flag exceptions expiring within this many days")
     servers.add_argument("--expiring", action="store_true", help="list only those, soonest first")
@@ -371,9 +388,9 @@ def cmd_exceptions_list(args):
         table(
             [(e["id"], e["address"], e.get("direction"), e["source"], e.get("state", "active").upper()
               if e.get("state") == "quarantined" else e.get("state", "active"), e.get("expires") or "never",
-              e.get("contact"), e.get("quarantine_reason") or e.get("reason"))
+              e.get("contact"), e.get("created_by") or "-", e.get("quarantine_reason") or e.get("reason"))
              for e in document["exceptions"]],
-            ["ID", "ADDRESS", "DIRECTION", "SOURCE", "STATE", "EXPIRES", "CONTACT", "REASON"],
+            ["ID", "ADDRESS", "DIRECTION", "SOURCE", "STATE", "EXPIRES", "CONTACT", "BY", "REASON"],
             empty="no exceptions: only the relays may send or receive mail across the border",
         )
 
@@ -451,6 +468,39 @@ def cmd_top(args):
         table([(r["address"], r["attempts"]) for r in document["outbound"]], ["HOST", "ATTEMPTS"], empty="none")
         print("\noutside hosts that tried to reach campus SMTP ports (Part 1):")
         table([(r["address"], r["attempts"]) for r in document["inbound"]], ["SOURCE", "ATTEMPTS"], empty="none")
+
+    show(args, document, render)
+
+
+def cmd_token_new(args):
+    from .clients import ClientsError, new_token
+
+    try:
+        token, line = new_token(args.name, args.scope)
+    except ClientsError as err:
+        raise CliError(str(err)) from None
+    print(f"token for {args.name} ({args.scope}); give it to the client once, it is not kept anywhere:\n  {token}\n"
+          f"add this line to the controller's SMTP_POLICY_TOKENS_FILE (read again when it changes, no restart):\n"
+          f"  {line}")
+
+
+def cmd_history(args):
+    query = {"limit": args.limit}
+    if args.since:
+        query["since"] = args.since
+    document = call(args, "GET", "/smtp/v1/history?" + urllib.parse.urlencode(query))
+
+    def what(change):
+        parts = [f"+{e['address']} {e['direction']}" for e in change["added"]]
+        parts += [f"-{e['address']} {e['direction']}" for e in change["removed"]]
+        hidden = change["added_count"] + change["removed_count"] - len(parts)
+        return " ".join(parts + ([f"(and {hidden} more)"] if hidden > 0 else [])) or "no exception changed"
+
+    def render(document):
+        table([(c["at"], c.get("client") or "-", c.get("peer") or "-", c["action"], c.get("result") or "-",
+                c.get("request") or "-", what(c)) for c in document["changes"]],
+              ["TIME (UTC)", "CLIENT", "FROM", "ACTION", "RESULT", "REQUEST", "WHAT"],
+              empty="no change recorded" + (f" since {args.since}" if args.since else ""))
 
     show(args, document, render)
 

@@ -1,6 +1,7 @@
 """The smtp-border command: offline commands on files, and the API commands
 against a live ryu-manager (no switches needed)."""
 import datetime
+import json
 import os
 import shutil
 import subprocess
@@ -130,9 +131,10 @@ def test_exceptions_add_list_rm(controller):
                    "in force on: no switch\nPENDING on 0000000000000001 (border): not connected\n")
     code, out, _ = run("exceptions", "list", env=env)
     header, *rows = out.splitlines()
-    assert header.split() == ["ID", "ADDRESS", "DIRECTION", "SOURCE", "STATE", "EXPIRES", "CONTACT", "REASON"]
+    assert header.split() == ["ID", "ADDRESS", "DIRECTION", "SOURCE", "STATE", "EXPIRES", "CONTACT", "BY", "REASON"]
     mine = [r for r in rows if r.startswith(exception_id)]
     assert len(mine) == 1 and "api" in mine[0] and "2031-01-01T00:00:00Z" in mine[0] and "big files" in mine[0]
+    assert " admin " in mine[0]  # who granted it: the single token is the client admin
     assert len(rows) == 5
     assert run("exceptions", "add", "10.20.3.10", "--direction", "inbound", "--reason", "x", env=env) == (
         1, "", f"smtp-border: POST /smtp/v1/exceptions: 409: an exception for 10.20.3.10/32 already exists (id {exception_id})\n"
@@ -256,3 +258,53 @@ def test_the_url_and_token_come_from_the_env_file_not_the_shell(controller, tmp_
 
 def unlabelled(values):
     return {name: value for (name, labels), value in values.items() if not labels}
+
+
+def test_named_clients_and_the_history_of_who_changed_what(tmp_path):
+    """Issue 24: a tokens file with a write client and a read client; what
+    each may do, and `smtp-border history` naming who did what, from where."""
+    policy = tmp_path / "policy.yaml"
+    shutil.copy(ROOT / "policy.yaml", policy)
+    tokens = {}
+    lines = []
+    for name, scope in (("alice", "write"), ("grafana", "read")):
+        code, out, _ = run("token", "new", name, "--scope", scope)
+        assert code == 0
+        tokens[name] = out.splitlines()[1].strip()
+        lines.append(out.splitlines()[3].strip())
+    tokens_file = tmp_path / "tokens"
+    tokens_file.write_text("\n".join(lines) + "\n")
+    tokens_file.chmod(0o640)
+    running = Controller(policy, tmp_path / "ryu-manager.txt", env={"SMTP_POLICY_TOKENS_FILE": str(tokens_file)})
+    running.start()
+    try:
+        def as_(name):
+            env = dict(os.environ, SMTP_BORDER_URL=f"http://127.0.0.1:{running.api_port}", SMTP_POLICY_TOKEN=tokens[name])
+            env.pop("SMTP_POLICY_READ_TOKEN", None)
+            return env
+
+        code, out, err = run("exceptions", "add", "10.20.3.10", "--direction", "inbound", "--reason", "lab mail server",
+                             env=as_("alice"))
+        assert code == 3, err  # saved; pending (no switch connected)
+        added = out.split()[1].rstrip(":")
+        code, _, err = run("exceptions", "rm", added, env=as_("grafana"))
+        assert code == 1 and "403: client 'grafana' may read, not change" in err
+        code, out, err = run("history", env=as_("grafana"))
+        assert code == 0, err
+        header, *rows = out.splitlines()
+        assert header.split()[:4] == ["TIME", "(UTC)", "CLIENT", "FROM"]
+        assert len(rows) == 1 and " alice " in rows[0] and " 127.0.0.1 " in rows[0] and "+10.20.3.10/32 inbound" in rows[0]
+        assert "REFUSED, nothing changed" not in running.log()  # a 403 is not a change attempt
+        assert "by alice from 127.0.0.1 (add): added 10.20.3.10/32 inbound" in running.log()
+        code, out, _ = run("--json", "exceptions", "list", env=as_("grafana"))
+        (mine,) = [e for e in json.loads(out)["exceptions"] if e["id"] == added]
+        assert mine["created_by"] == "alice" and mine["created_at"].endswith("Z")
+        code, out, _ = run("history", "--since", "2999-01-01T00:00:00Z", env=as_("grafana"))
+        assert code == 0 and out == "no change recorded since 2999-01-01T00:00:00Z\n"
+        # A tokens file others may read: the controller refuses to start, naming the fix.
+        tokens_file.chmod(0o644)
+        refused = Controller(policy, tmp_path / "refused.txt", env={"SMTP_POLICY_TOKENS_FILE": str(tokens_file)})
+        with pytest.raises(RuntimeError, match="others may read it"):
+            refused.start()
+    finally:
+        running.stop()
