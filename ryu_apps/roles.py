@@ -109,7 +109,10 @@ class Roles:
             self.unseen.append(diff)
             if sum(len(d) for d in self.unseen) > self.timing.max_unseen:
                 self.unseen = None  # the audit compares every flow
-        self.wake.set()
+        # Not woken: its next audit reads it. Waking every slave at every
+        # change made each one claim its key in etcd and read its switch:
+        # with 50 switches between two controllers, 40% of their CPU and a
+        # change p50 of 144 ms against 18 ms (py-spy, bench section 9).
 
     def seen_on_switch(self, diff, timeout):
         """True once the switch holds the diff (its adds, none of its deletes),
