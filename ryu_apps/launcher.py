@@ -33,7 +33,8 @@ def main(argv=None):
     framework.module("controller.controller")  # registers the --ofp-* options
     framework.register_wsapi_options()
     conf = framework.cfg.CONF
-    conf(args=sys.argv[1:] if argv is None else argv, prog="smtp-border-controller", project="smtp-border",
+    argv = _log_format(list(sys.argv[1:] if argv is None else argv))
+    conf(args=argv, prog="smtp-border-controller", project="smtp-border",
          version=f"smtp-border-controller {version()} ({framework.NAME} {framework.VERSION}, Python"
                  f" {sys.version.split()[0]})",
          default_config_files=[])
@@ -51,6 +52,21 @@ def main(argv=None):
         pass
     finally:
         manager.close()
+
+
+def _log_format(argv):
+    """--log-format text|json (the framework's option parser does not know
+    it): taken out of `argv` into SMTP_POLICY_LOG_FORMAT (ryu_apps/logs.py)."""
+    rest = []
+    while argv:
+        arg = argv.pop(0)
+        if arg == "--log-format" and argv:
+            os.environ["SMTP_POLICY_LOG_FORMAT"] = argv.pop(0)
+        elif arg.startswith("--log-format="):
+            os.environ["SMTP_POLICY_LOG_FORMAT"] = arg.split("=", 1)[1]
+        else:
+            rest.append(arg)
+    return rest
 
 
 if __name__ == "__main__":

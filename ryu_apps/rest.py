@@ -74,6 +74,8 @@ LOG = logging.getLogger("smtp_border.rest")
 LOOPBACK_DEV_ENV = "SMTP_POLICY_LOOPBACK_DEV"
 # Slow or idle clients are dropped after this many seconds, and at most
 # this many connections are served at once (ryu_apps/web.py).
+# A file for the HTTP access log (one line a request); unset: none.
+ACCESS_LOG_ENV = "SMTP_POLICY_ACCESS_LOG"
 HTTP_TIMEOUT_ENV = "SMTP_POLICY_HTTP_TIMEOUT"
 HTTP_TIMEOUT = 10.0
 MAX_CONNECTIONS = 128
@@ -132,8 +134,10 @@ def register(app):
         except OSError as err:
             raise SystemExit(f"smtp-border: the REST API cannot listen on {host}:{port} (--wsapi-host,"
                              f" --wsapi-port): {err}") from None
-        app.logger.info("smtp-border: REST API on http://%s:%d%s", host, port, PREFIX)
-        return framework.hub.spawn(web.serve, sock, application, timeout, MAX_CONNECTIONS)
+        access_log = os.environ.get(ACCESS_LOG_ENV) or None
+        app.logger.info("smtp-border: REST API on http://%s:%d%s%s", host, port, PREFIX,
+                        f"; access log in {access_log}" if access_log else f" (no access log; {ACCESS_LOG_ENV} sets one)")
+        return framework.hub.spawn(web.serve, sock, application, timeout, MAX_CONNECTIONS, access_log)
 
     return start
 
@@ -603,7 +607,8 @@ class SmtpRestController:
         # and file entries that deserve a look: the operator reads them here.
         review, warnings = facade.log_review(self.app, outcome.change.policy)
         document["review"] = [dict(e.to_dict(), review=why) for e, why in review]
-        document["warnings"] = list(warnings)
+        document["warnings"] = list(warnings[:facade.WARNINGS_SHOWN])
+        document["warnings_count"] = len(warnings)
         return change_response(200, document, report)
 
     @route(PREFIX + "/switches", methods=["GET"])

@@ -31,7 +31,7 @@ import weakref
 
 from prometheus_client import Histogram
 
-from ryu_apps import facade, history, openflow, rest, sampling, tls
+from ryu_apps import facade, history, logs, openflow, rest, sampling, tls
 from ryu_apps.agent import Agent, Timing
 from ryu_apps.channel import Channel, Limits, SwitchFailed
 from ryu_apps.framework import (
@@ -74,6 +74,7 @@ class SmtpPolicy(App):
 
     def __init__(self, *args, timing=None, limits=None, expiry_seconds=EXPIRY_CHECK_SECONDS, **kwargs):
         super().__init__(*args, **kwargs)
+        logs.configure(logger=self.logger)  # SMTP_POLICY_LOG_FORMAT; SIGTERM is said
         self.hub = hub
         self.timing = timing or timing_from_environment()
         self.limits = limits or Limits()

@@ -82,10 +82,15 @@ class Application:
 
 
 class _AccessLog:
-    """eventlet.wsgi writes one access line a request to a file-like `log`."""
+    """eventlet.wsgi writes one access line a request (and an "accepted" line
+    a connection) to a file-like `log`: here, a file of their own, line
+    buffered, so that the controller's log stays what an operator reads."""
+
+    def __init__(self, path):
+        self.stream = open(path, "a", buffering=1, encoding="utf-8", errors="replace")
 
     def write(self, line):
-        LOG.info(line.rstrip("\n"))
+        self.stream.write(line if line.endswith("\n") else line + "\n")
 
 
 def listen(host, port):
@@ -95,7 +100,10 @@ def listen(host, port):
     return eventlet.listen((host, port), family=family)
 
 
-def serve(sock, application, timeout, max_connections):
-    """Serve `application` on `sock` until the process ends."""
-    eventlet.wsgi.server(sock, application, log=_AccessLog(), max_size=max_connections, socket_timeout=timeout,
-                         keepalive=timeout)
+def serve(sock, application, timeout, max_connections, access_log=None):
+    """Serve `application` on `sock` until the process ends. `access_log`: a
+    file for one line a request; None: no access lines at all (of 114 log
+    lines in a short session, 100 were access and "accepted" lines)."""
+    log = _AccessLog(access_log) if access_log else None
+    eventlet.wsgi.server(sock, application, log=log, log_output=log is not None, max_size=max_connections,
+                         socket_timeout=timeout, keepalive=timeout)

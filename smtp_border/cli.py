@@ -159,6 +159,7 @@ def build_parser(found=None):
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     check = commands.add_parser("check", help="validate a policy file (exit status 0 or 1)")
+    check.add_argument("--warnings", action="store_true", help="list every warning (a start or a reload says the first few)")
     check.add_argument("file")
     check.set_defaults(run=cmd_check)
 
@@ -238,8 +239,15 @@ def build_parser(found=None):
 def cmd_check(args):
     policy = load_policy(args.file)
     listed = "every switch" if policy.switches is None else f"{len(policy.switches)} switch(es)"
+    warnings = policy.warnings()
     print(f"{args.file}: OK: {len(policy.campus)} campus prefix(es), {len(policy.gateways)} gateway(s), "
-          f"{len(policy.exceptions)} exception(s), enforced on {listed}")
+          f"{len(policy.exceptions)} exception(s), enforced on {listed}"
+          + (f"; {len(warnings)} warning(s)" if warnings else ""))
+    if args.warnings:
+        for warning in warnings:
+            print(f"warning: {warning}")
+    elif warnings:
+        print("(--warnings lists them)")
 
 
 def cmd_flows(args):
@@ -434,6 +442,9 @@ def cmd_reload(args):
                   f" {e['review']} (contact {e['contact'] or 'none given'})")
         for warning in document.get("warnings", []):
             print(f"warning: {warning}")
+        hidden = document.get("warnings_count", 0) - len(document.get("warnings", []))
+        if hidden > 0:
+            print(f"... and {hidden} more warning(s): `smtp-border check --warnings POLICY_FILE` lists them all")
         if not (document["added"] or document["removed"]):
             print("reloaded: no exception changed")
         print(enforcement(document["switches"]))

@@ -112,3 +112,49 @@ def test_the_launcher_takes_the_operators_options(tmp_path):
     finally:
         process.terminate()
         process.wait(timeout=20)
+
+
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_the_log_an_operator_reads(tmp_path, launcher):
+    """Issue 24: no HTTP access lines in the controller's log by default
+    (they go to a file of their own when asked), warnings summarised with the
+    command that lists them, JSON lines when asked, SIGTERM said."""
+    policy = tmp_path / "policy.yaml"
+    many = "".join(f"  - {{address: 10.20.200.{i}, direction: outbound, reason: r{i}}}\n" for i in range(1, 13))
+    policy.write_text((ROOT / "policy.yaml").read_text().replace("exceptions:\n", "exceptions:\n" + many, 1))
+    for log_format in ("text", "json"):
+        api_port = free_port()
+        access = tmp_path / f"access-{log_format}.log"
+        env = dict(os.environ, SMTP_POLICY_FILE=str(policy), SMTP_POLICY_STATE=str(tmp_path / "state.json"),
+                   SMTP_POLICY_AUDIT_LOG=str(tmp_path / "blocked.jsonl"), SMTP_POLICY_LOG_FORMAT=log_format,
+                   **({"SMTP_POLICY_ACCESS_LOG": str(access)} if log_format == "json" else {}))
+        process = subprocess.Popen(
+            [launcher[0], "--ofp-listen-host", "127.0.0.1", "--ofp-tcp-listen-port", str(free_port()),
+             "--wsapi-host", "127.0.0.1", "--wsapi-port", str(api_port), *launcher[1:]],
+            env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    for _ in range(3):
+                        urllib.request.urlopen(f"http://127.0.0.1:{api_port}/smtp/v1/policy", timeout=5).read()
+                    break
+                except OSError:
+                    assert process.poll() is None and time.monotonic() < deadline
+                    time.sleep(0.2)
+        finally:
+            process.terminate()
+            out = process.communicate(timeout=20)[0].decode()
+        lines = [line for line in out.splitlines() if "smtp-border" in line]
+        if log_format == "json":
+            entries = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+            messages = [e["message"] for e in entries]
+            assert entries and all(e["time"].endswith("Z") and e["level"] for e in entries)
+            assert access.read_text().count("GET /smtp/v1/policy") == 3  # its own file, when asked
+        else:
+            messages = lines
+        assert not any("GET /smtp/v1/policy" in m or "accepted (" in m for m in messages), messages
+        grounds = [m for m in messages if "a Part 2 exception without grounds" in m]
+        assert len(grounds) == 5, grounds  # the first few, then a count and the command
+        assert any("12 warning(s) in all, 5 shown; `smtp-border check --warnings" in m for m in messages), messages
+        assert any("SIGTERM received" in m for m in messages), messages[-5:]
