@@ -5,7 +5,7 @@ VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test unit clean
+.PHONY: setup demo test unit wheel clean
 
 setup:
 	VENV=$(VENV) bash scripts/setup.sh
@@ -21,7 +21,12 @@ test:
 unit: setup
 	$(PYTHON) -m pytest -q tests/unit
 
-# Last resort after an interrupted run: what `mn -c` does, plus our controllers.
+# The one thing a production server installs (docs/deploy.md): dist/smtp_border-VERSION-py3-none-any.whl,
+# carrying the unit, its environment file, logrotate's rule, the monitoring files and an example policy.
+wheel:
+	python3 -m pip wheel --no-deps -q -w dist .
+
+# Last resort after an interrupted run: the controllers the tests started (by
+# their pid files; never another), then what `mn -c` does.
 clean:
-	-pkill -f 'ryu-manager.*ryu_apps.smtp_policy'
-	-mn -c
+	bash scripts/clean.sh

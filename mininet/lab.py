@@ -53,6 +53,21 @@ INSTALLED = re.compile(r"smtp-border: switch ([0-9a-f]{16}) .*flows installed")
 OPENFLOW_ERROR = "smtp-border: OpenFlow error"
 
 
+# Controllers the tests start are written here, one file a pid, so that
+# `make clean` (scripts/clean.sh) stops those and never a controller it did
+# not start (a production one on the same host).
+PID_DIR = Path(os.environ.get("SMTP_BORDER_TEST_PIDS", "/var/tmp/smtp-border-test-pids"))
+
+
+def remember_pid(pid):
+    PID_DIR.mkdir(parents=True, exist_ok=True)
+    (PID_DIR / str(pid)).write_text(f"{pid}\n")
+
+
+def forget_pid(pid):
+    (PID_DIR / str(pid)).unlink(missing_ok=True)
+
+
 def free_port():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -114,6 +129,7 @@ class Controller:
             self.process = subprocess.Popen(
                 command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
+        remember_pid(self.process.pid)
         self._wait_listening(self.of_port)
         self._wait_listening(self.api_port)
         return self
@@ -156,6 +172,8 @@ class Controller:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
+        if self.process:
+            forget_pid(self.process.pid)
         self.process = None
 
     def log(self):

@@ -214,6 +214,16 @@ def build_parser(found=None):
                          help="etcd endpoints, as SMTP_POLICY_ETCD (default: $SMTP_POLICY_ETCD)")
     migrate.set_defaults(run=cmd_journal_to_etcd)
 
+    state = commands.add_parser("state", help="check or repair the journal of API exceptions").add_subparsers(
+        dest="action", required=True, metavar="ACTION")
+    state_check = state.add_parser("check", help="list every problem of a journal (exit status 0 whole, 1 not)")
+    state_check.add_argument("file")
+    state_check.set_defaults(run=cmd_state_check)
+    state_repair = state.add_parser("repair", help="keep every valid line of a journal; the rest go to a side file"
+                                    " (the controller stopped; the old file is kept as a backup)")
+    state_repair.add_argument("file")
+    state_repair.set_defaults(run=cmd_state_repair)
+
     history = commands.add_parser("history", help="who changed what, since a time (the controller's trail)")
     history.add_argument("--since", help="ISO 8601, e.g. 2026-12-01T00:00:00Z (default: everything kept)")
     history.add_argument("--limit", type=int, default=100, help="the newest this many changes (default 100)")
@@ -481,6 +491,33 @@ def cmd_top(args):
         table([(r["address"], r["attempts"]) for r in document["inbound"]], ["SOURCE", "ATTEMPTS"], empty="none")
 
     show(args, document, render)
+
+
+def cmd_state_check(args):
+    from .state import check
+
+    try:
+        problems = check(args.file)
+    except OSError as err:
+        raise CliError(f"{args.file}: {err.strerror or err}") from None
+    if not problems:
+        print(f"{args.file}: OK: every line reads")
+        return
+    for number, problem in problems:
+        print(f"{args.file}:{number}: {problem}")
+    raise CliError(f"{args.file}: {len(problems)} problem(s); `smtp-border state repair {args.file}` keeps every"
+                   " valid line and sets the others aside")
+
+
+def cmd_state_repair(args):
+    from .state import repair
+
+    try:
+        backup, side, kept, dropped = repair(args.file)
+    except OSError as err:
+        raise CliError(f"{args.file}: {err.strerror or err}; nothing changed") from None
+    print(f"{args.file}: kept {kept} change line(s), set aside {dropped}" + (f" in {side}" if side else "")
+          + f"; the file as it was is {backup}")
 
 
 def cmd_token_new(args):

@@ -26,6 +26,7 @@ read; the first change rewrites them as a journal.
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 
 from .policy import PolicyError
@@ -199,7 +200,91 @@ class StateFile:
             raise self._error("version", f"unsupported version {document.get('version')!r} (this is {VERSION})")
 
     def _error(self, where, problem):
-        return PolicyError(str(self.path), where, problem)
+        return PolicyError(str(self.path), where, f"{problem} (`smtp-border state check {self.path}` lists every"
+                           f" problem; `smtp-border state repair {self.path}` keeps every valid line)")
+
+
+def _line_problem(line):
+    """Why journal line `number` cannot be replayed, or None."""
+    try:
+        entry = json.loads(line)
+    except json.JSONDecodeError as err:
+        return f"not valid JSON: {err.msg} (column {err.colno})"
+    if not isinstance(entry, dict) or not isinstance(entry.get("remove"), list) or not isinstance(entry.get("add"), list):
+        return 'expected {"remove": [...], "add": [...]}'
+    if not all(isinstance(a, str) for a in entry["remove"]):
+        return "a removal that is not an address"
+    if not all(isinstance(i, dict) and isinstance(i.get("address"), str) for i in entry["add"]):
+        return "an added exception without an address"
+    return None
+
+
+def check(path):
+    """Every problem of the journal at `path`: [(line number, problem)]; [] when it is whole."""
+    data = Path(path).read_bytes()
+    problems = []
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        problems.append((data.count(b"\n", 0, err.start) + 1, "bytes that are not UTF-8"))
+        text = data.decode("utf-8", errors="replace")
+    lines = text.split("\n")
+    try:
+        header = json.loads(lines[0])
+        if not isinstance(header, dict) or header.get("format") != FORMAT or header.get("version") != VERSION:
+            problems.append((1, f"not a version {VERSION} {FORMAT} header"))
+    except json.JSONDecodeError:
+        problems.append((1, "the header is not valid JSON"))
+    for number, line in enumerate(lines[1:-1], start=2):
+        problem = _line_problem(line)
+        if problem:
+            problems.append((number, problem))
+    if lines[-1]:
+        problems.append((len(lines), "a last line without its newline (a write cut short: never acknowledged)"))
+    return problems
+
+
+def repair(path, now=None):
+    """Keep every valid change line of the journal at `path`, in order, under
+    a fresh header; the lines dropped go to a side file. The file is never
+    rewritten in place: it is copied to a backup first, and the repaired
+    journal replaces it atomically. Returns (backup, side file or None, kept, dropped)."""
+    path = Path(path)
+    stamp = (now or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()))
+    data = path.read_bytes()
+    lines = data.decode("utf-8", errors="replace").split("\n")
+    kept, dropped = [], []
+    for number, line in enumerate(lines[1:], start=2):
+        if not line:
+            continue
+        problem = _line_problem(line) if number < len(lines) else "cut short"
+        (dropped if problem else kept).append((number, line, problem))
+    try:
+        header_ok = json.loads(lines[0]).get("format") == FORMAT
+    except (json.JSONDecodeError, AttributeError):
+        header_ok = False
+    if not header_ok:
+        dropped.insert(0, (1, lines[0], "header"))
+    backup = path.with_name(f"{path.name}.bak-{stamp}")
+    with open(backup, "xb") as stream:  # never over an earlier backup
+        stream.write(data)
+        stream.flush()
+        os.fsync(stream.fileno())
+    side = None
+    if dropped:
+        side = path.with_name(f"{path.name}.dropped-{stamp}")
+        with open(side, "x", encoding="utf-8") as stream:
+            for number, line, problem in dropped:
+                stream.write(f"# line {number}: {problem}\n{line}\n")
+    text = "\n".join([json.dumps({"format": FORMAT, "version": VERSION})] + [line for _, line, _ in kept]) + "\n"
+    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as stream:
+        stream.write(text)
+        stream.flush()
+        os.fsync(stream.fileno())
+    os.replace(temporary, path)
+    _fsync_directory(path.parent)
+    return backup, side, len(kept), len(dropped)
 
 
 def _cut(stream, length):

@@ -308,3 +308,20 @@ def test_named_clients_and_the_history_of_who_changed_what(tmp_path):
             refused.start()
     finally:
         running.stop()
+
+
+def test_state_check_and_repair_a_journal_the_controller_refuses(tmp_path):
+    """A corrupted line in the middle of the journal: the controller refuses
+    to start, naming the two commands; they find and set it aside."""
+    journal = tmp_path / "api-exceptions.json"
+    header = json.dumps({"format": "smtp-border-api-exceptions", "version": 2})
+    good = [json.dumps({"remove": [], "add": [{"address": f"10.20.3.{i}/32", "direction": "inbound", "reason": "r"}]})
+            for i in (10, 11)]
+    journal.write_text("\n".join([header, good[0], '{"remove": [], "add": [{"addr', good[1]]) + "\n")
+    code, out, err = run("state", "check", str(journal))
+    assert code == 1 and f"{journal}:3: not valid JSON" in out and "state repair" in err
+    code, out, err = run("state", "repair", str(journal))
+    assert code == 0 and "kept 2 change line(s), set aside 1" in out, err
+    assert run("state", "check", str(journal))[:2] == (0, f"{journal}: OK: every line reads\n")
+    assert len(list(tmp_path.glob("api-exceptions.json.bak-*"))) == 1
+    assert len(list(tmp_path.glob("api-exceptions.json.dropped-*"))) == 1

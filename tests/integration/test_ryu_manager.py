@@ -158,3 +158,33 @@ def test_the_log_an_operator_reads(tmp_path, launcher):
         assert len(grounds) == 5, grounds  # the first few, then a count and the command
         assert any("12 warning(s) in all, 5 shown; `smtp-border check --warnings" in m for m in messages), messages
         assert any("SIGTERM received" in m for m in messages), messages[-5:]
+
+
+def test_make_clean_stops_the_test_controllers_and_never_another(tmp_path):
+    """Issue 24: `make clean` used to pkill every ryu-manager running the app,
+    a production controller on the same host included. Now it stops what the
+    tests started (pid files of mininet/lab.py) and nothing else."""
+    from lab import PID_DIR, Controller
+
+    policy = tmp_path / "policy.yaml"
+    policy.write_text((ROOT / "policy.yaml").read_text())
+    env = dict(os.environ, SMTP_POLICY_FILE=str(policy), SMTP_POLICY_STATE=str(tmp_path / "prod.json"),
+               SMTP_POLICY_AUDIT_LOG=str(tmp_path / "prod.jsonl"), SMTP_POLICY_TRAIL=str(tmp_path / "prod.trail"))
+    production = subprocess.Popen([str(LAUNCHER), "--ofp-tcp-listen-port", str(free_port()), "--wsapi-port",
+                                   str(free_port())], env=env, cwd=tmp_path, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL, start_new_session=True)
+    test_controller = Controller(policy, tmp_path / "test.txt").start()
+    try:
+        assert (PID_DIR / str(test_controller.process.pid)).exists()
+        result = subprocess.run(["bash", str(ROOT / "scripts" / "clean.sh")], capture_output=True, text=True,
+                                timeout=60, env=dict(os.environ, SMTP_BORDER_CLEAN_MININET="0"))
+        assert result.returncode == 0, result.stderr
+        assert f"stopping test controller {test_controller.process.pid}" in result.stdout
+        test_controller.process.wait(timeout=20)
+        assert not (PID_DIR / str(test_controller.process.pid)).exists()
+        time.sleep(0.5)
+        assert production.poll() is None  # the one it did not start runs on
+    finally:
+        test_controller.stop()
+        production.terminate()
+        production.wait(timeout=20)

@@ -505,3 +505,33 @@ def test_a_quarantined_address_takes_no_new_grant_so_none_is_lost_at_a_restart(t
     assert restarted.quarantined == ()
     assert {(str(e.address), e.reason) for e in restarted.api_exceptions} == {
         ("10.20.3.10/32", "new server"), ("10.20.3.11/32", "kept")}
+
+
+def test_a_journal_corrupted_in_the_middle_is_checked_and_repaired_keeping_every_valid_line(tmp_path):
+    """Issue 24: a corrupted line in the middle of the journal stops the
+    controller (failing closed is right) with a message naming the commands;
+    `state check` lists the problem, `state repair` keeps every valid line,
+    sets the bad one aside, keeps the old file as a backup, and the store
+    then starts with what the valid lines hold."""
+    (tmp_path / "policy.yaml").write_text(textwrap.dedent(POLICY))
+    store = PolicyStore(tmp_path / "policy.yaml")
+    for address in ("10.20.3.10", "10.20.3.11", "10.20.3.12"):
+        add(store, address, "inbound")
+    journal = Path(store.state_file)
+    lines = journal.read_text().splitlines()
+    assert len(lines) == 4
+    lines[2] = lines[2][:20] + "#garbage"  # the second change, cut and mangled
+    journal.write_text("\n".join(lines) + "\n")
+    with pytest.raises(PolicyError, match=r"line 3.*smtp-border state check .*smtp-border state repair"):
+        PolicyStore(tmp_path / "policy.yaml")
+    ((number, problem),) = state.check(journal)
+    assert number == 3 and problem.startswith("not valid JSON")
+    before = journal.read_bytes()
+    backup, side, kept, dropped = state.repair(journal, now="T1")
+    assert (kept, dropped) == (2, 1) and backup.read_bytes() == before
+    assert "# line 3:" in side.read_text() and "#garbage" in side.read_text()
+    assert state.check(journal) == []
+    assert sorted(str(e.address) for e in PolicyStore(tmp_path / "policy.yaml").api_exceptions) == [
+        "10.20.3.10/32", "10.20.3.12/32"]
+    with pytest.raises(FileExistsError):  # never over an earlier backup
+        state.repair(journal, now="T1")
