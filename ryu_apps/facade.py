@@ -11,6 +11,8 @@ It also writes the policy's summary lines to the log, at start and reload.
 """
 import time
 
+from ryu_apps.channel import SwitchFailed
+from smtp_border.explain import explain as explain_connection
 from smtp_border.policy import utc_now
 
 # How long a scrape waits for the switches' counters; a switch later than
@@ -115,6 +117,37 @@ def _read(app, agent, seconds):
 
 
 # -- the policy's summary in the log -------------------------------------------------
+
+def explain(app, src, dst, port, seconds=READ_SECONDS):
+    """GET /explain: the core's answer (smtp_border/explain.py) for the
+    connected enforcing switches, each deciding flow with its packet counter
+    read from the switch (all at once; a switch later than `seconds` says so)."""
+    targets = {dpid: app.border.target(dpid) for dpid, agent in sorted(app.switches.items())
+               if agent.choice is not None and app.border.enforcing(dpid)}
+    answer = explain_connection(app.policy, targets, src, dst, port, listed=app.border.listed() or ())
+    threads = {}
+    for entry in answer["switches"]:
+        rule = entry.pop("_rule", None)
+        agent = app.switches.get(int(entry["dpid"], 16))
+        if rule is not None and agent is not None:
+            threads[entry["dpid"]] = (entry, app.hub.spawn(_counters, agent, rule, seconds))
+    for entry, thread in threads.values():
+        counted = thread.wait()
+        if isinstance(counted, str):
+            entry["counter"] = counted
+        elif counted is None:
+            entry["counter"] = "the switch does not hold this flow (a change on its way, or drift its audit repairs)"
+        else:
+            entry["packets"], entry["bytes"] = counted
+    return answer
+
+
+def _counters(agent, rule, seconds):
+    try:
+        return agent.counters_of(rule, timeout=seconds)
+    except SwitchFailed as err:
+        return f"not read: {err}"
+
 
 def log_policy(app):
     p = app.policy

@@ -12,7 +12,7 @@ from ryu_apps import openflow
 from ryu_apps.channel import SwitchFailed
 from smtp_border.audit import DIRECTIONS
 from smtp_border.pipeline import Capabilities
-from smtp_border.rules import AUDIT_METERS, COOKIE_APP_TAG, Clause, cookie_clause
+from smtp_border.rules import AUDIT_METERS, COOKIE_APP_TAG, Clause, cookie_clause, with_version
 
 LOG = logging.getLogger("smtp_border.agent")
 
@@ -72,6 +72,17 @@ class Readings:
                 key = (entry.table_id, entry.priority, entry.match)
                 readings.append((key, DIRECTIONS[clause][0], entry.packet_count, entry.byte_count))
         self.app.block_counters.observe(self.dpid, readings)
+
+    def counters_of(self, rule, timeout=None):
+        """(packets, bytes) of the switch's flow that is `rule` (in whichever
+        policy-table version it holds it), read by its cookie; None if the
+        switch does not hold it."""
+        request = openflow.flow_stats_request(self.dp, rule.cookie, 0xFFFFFFFFFFFFFFFF)
+        replies = self.channel.exchange([], [request], timeout=timeout)
+        for entry in (e for body in replies[request.xid] for e in body.entries()):
+            if entry.rule is not None and with_version(entry.rule, 0) == with_version(rule, 0):
+                return entry.packet_count, entry.byte_count
+        return None
 
     def switch_flows(self, timeout=None):
         """Every flow on the switch, as ryu_apps.wire.FlowEntry."""

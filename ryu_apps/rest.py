@@ -12,6 +12,7 @@
     GET    /smtp/v1/mailservers       the inventory: relays and every exception
     GET    /smtp/v1/history           who changed what, since a time (the read token)
     GET    /smtp/v1/version           the release running
+    GET    /smtp/v1/explain           why a connection is blocked or allowed, switch by switch
     GET    /metrics                   Prometheus text format
     GET    /smtp/                     the status page (read-only; ryu_apps/status/)
 
@@ -40,38 +41,38 @@ force is answered 200, one already removed 404.
 """
 import datetime
 import functools
-import ipaddress
 import json
 import logging
 import os
-import re
-import secrets
 import time
 from pathlib import Path
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ryu_apps import facade, framework, web
+from ryu_apps.auth import (  # noqa: F401  (the API's names, as the tests and docs use them)
+    CHANGE, CLIENT_KEY, LOOPBACK_DEV_ENV, OFFENDERS, READ_TOKEN_ENV, REQUEST_KEY, TOKEN_ENV, TOKENS_FILE_ENV,
+    _clients, _request_id, actor_of, authorise, authorise_read, loopback_dev,
+)
+from ryu_apps.bodies import MAX_BODY, query_int, query_time, query_window, read_json  # noqa: F401
 from ryu_apps.metrics import registry_for
-from ryu_apps.web import Response, route
-from smtp_border.audit import format_time, parse_time
-from smtp_border.clients import READ_TOKEN_ENV, TOKEN_ENV, TOKENS_FILE_ENV, Clients, ClientsError
+from ryu_apps.web import HttpError, Response, route
+from smtp_border.audit import format_time
+from smtp_border.clients import ClientsError
 from smtp_border.inventory import inventory
 from smtp_border.policy import PolicyError, utc_now
 from smtp_border.etcdstate import ConcurrentChange, StateInDoubt
+from smtp_border.explain import parse_question
 from smtp_border.pipeline import OverBudget
 from smtp_border.state import StateUnavailable
 from smtp_border.store import Conflict, NotFound
-from smtp_border.trail import MAX_HISTORY, Actor
+from smtp_border.trail import MAX_HISTORY
 from smtp_border.version import python_version, version
 
 LOG = logging.getLogger("smtp_border.rest")
 # SMTP_POLICY_TOKEN (the client "admin": changes, and reads of who was
 # blocked), SMTP_POLICY_READ_TOKEN (the client "reader": reads only) and
 # SMTP_POLICY_TOKENS_FILE (named clients) come from smtp_border/clients.py.
-# "1": a development controller on one machine: changes and offender reads
-# without a token, from loopback clients naming a loopback Host only.
-LOOPBACK_DEV_ENV = "SMTP_POLICY_LOOPBACK_DEV"
 # Slow or idle clients are dropped after this many seconds, and at most
 # this many connections are served at once (ryu_apps/web.py).
 # A file for the HTTP access log (one line a request); unset: none.
@@ -79,7 +80,6 @@ ACCESS_LOG_ENV = "SMTP_POLICY_ACCESS_LOG"
 HTTP_TIMEOUT_ENV = "SMTP_POLICY_HTTP_TIMEOUT"
 HTTP_TIMEOUT = 10.0
 MAX_CONNECTIONS = 128
-MAX_BODY = 64 * 1024
 # A batch carries up to MAX_BATCH exceptions (about 100 bytes each).
 MAX_BATCH = 10000
 MAX_BATCH_BODY = 4 * 1024 * 1024
@@ -90,17 +90,7 @@ VERIFY_SECONDS_ENV = "SMTP_POLICY_VERIFY_SECONDS"
 VERIFY_SECONDS = 10.0
 
 
-class HttpError(Exception):
-    def __init__(self, status, message, field=None, headers=None):
-        super().__init__(message)
-        self.status = status
-        self.field = field
-        self.headers = headers or {}
-
-
 MAX_EVENTS = 10000
-WINDOW_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-MAX_WINDOW = 3650 * 86400
 
 
 def register(app):
@@ -179,38 +169,6 @@ def json_response(status, document=None, headers=None):
     return response
 
 
-CHANGE, OFFENDERS = "change", "offenders"
-CLIENT_KEY, REQUEST_KEY = "smtp_border.client", "smtp_border.request"
-# Addresses of reverse proxies whose X-Forwarded-For names the client (comma
-# separated); from anyone else the header is ignored (it could say anything).
-TRUSTED_PROXIES_ENV = "SMTP_POLICY_TRUSTED_PROXIES"
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
-
-
-def _request_id(req):
-    """The request's id: the client's X-Request-Id when it is a sane token, else a new one."""
-    given = req.headers.get("X-Request-Id", "")
-    return given if _REQUEST_ID.fullmatch(given) else secrets.token_hex(6)
-
-
-def peer_of(req):
-    """Where a request came from: the socket's peer, or the address a trusted
-    proxy put last in X-Forwarded-For."""
-    peer = req.remote_addr or "?"
-    trusted = {a.strip() for a in (os.environ.get(TRUSTED_PROXIES_ENV) or "").split(",") if a.strip()}
-    forwarded = req.headers.get("X-Forwarded-For")
-    if forwarded and peer in trusted:
-        last = forwarded.split(",")[-1].strip()
-        if _is_address(last):
-            return f"{last} (via {peer})"
-    return peer
-
-
-def actor_of(req):
-    """Who makes this change (smtp_border/trail.Actor)."""
-    return Actor(req.environ.get(CLIENT_KEY) or "?", peer_of(req), req.environ.get(REQUEST_KEY))
-
-
 def api(access=None):
     """JSON in and out, errors as {"error"}, and authorisation: `access` is
     CHANGE for requests that change state, OFFENDERS for reads of who was
@@ -259,215 +217,6 @@ def api(access=None):
         return wrapper
 
     return decorate
-
-
-def loopback_dev():
-    return os.environ.get(LOOPBACK_DEV_ENV) == "1"
-
-
-def authorise(req, access=CHANGE):
-    """Returns the client's name (for the trail), or raises HttpError."""
-    """Who may change the policy, or read who was blocked.
-
-    With SMTP_POLICY_TOKEN: the bearer token (or, for offender reads, the
-    read token). Without it, only in the explicit development mode: a
-    loopback client that names a loopback Host (a rebound DNS name pointing at
-    127.0.0.1 is refused). In every mode a change needs a JSON body type and
-    no request may come from another site's page (Origin, Sec-Fetch-Site):
-    a browser on the controller host cannot be made to change anything."""
-    _same_site(req)
-    client = _authenticate(req, access)
-    if access == CHANGE and req.content_type != "application/json":
-        raise HttpError(415, f"a change needs Content-Type: application/json, not {req.content_type or 'none'}")
-    return client
-
-
-def authorise_read(req):
-    """A read that costs the switches: the read token (or the change token),
-    or the development mode's loopback rule."""
-    _same_site(req)
-    return _authenticate(req, OFFENDERS)
-
-
-def _authenticate(req, access):
-    """The name of the client making the request (smtp_border/clients.py),
-    or HttpError. A read client may read who was blocked, and change nothing."""
-    clients = _clients()
-    if clients:
-        scheme, _, given = req.headers.get("Authorization", "").partition(" ")
-        client = clients.who(given.strip()) if scheme.lower() == "bearer" and given.strip() else None
-        if client is None:
-            raise HttpError(401, "a valid 'Authorization: Bearer <token>' header is required",
-                            headers={"WWW-Authenticate": 'Bearer realm="smtp-border"'})
-        if access == CHANGE and not client.writes:
-            raise HttpError(403, f"client {client.name!r} may read, not change: its scope is read")
-        return client.name
-    if access == CHANGE:
-        needs, accepted = "changes need", "changes are accepted"
-    else:
-        needs, accepted = "reading who was blocked needs", "who was blocked is shown"
-    if not loopback_dev():
-        raise HttpError(403, f"{needs} a token: start the controller with {TOKEN_ENV} or {TOKENS_FILE_ENV}")
-    if not _is_loopback(req.remote_addr):
-        raise HttpError(403, f"in development mode ({LOOPBACK_DEV_ENV}=1), {accepted} only to loopback clients")
-    host = _host_name(req.host or "")
-    if host != "localhost" and not _is_loopback(host):
-        raise HttpError(403, f"in development mode ({LOOPBACK_DEV_ENV}=1), the Host must be a loopback name or address,"
-                        f" not {host!r}")
-    return "loopback-dev"
-
-
-_clients_cache = [None, None]
-
-
-def _clients():
-    """The API's clients as the environment names them, made again when it
-    changes (the tests set it); the tokens file is read again when it does."""
-    key = tuple(os.environ.get(name) for name in (TOKEN_ENV, READ_TOKEN_ENV, TOKENS_FILE_ENV))
-    if _clients_cache[0] != key:
-        _clients_cache[:] = [key, Clients(log=LOG)]
-    return _clients_cache[1]
-
-
-def _same_site(req):
-    origin = req.headers.get("Origin")
-    if origin is not None and origin != "null":
-        netloc = origin.split("://", 1)[-1]
-        if netloc.lower() != (req.host or "").lower():
-            raise HttpError(403, f"cross-site request from {origin} refused")
-    elif origin == "null" or req.headers.get("Sec-Fetch-Site") == "cross-site":
-        raise HttpError(403, "cross-site request refused")
-
-
-def _host_name(host):
-    """The name or address of a Host header, without its port."""
-    if host.startswith("["):
-        return host[1:host.find("]")]
-    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-
-
-def _is_address(text):
-    try:
-        ipaddress.ip_address(text)
-        return True
-    except ValueError:
-        return False
-
-
-def _is_loopback(text):
-    try:
-        address = ipaddress.ip_address(text or "")
-    except ValueError:
-        return False
-    # A dual-stack listener (--wsapi-host ::) shows IPv4 clients as ::ffff:a.b.c.d.
-    address = getattr(address, "ipv4_mapped", None) or address
-    return address.is_loopback
-
-
-class _Refused(ValueError):
-    def __init__(self, message, field=None):
-        super().__init__(message)
-        self.field = field
-
-
-# Numbers in a body: a size in bytes or a count is never longer than this;
-# Python refuses to read integers past 4,300 digits, with a ValueError that
-# once became a 500.
-MAX_DIGITS = 20
-
-
-def _unique_keys(pairs):
-    """A JSON object whose keys are unique (as policy.yaml's must be): JSON
-    lets the last of two equal keys win silently, which hides a mistake."""
-    document = {}
-    for key, value in pairs:
-        if key in document:
-            raise _Refused(f"key {key!r} is given twice", field=key)
-        document[key] = value
-    return document
-
-
-def _bounded_int(text):
-    if len(text.lstrip("-")) > MAX_DIGITS:
-        raise _Refused(f"a number of {len(text.lstrip('-'))} digits; at most {MAX_DIGITS}")
-    return int(text)
-
-
-def _finite_float(text):
-    if len(text) > 2 * MAX_DIGITS:
-        raise _Refused(f"a number of {len(text)} characters; at most {2 * MAX_DIGITS}")
-    value = float(text)
-    if value in (float("inf"), float("-inf")):
-        raise _Refused(f"{text[:24]} is out of range")
-    return value
-
-
-def _no_constant(name):
-    raise _Refused(f"{name} is not a number JSON allows")
-
-
-def read_json(req, max_body=MAX_BODY):
-    if req.content_length and req.content_length > max_body:
-        raise HttpError(413, f"request body larger than {max_body} bytes")
-    if req.content_type != "application/json":
-        raise HttpError(415, f"expected Content-Type application/json, got {req.content_type or 'none'}")
-    body = req.body_file.read(max_body + 1)
-    if len(body) > max_body:
-        raise HttpError(413, f"request body larger than {max_body} bytes")
-    try:
-        document = json.loads(body.decode("utf-8"), object_pairs_hook=_unique_keys, parse_int=_bounded_int,
-                              parse_float=_finite_float, parse_constant=_no_constant)
-    except _Refused as err:
-        raise HttpError(400, f"request body refused: {err}", field=err.field) from None
-    except UnicodeDecodeError:
-        raise HttpError(400, "request body is not UTF-8") from None
-    except json.JSONDecodeError as err:
-        raise HttpError(400, f"request body is not valid JSON: {err.msg} at line {err.lineno} column {err.colno}") from None
-    except RecursionError:
-        raise HttpError(400, "request body is nested too deeply") from None
-    if not isinstance(document, dict):
-        raise HttpError(400, "request body must be a JSON object")
-    return document
-
-
-def query_int(req, name, default, lowest, highest):
-    text = req.GET.get(name)
-    if text is None:
-        return default
-    try:
-        value = int(text)
-    except ValueError:
-        raise HttpError(400, f"{name}: {text!r} is not a whole number", field=name) from None
-    if not lowest <= value <= highest:
-        raise HttpError(400, f"{name}: {value} is not between {lowest} and {highest}", field=name)
-    return value
-
-
-def query_time(req, name):
-    text = req.GET.get(name)
-    if text is None:
-        return None
-    try:
-        moment = parse_time(text)
-        moment = moment if moment.tzinfo else moment.replace(tzinfo=datetime.timezone.utc)
-        moment.astimezone(datetime.timezone.utc)  # an offset that pushes it past year 9999 fails here
-    except (ValueError, OverflowError):
-        raise HttpError(400, f"{name}: {text!r} is not an ISO 8601 time", field=name) from None
-    return moment
-
-
-def query_window(req, name, default):
-    """A duration: seconds, or a number with s, m, h or d (90m, 24h, 7d)."""
-    text = req.GET.get(name)
-    if text is None:
-        return default
-    match = re.fullmatch(r"(\d{1,12})([smhd]?)", text.strip())
-    if not match or int(match.group(1)) == 0:
-        raise HttpError(400, f"{name}: {text!r} is not a duration like 3600, 90m, 24h or 7d", field=name)
-    seconds = int(match.group(1)) * WINDOW_UNITS[match.group(2) or "s"]
-    if seconds > MAX_WINDOW:
-        raise HttpError(400, f"{name}: {text!r} is longer than {MAX_WINDOW // 86400} days", field=name)
-    return seconds
 
 
 def policy_document(store):
@@ -667,6 +416,17 @@ class SmtpRestController:
         since = query_time(req, "since")
         limit = query_int(req, "limit", 100, 1, MAX_HISTORY)
         return json_response(200, {"changes": self.app.trail.since(since, limit), "trail": str(self.app.trail.path)})
+
+    @route(PREFIX + "/explain", methods=["GET"])
+    @api()
+    def explain(self, req, **_):
+        """Why can't this host send mail? (smtp_border/explain.py)"""
+        try:
+            src, dst, port = parse_question(req.GET.get("src"), req.GET.get("dst"), req.GET.get("port", "25"))
+        except ValueError as err:
+            field, message = err.args
+            raise HttpError(400, message, field=field) from None
+        return json_response(200, facade.explain(self.app, src, dst, port))
 
     @route(PREFIX + "/version", methods=["GET"])
     @api()

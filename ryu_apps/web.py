@@ -22,10 +22,20 @@ import eventlet
 import eventlet.wsgi
 from webob import Request, Response
 
-__all__ = ["Application", "Response", "listen", "route", "routes_of", "serve"]
+__all__ = ["Application", "HttpError", "Response", "listen", "route", "routes_of", "serve"]
 
 LOG = logging.getLogger("smtp_border.http")
 _SEGMENT = re.compile(r"\{(\w+)\}")
+
+
+class HttpError(Exception):
+    """An answer other than 2xx: its status, what to say, the request field at fault, headers."""
+
+    def __init__(self, status, message, field=None, headers=None):
+        super().__init__(message)
+        self.status = status
+        self.field = field
+        self.headers = headers or {}
 
 
 def route(path, methods):

@@ -9,6 +9,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import netaddr
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -297,3 +298,35 @@ def test_the_status_page_in_a_real_browser_follows_the_border(lab, tmp_path):
     # Read-only: the page's script makes no request but GET.
     script = (ROOT / "ryu_apps" / "status" / "status.js").read_text()
     assert "fetch(" in script and not re.search(r"method\s*:", script)
+
+
+def test_explain_names_the_flow_that_blocked_a_real_connection_with_the_switchs_counter(lab):
+    """Issue 24's helpdesk question against Open vSwitch: a campus host's SMTP
+    connection out is blocked (Part 2) by the flow explain names, whose
+    packet counter, read from the bridge, grows by what the host sent; the
+    relay's twin on the same path is allowed, by its own flow; both families."""
+    from smtp_border.semantics import Packet, is_allowed
+
+    policy = load_policy(lab.controller.policy_file)
+    for family in (4, 6):
+        src, relay, dst = (lab.address(name, family) for name in ("h1", "relay", "outmx"))
+
+        def asked(host):
+            status, answer = api(lab, "GET", f"/smtp/v1/explain?src={host}&dst={dst}&port=25")
+            assert status == 200, answer
+            (border,) = [s for s in answer["switches"] if s["dpid"] == BORDER]
+            return answer, border
+
+        before, border = asked(src)
+        assert (before["part"], before["allowed"], border["allowed"], border["agrees_with_policy"]) == (
+            "part2", False, False, True)
+        assert before["allowed"] == is_allowed(policy, 1, Packet(in_port=2, src=netaddr.IPAddress(src),
+                                                                  dst=netaddr.IPAddress(dst), dst_port=25))
+        results = lab.run_probes([Probe("h1", "outmx", 25, family=family), Probe("relay", "outmx", 25, family=family)])
+        assert list(results.values()) == ["timeout", "open"]
+        after, border_after = asked(src)
+        assert border_after["deciding_flow"] == border["deciding_flow"]
+        assert border_after["packets"] > border["packets"]  # the SYN and its retransmissions, counted by the bridge
+        allowed, relay_border = asked(relay)
+        assert allowed["allowed"] and relay_border["allowed"] and allowed["by"] == {"gateway": "smtp-relay"}
+        assert relay_border["deciding_flow"] != border["deciding_flow"] and relay_border["packets"] >= 1

@@ -7,7 +7,7 @@ import netaddr
 import pytest
 from webob import Request
 
-from ryu_apps import rest
+from ryu_apps import auth, rest
 from smtp_border.clients import Clients, ClientsError, digest, new_token, parse_clients
 from smtp_border.policy import Direction, MailException
 from smtp_border.trail import Trail
@@ -106,3 +106,24 @@ def test_the_trail_keeps_who_changed_what_and_reads_back_since_a_time(tmp_path):
     assert [e["request"] for e in later] == ["req2"]  # 05:30-05:00 is 10:30 UTC
     assert [e["request"] for e in trail.since(limit=1)] == ["req2"]
     assert json.loads(trail.path.read_text().splitlines()[0])["at"] == "2026-12-06T10:00:00Z"
+
+
+def test_the_peer_is_the_socket_unless_a_named_proxy_forwards_it(env):
+    """X-Forwarded-For is believed only from a proxy named in
+    SMTP_POLICY_TRUSTED_PROXIES: anyone else could write any address there."""
+    def peer(remote, forwarded=None):
+        req = Request.blank("/smtp/v1/exceptions", remote_addr=remote)
+        if forwarded:
+            req.headers["X-Forwarded-For"] = forwarded
+        return auth.peer_of(req)
+
+    assert peer("192.0.2.7", "198.51.100.1") == "192.0.2.7"  # no proxy named: the header is ignored
+    env.setenv(auth.TRUSTED_PROXIES_ENV, "127.0.0.1, ::1")
+    assert peer("127.0.0.1", "203.0.113.5, 192.0.2.10") == "192.0.2.10 (via 127.0.0.1)"  # the proxy's own entry
+    assert peer("192.0.2.7", "198.51.100.1") == "192.0.2.7"  # not a named proxy
+    assert peer("127.0.0.1", "not-an-address") == "127.0.0.1"
+    req = Request.blank("/", remote_addr="127.0.0.1")
+    req.headers["X-Request-Id"] = "abc-123"
+    assert auth._request_id(req) == "abc-123"
+    req.headers["X-Request-Id"] = "bad id\nforged"
+    assert auth._request_id(req) != "bad id\nforged" and len(auth._request_id(req)) == 12
