@@ -38,6 +38,7 @@ import collections
 import contextlib
 import itertools
 import logging
+import os
 import time
 from dataclasses import dataclass
 
@@ -82,6 +83,13 @@ class Timing:
     retry_max: float = 30.0
     confirm_seconds: float = 5.0
     max_unseen: int = 32
+
+    @classmethod
+    def from_environment(cls, environ=None):
+        """SMTP_POLICY_AUDIT_SECONDS and SMTP_POLICY_CHANGE_DEADLINE (seconds a change's answer waits)."""
+        environ = os.environ if environ is None else environ
+        return cls(audit_seconds=float(environ.get("SMTP_POLICY_AUDIT_SECONDS") or cls.audit_seconds),
+                   change_deadline=float(environ.get("SMTP_POLICY_CHANGE_DEADLINE") or cls.change_deadline))
 
 
 class Agent(Readings, Roles):

@@ -54,19 +54,12 @@ STATE_FILE_ENV = "SMTP_POLICY_STATE"
 BUNDLES_ENV = "SMTP_POLICY_BUNDLES"
 REPLICA_ENV = "SMTP_POLICY_REPLICA"  # this controller's name among several (default host:pid)
 AUDIT_LOG_ENV = "SMTP_POLICY_AUDIT_LOG"  # overrides audit.log of the policy
-AUDIT_SECONDS_ENV = "SMTP_POLICY_AUDIT_SECONDS"
-DEADLINE_ENV = "SMTP_POLICY_CHANGE_DEADLINE"  # seconds a change's answer waits for the switches
 DEFAULT_POLICY_FILE = "policy.yaml"
 # How often expiry times are checked: an expired exception stops being
 # enforced within this many seconds.
 EXPIRY_CHECK_SECONDS = 10.0
 # How often every connection's liveness is looked at (ryu_apps/channel.py).
 LIVENESS_CHECK_SECONDS = 1.0
-
-
-def timing_from_environment():
-    return Timing(audit_seconds=float(os.environ.get(AUDIT_SECONDS_ENV) or Timing.audit_seconds),
-                  change_deadline=float(os.environ.get(DEADLINE_ENV) or Timing.change_deadline))
 
 
 class SmtpPolicy(App):
@@ -76,7 +69,7 @@ class SmtpPolicy(App):
         super().__init__(*args, **kwargs)
         logs.configure(logger=self.logger)  # SMTP_POLICY_LOG_FORMAT; SIGTERM is said
         self.hub = hub
-        self.timing = timing or timing_from_environment()
+        self.timing = timing or Timing.from_environment()
         self.limits = limits or Limits()
         shared = None
         try:
