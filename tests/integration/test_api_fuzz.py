@@ -57,3 +57,30 @@ def test_fuzzing_with_the_token_finds_no_server_error(controller):
     assert status == 200
     saved = {e["address"] for e in read_state(controller.state_file)} if controller.state_file.exists() else set()
     assert saved == {e["address"] for e in body["exceptions"] if e["source"] == "api"}
+
+
+def test_the_inputs_of_issue_24_are_400s_naming_the_field_on_a_real_controller(controller):
+    """Each body that once got a 500 or did harm, against ryu-manager: a 400
+    naming the field, nothing saved, no traceback; the good twin goes through."""
+    import json
+    import http.client
+
+    good = {"address": "10.20.3.10", "direction": "inbound", "reason": "a mail server"}
+    cases = [
+        (b'{"address": "10.20.3.10", "direction": "inbound", "reason": "x", "n": ' + b"9" * 5000 + b"}", None),
+        (json.dumps(dict(good, expires="9999-12-31T23:00:00-05:00")).encode(), "expires"),
+        (b'{"address": "10.20.3.10", "address": "10.20.3.11", "direction": "inbound", "reason": "x"}', "address"),
+        (json.dumps(dict(good, reason="\ud800")).encode(), "reason"),
+        (json.dumps(dict(good, reason="ok\nsmtp-border: forged line")).encode(), "reason"),
+    ]
+    for body, field in cases:
+        connection = http.client.HTTPConnection("127.0.0.1", controller.api_port, timeout=30)
+        connection.request("POST", "/smtp/v1/exceptions", body=body,
+                           headers={"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"})
+        response = connection.getresponse()
+        answer = json.loads(response.read())
+        connection.close()
+        assert response.status == 400 and answer.get("field") == field, (body[:80], answer)
+    assert not controller.state_file.exists()  # nothing saved
+    assert controller.api("POST", "/smtp/v1/exceptions", good, token=TOKEN)[0] in (201, 202)
+    assert "Traceback" not in controller.log() and "forged line" not in controller.log()

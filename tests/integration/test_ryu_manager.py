@@ -188,3 +188,16 @@ def test_make_clean_stops_the_test_controllers_and_never_another(tmp_path):
         test_controller.stop()
         production.terminate()
         production.wait(timeout=20)
+
+
+def test_a_corrupted_journal_stops_the_controller_naming_the_commands_that_fix_it(tmp_path):
+    journal = tmp_path / "policy.api-exceptions.json"
+    journal.write_text('{"format": "smtp-border-api-exceptions", "version": 2}\n{"remove": [], "add": [\n'
+                       '{"remove": [], "add": []}\n')
+    (tmp_path / "policy.yaml").write_text((ROOT / "policy.yaml").read_text())
+    result = run_controller([str(LAUNCHER)], tmp_path / "policy.yaml", tmp_path,
+                            env=dict(os.environ, SMTP_POLICY_STATE=str(journal)))
+    assert result.returncode != 0
+    said = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("smtp-border:")]
+    assert any(f"smtp-border state check {journal}" in line and f"smtp-border state repair {journal}" in line
+               for line in said), said
