@@ -129,6 +129,7 @@ class Agent(Readings, Roles):
         self.fragments = None  # its fragment handling once checked: "nx-match", or why not
         self.choice = None  # pipeline.Choice: its profile, once probed
         self.capabilities = None  # pipeline.Capabilities it was probed with
+        self.recheck = False  # probed from memory: ask the switch once its flows are in
         # With several controllers (etcd): "master" or "slave" once settled,
         # None while unknown (not yet claimed, or the lease was lost); the
         # master replica's name and the generation id sent with the role.
@@ -271,6 +272,8 @@ class Agent(Readings, Roles):
                         self.reconcile(held)
                 else:
                     self.reconcile()
+                if self.recheck and self.in_sync:
+                    self.recheck_probe()
                 self.failures, delay, self.crash = 0, 0.0, None
             except Exception as err:
                 self.failures += 1

@@ -112,6 +112,7 @@ class Readings:
         remembered = self.app.probes.get(self.dpid)
         if remembered is not None and self.features is not None and remembered[0] == self.features:
             capabilities, how = remembered[1], "remembered from its last connection, same features reply"
+            self.recheck = True  # asked again once its flows are in: recheck_probe()
         else:
             capabilities, how = self._ask_capabilities(), "asked"
         self.capabilities = capabilities
@@ -122,6 +123,22 @@ class Readings:
                  self.dpid, self.choice.profile.describe(), "; ".join(self.choice.reasons),
                  "none known" if self.choice.budget is None
                  else f"{self.choice.budget} entries ({self.choice.budget_source})", self.steps["probe"], how)
+
+    def recheck_probe(self):
+        """After an install on a remembered probe: ask the switch now, off the
+        install's path. A switch whose tables changed under the same features
+        reply (an operator set a flow limit; a firmware upgrade) gets its
+        profile and budget anew, and is reconciled to them."""
+        self.recheck = False
+        capabilities = self._ask_capabilities()
+        if capabilities == self.capabilities:
+            return
+        LOG.warning("smtp-border: switch %016x: its tables changed since its last connection (same features reply);"
+                    " probed again", self.dpid)
+        self.capabilities = capabilities
+        self.choice = self.app.border.probed(self.dpid, capabilities)
+        self.app.probes[self.dpid] = (self.features, capabilities)
+        self.in_sync, self.pending = False, "its tables changed since its last connection: reconciling"
 
     def remember_probe(self):
         """After an install the switch confirmed: keep its probe for its next

@@ -265,8 +265,10 @@ def test_the_status_page_in_a_real_browser_follows_the_border(lab, tmp_path):
             refreshes = browser.evaluate("Number(document.body.dataset.refreshes)")
             row = browser.wait_for(f"""(() => {{ const tr = document.querySelector('#exceptions tr[data-id="{created['id']}"]');
                 return tr && [tr.className, ...[...tr.cells].map(td => td.textContent)]; }})()""", timeout=15)
-            assert row[0] == "expiring" and row[1] == "10.20.3.10/32" and row[3].startswith("expires in ")
-            assert row[5:8] == ["radiology-it@example.edu", "message-size: needs 200MB", grant["reason"]]
+            # ID (what `exceptions rm` takes), address, direction, source, state, expiry in UTC with its date, ...
+            assert row[0] == "expiring" and row[1:3] == [created["id"], "10.20.3.10/32"] and row[4] == "api"
+            assert row[5].startswith("expires in ") and row[6] == expires.replace("T", " ").replace("Z", " UTC")
+            assert row[7:10] == ["radiology-it@example.edu", "message-size: needs 200MB", grant["reason"]]
             # Text stays text: the markup in the reason is shown, never run.
             assert browser.evaluate("document.querySelector('main img') === null && document.title !== 'owned'")
             assert browser.evaluate("Number(document.body.dataset.refreshes)") > refreshes  # no reload: refreshed

@@ -360,8 +360,13 @@ def test_a_change_past_the_switchs_flow_limit_is_refused_whole(lab):
         with lab.cut_off("s1"):
             assert wait_for(lambda: not _status(lab, campus.BORDER_DPID)["connected"], 10)
         lab.controller.wait_installs({campus.BORDER_DPID: before + 1})
+        # Its features reply is the same as before, so its first install used the probe it had
+        # remembered; the switch is asked again right after, and the new limit is found.
+        wanted = {"table": 0, "needed": held, "available": held + 1, "headroom": 1}
+        assert wait_for(lambda: _status(lab, campus.BORDER_DPID)["entries"] == wanted, 10), \
+            _status(lab, campus.BORDER_DPID)
+        assert "its tables changed since its last connection" in lab.controller.log()
         status = _status(lab, campus.BORDER_DPID)
-        assert status["entries"] == {"table": 0, "needed": held, "available": held + 1, "headroom": 1}
         assert status["pipeline"]["budget_source"] == "table features"
         ip4 = campus.HOST_ADDRESSES["h1"][0]
         code, body = lab.controller.api("POST", "/smtp/v1/exceptions",

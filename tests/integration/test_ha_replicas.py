@@ -56,7 +56,11 @@ def test_a_change_on_either_replica_is_in_force_on_both(replicas):
     assert seen_on(b, f"{H1}/32")
     print(f"seen on the other replica after {1000 * (time.monotonic() - started):.0f} ms")
     assert exceptions_on(b)[f"{H1}/32"]["reason"] == "on a"
-    assert "change from another controller: +1 -0" in b.log()
+    # Who granted it and when travel with it through etcd (issue 24).
+    mine = exceptions_on(b)[f"{H1}/32"]
+    assert (mine["created_by"], mine["created_at"]) == ("loopback-dev", body["created_at"]) and body["created_at"]
+    assert " by replica from " in b.log()  # one line for the change that came through etcd
+    assert f"(sync): added {H1}/32 outbound" in b.log()
     code, _ = b.api("DELETE", f"/smtp/v1/exceptions/{body['id']}")
     assert code in (200, 202)
     assert seen_on(a, f"{H1}/32", present=False)
