@@ -130,7 +130,14 @@ class Readings:
         reply (an operator set a flow limit; a firmware upgrade) gets its
         profile and budget anew, and is reconciled to them."""
         self.recheck = False
-        capabilities = self._ask_capabilities()
+        try:
+            capabilities = self._ask_capabilities()
+        except SwitchFailed:
+            # No answer, or nonsense: what it said before cannot be trusted
+            # either. Forget it; the switch is probed as on a first connection.
+            self.forget_probe()
+            self.choice, self.in_sync = None, False
+            raise
         if capabilities == self.capabilities:
             return
         LOG.warning("smtp-border: switch %016x: its tables changed since its last connection (same features reply);"

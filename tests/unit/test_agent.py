@@ -161,6 +161,22 @@ def test_nonsense_table_features_fail_the_attempt_in_one_line_and_changes_do_not
     assert good.rules() == desired(app, 1)
 
 
+def test_a_switch_that_answers_nonsense_after_a_remembered_install_is_probed_afresh_and_not_enforcing(make_app):
+    """A listed dpid reconnects with the same features reply (installed on the
+    remembered probe), then answers the second look with nonsense: what it
+    said before is forgotten, it is probed as on a first connection, and it
+    is not reported enforcing while that fails."""
+    app = make_app(TWO, retry_min=0.05)
+    switch = connect(app, 2)
+    switch.disconnect()
+    switch.table_features = [_Absurd()]
+    switch.connect(app)
+    assert settle(app, lambda: app.switches[2].failures >= 2 and not app.switches[2].in_sync, timeout=5)
+    assert 2 not in app.probes and "table features reply cannot be read" in app.switches[2].pending
+    _, report = app.change(lambda border: border.add(H1_OUT))
+    assert "0000000000000002" not in report["enforced"]
+
+
 # An IPv4 header that makes the framework's packet parser raise (AssertionError), found by fuzzing it.
 GARBAGE = bytes.fromhex("0000000000000000000000000800453a83cbdca01c9fee4263bef1bd7588b9f871b133b0aed1b09e8e216fbfa971f64"
                         "16493")
