@@ -5,6 +5,7 @@ change gets one log line with its error; nothing is in the trail for it,
 since nothing changed."""
 import logging
 
+from smtp_border.etcdstate import StateInDoubt
 from smtp_border.policy import utc_now
 from smtp_border.trail import Actor
 
@@ -49,6 +50,7 @@ def recorded(app, actor, action, source, outcome, report):
 
 
 def refused(actor, action, err):
-    """A change was refused (nothing changed): one line, with the error."""
-    LOG.warning("smtp-border: %s (%s) REFUSED, nothing changed: %s", _who(actor), action,
-                " ".join(str(err).split())[:500])
+    """A change was refused (nothing changed): one line, with the error. One
+    etcd may still commit (its answer was lost) is said to be in doubt."""
+    verdict = "NOT CONFIRMED, etcd may still commit it" if isinstance(err, StateInDoubt) else "REFUSED, nothing changed"
+    LOG.warning("smtp-border: %s (%s) %s: %s", _who(actor), action, verdict, " ".join(str(err).split())[:500])

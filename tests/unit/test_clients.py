@@ -127,3 +127,19 @@ def test_the_peer_is_the_socket_unless_a_named_proxy_forwards_it(env):
     assert auth._request_id(req) == "abc-123"
     req.headers["X-Request-Id"] = "bad id\nforged"
     assert auth._request_id(req) != "bad id\nforged" and len(auth._request_id(req)) == 12
+
+
+def test_a_change_etcd_may_still_commit_is_not_logged_as_refused(caplog):
+    import logging
+
+    from ryu_apps import history
+    from smtp_border.etcdstate import StateInDoubt
+    from smtp_border.store import Conflict
+    from smtp_border.trail import Actor
+
+    with caplog.at_level(logging.WARNING, logger="smtp_border.changes"):
+        history.refused(Actor("alice", "192.0.2.7", "r1"), "add", StateInDoubt("etcd did not answer the commit"))
+        history.refused(Actor("alice", "192.0.2.7", "r2"), "add", Conflict("already exists\nforged"))
+    doubt, refused = [r.getMessage() for r in caplog.records]
+    assert "change r1 by alice from 192.0.2.7 (add) NOT CONFIRMED, etcd may still commit it" in doubt
+    assert refused.endswith("(add) REFUSED, nothing changed: already exists forged")  # one line, always
