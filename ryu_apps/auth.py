@@ -54,8 +54,8 @@ def loopback_dev():
 
 
 def authorise(req, access=CHANGE):
-    """Returns the client's name (for the trail), or raises HttpError."""
-    """Who may change the policy, or read who was blocked.
+    """Who may change the policy, or read who was blocked: the client's name
+    (for the trail), or HttpError.
 
     With SMTP_POLICY_TOKEN: the bearer token (or, for offender reads, the
     read token). Without it, only in the explicit development mode: a
