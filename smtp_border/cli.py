@@ -382,11 +382,14 @@ def cmd_reload(args):
     show(args, call(args, "POST", "/smtp/v1/reload"), render)
 
 
+def since_and_limit(path, args):
+    """`path` with the --limit and (if given) --since of a listing command."""
+    query = {"limit": args.limit, **({"since": args.since} if args.since else {})}
+    return f"{path}?{urllib.parse.urlencode(query)}"
+
+
 def cmd_blocked(args):
-    query = {"limit": args.limit}
-    if args.since:
-        query["since"] = args.since
-    document = call(args, "GET", "/smtp/v1/blocked?" + urllib.parse.urlencode(query))
+    document = call(args, "GET", since_and_limit("/smtp/v1/blocked", args))
 
     def render(document):
         table(
@@ -440,10 +443,7 @@ def cmd_explain(args):
 
 
 def cmd_history(args):
-    query = {"limit": args.limit}
-    if args.since:
-        query["since"] = args.since
-    document = call(args, "GET", "/smtp/v1/history?" + urllib.parse.urlencode(query))
+    document = call(args, "GET", since_and_limit("/smtp/v1/history", args))
 
     def what(change):
         parts = [f"+{e['address']} {e['direction']}" for e in change["added"]]

@@ -17,7 +17,7 @@ the switch (ryu_apps/facade.explain).
 import netaddr
 
 from .flowsim import path
-from .policy import utc_now
+from .policy import format_utc, utc_now
 from .rules import IP_PROTO_TCP, to_ofctl
 from .semantics import Packet, is_allowed
 
@@ -64,7 +64,7 @@ def meaning(policy, src, dst, port, now=None):
         document["inactive_exception"] = dict(_exception(e), lapsed=e.lapsed)
         document["why"] += (f". Exception {e.id} ({e.address}) would allow it, but "
                             + ("it lapsed: the relay now carries what it was granted for" if e.lapsed
-                               else f"it expired at {e.to_dict()['expires']}"))
+                               else f"it expired at {format_utc(e.expires)}"))
     return document
 
 
@@ -123,5 +123,5 @@ def parse_question(src, dst, port):
 
 def _exception(e):
     return {"id": e.id, "address": str(e.address), "direction": e.direction.value, "reason": e.reason,
-            "contact": e.contact, "expires": e.to_dict()["expires"], "source": e.source,
+            "contact": e.contact, "expires": format_utc(e.expires), "source": e.source,
             **({"created_by": e.created_by} if e.created_by else {})}

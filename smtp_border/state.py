@@ -167,17 +167,13 @@ class StateFile:
         self._journal, self._lines, self._live = True, len(lines) - 1, len(exceptions)
 
     def _replay(self, exceptions, line, number):
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise self._error(f"line {number}, column {err.colno}", f"not valid JSON: {err.msg}") from None
-        if not isinstance(entry, dict) or not isinstance(entry.get("remove"), list) or not isinstance(entry.get("add"), list):
-            raise self._error(f"line {number}", 'expected {"remove": [...], "add": [...]}')
+        entry, bad = _read_line(line)
+        if bad:
+            column, problem = bad
+            raise self._error(f"line {number}" + (f", column {column}" if column else ""), problem)
         for address in entry["remove"]:
             exceptions.pop(address, None)
         for item in entry["add"]:
-            if not isinstance(item, dict) or not isinstance(item.get("address"), str):
-                raise self._error(f"line {number}", "an added exception without an address")
             exceptions.pop(item["address"], None)  # a re-added address moves to the end
             exceptions[item["address"]] = item
 
@@ -204,19 +200,29 @@ class StateFile:
                            f" problem; `smtp-border state repair {self.path}` keeps every valid line)")
 
 
-def _line_problem(line):
-    """Why journal line `number` cannot be replayed, or None."""
+def _read_line(line):
+    """A journal change line: (entry, None), or (None, (column or None, why it
+    cannot be replayed)). One reading for the load, `check` and `repair`."""
     try:
         entry = json.loads(line)
     except json.JSONDecodeError as err:
-        return f"not valid JSON: {err.msg} (column {err.colno})"
+        return None, (err.colno, f"not valid JSON: {err.msg}")
     if not isinstance(entry, dict) or not isinstance(entry.get("remove"), list) or not isinstance(entry.get("add"), list):
-        return 'expected {"remove": [...], "add": [...]}'
+        return None, (None, 'expected {"remove": [...], "add": [...]}')
     if not all(isinstance(a, str) for a in entry["remove"]):
-        return "a removal that is not an address"
+        return None, (None, "a removal that is not an address")
     if not all(isinstance(i, dict) and isinstance(i.get("address"), str) for i in entry["add"]):
-        return "an added exception without an address"
-    return None
+        return None, (None, "an added exception without an address")
+    return entry, None
+
+
+def _line_problem(line):
+    """Why a journal line cannot be replayed (its column, for JSON), or None."""
+    bad = _read_line(line)[1]
+    if bad is None:
+        return None
+    column, problem = bad
+    return problem + (f" (column {column})" if column else "")
 
 
 def check(path):

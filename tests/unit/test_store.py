@@ -535,3 +535,16 @@ def test_a_journal_corrupted_in_the_middle_is_checked_and_repaired_keeping_every
         "10.20.3.10/32", "10.20.3.12/32"]
     with pytest.raises(FileExistsError):  # never over an earlier backup
         state.repair(journal, now="T1")
+
+
+def test_a_journal_line_whose_removal_is_not_an_address_is_refused_naming_it(tmp_path):
+    """Once a TypeError at start-up (an unhashable removal); now the one-line
+    error every other bad line gets, and `state check` agrees with the load."""
+    (tmp_path / "policy.yaml").write_text(textwrap.dedent(POLICY))
+    journal = tmp_path / "policy.api-exceptions.json"
+    journal.write_text(json.dumps({"format": state.FORMAT, "version": state.VERSION}) + '\n{"remove": [["x"]], "add": []}\n')
+    with pytest.raises(PolicyError, match=r"line 2: a removal that is not an address"):
+        PolicyStore(tmp_path / "policy.yaml")
+    assert state.check(journal) == [(2, "a removal that is not an address")]
+    journal.write_text(json.dumps({"format": state.FORMAT, "version": state.VERSION}) + '\n{"remove": ["10.20.1.9/32"], "add": []}\n')
+    assert PolicyStore(tmp_path / "policy.yaml").api_exceptions == () and state.check(journal) == []  # its twin
